@@ -1,0 +1,3 @@
+"""poold: a warm-pool scheduler for WebAssembly (WASI) jobs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The agent: runs one job inside a worker."""

@@ -1,0 +1,273 @@
+"""The agent: the process inside a pod (or a local worker) that runs one job.
+
+It comes up, announces that it is ready, and waits for ``in/job.json``: woken
+by a nudge (``POST /run``) where poold can reach it, by a short poll
+otherwise, never by inotify (which misses writes from other NFS clients). It
+verifies the module against the sha256 in the job document, feeds the input
+records to stdin, turns each stdout line into an output record, keeps stderr
+as the log, and commits ``out/result.json``. Then it waits to be deleted:
+a worker never runs a second job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from poold.agent.settings import AgentSettings
+from poold.agent.streams import LinePump, LogSink
+from poold.data.kafka import AgentData, DataUnavailable
+from poold.protocol import JobDocument, ResultDocument
+from poold.runtime.engine import CompileCache
+from poold.runtime.runner import RunRequest, RunResult, Runner
+from poold.runtime.wasmtime_runner import WasmtimeRunner
+from poold.slots import Slot, read_json, write_atomic, write_json_atomic
+
+log = structlog.get_logger("poold.agent")
+
+
+def _sha256_file(path: os.PathLike[str]) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class EventLog:
+    """Everything that happened to this worker's job, replayable to late subscribers."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._changed = asyncio.Condition()
+
+    def publish(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def follow(self) -> AsyncIterator[dict[str, Any]]:
+        i = 0
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: len(self.events) > i)
+            while i < len(self.events):
+                event = self.events[i]
+                i += 1
+                yield event
+                if event["type"] == "finished":
+                    return
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, *, runner: Runner | None = None) -> None:
+        self.settings = settings
+        self.slot = Slot(settings.slot)
+        self.data = AgentData(settings.kafka)
+        self.runner: Runner = runner or WasmtimeRunner(CompileCache(settings.cache))
+        self.events = EventLog()
+        self.state = "starting"
+        self._nudge = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._cancelled = False
+        self._port = settings.port
+
+    # -- HTTP endpoint -------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/ready", self._ready)
+        app.router.add_post("/run", self._run)
+        app.router.add_get("/events", self._events)
+        app.router.add_post("/cancel", self._cancel)
+        return app
+
+    async def _ready(self, _: web.Request) -> web.Response:
+        status = 200 if self.state != "starting" else 503
+        return web.json_response({"state": self.state}, status=status)
+
+    async def _run(self, request: web.Request) -> web.StreamResponse:
+        self._nudge.set()
+        return await self._events(request)
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        async for event in self.events.follow():
+            await response.write(json.dumps(event).encode() + b"\n")
+        await response.write_eof()
+        return response
+
+    async def _cancel(self, _: web.Request) -> web.Response:
+        self._cancelled = True
+        self.runner.interrupt("cancel")
+        self._nudge.set()
+        return web.json_response({"state": self.state})
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self._port = server.sockets[0].getsockname()[1]
+        try:
+            await self.data.start()
+            await loop.run_in_executor(None, getattr(self.runner, "warm_up", lambda: None))
+            self.state = "idle"
+            self._announce_ready()
+            job_task = asyncio.create_task(self._serve_one(), name="agent-job")
+            stop_task = asyncio.create_task(self._stop.wait(), name="agent-stop")
+            await asyncio.wait({job_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if not job_task.done():
+                self.runner.interrupt("cancel")
+                job_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job_task
+            else:
+                job_task.result()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop_task, self.settings.linger_s)
+            stop_task.cancel()
+        finally:
+            await self.data.stop()
+            await runner.cleanup()
+
+    def _announce_ready(self) -> None:
+        fd = self.settings.ready_fd
+        if fd is None:
+            return
+        line = json.dumps(
+            {"event": "ready", "pod": self.settings.pod,
+             "endpoint": f"http://127.0.0.1:{self._port}"}
+        )
+        os.write(fd, line.encode() + b"\n")
+        os.close(fd)
+
+    async def _wait_for_job(self) -> dict[str, Any]:
+        while True:
+            document = read_json(self.slot.job_json)
+            if document is not None:
+                return dict(document)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudge.wait(), self.settings.poll_interval_s)
+            self._nudge.clear()
+
+    async def _serve_one(self) -> None:
+        raw = await self._wait_for_job()
+        self.state = "busy"
+        doc = JobDocument.from_json(raw)
+        structlog.contextvars.bind_contextvars(job_id=doc.job_id, pod=self.settings.pod)
+        self.events.publish({"type": "accepted", "ts": time.time()})
+        try:
+            result = await self._execute(doc)
+        except Exception as e:
+            log.exception("the agent failed the job")
+            result = ResultDocument(
+                job_id=doc.job_id, state="error", exit_code=None,
+                error=f"the worker's agent failed: {e!r}", started_at=None,
+                finished_at=time.time(), output_end=None, output_records=0,
+            )
+        write_json_atomic(self.slot.result_json, result.to_json())
+        self.state = "done"
+        self.events.publish({"type": "finished", "result": result.to_json()})
+        log.info("job finished in agent", state=result.state, exit_code=result.exit_code)
+
+    async def _execute(self, doc: JobDocument) -> ResultDocument:
+        started: list[float] = []
+
+        def result(state: str, error: str | None, *, code: int | None = None,
+                   end: int | None = None, cached: bool = False) -> ResultDocument:
+            return ResultDocument(
+                job_id=doc.job_id, state=state, exit_code=code, error=error,
+                started_at=started[0] if started else None, finished_at=time.time(),
+                output_end=end, output_records=self.data.records, cached=cached,
+            )
+
+        loop = asyncio.get_running_loop()
+        digest, size = await loop.run_in_executor(None, _sha256_file, self.slot.module)
+        if digest != doc.sha256 or size != doc.size:
+            return result("error", "the module delivered to the worker does not match its "
+                          "sha256; the delivery was damaged, submit the job again")
+        if self._cancelled:
+            return result("cancelled", "the job was cancelled before it started")
+        stdin = None
+        if doc.input is not None and doc.input.end > doc.input.start:
+            try:
+                records = await self.data.fetch(
+                    doc.input.topic, doc.input.partition, doc.input.start, doc.input.end
+                )
+            except DataUnavailable as e:
+                return result("error", f"the input records could not be read: {e}")
+            write_atomic(self.slot.stdin, b"".join(r + b"\n" for r in records))
+            stdin = self.slot.stdin
+
+        out = doc.output
+
+        async def emit(line: bytes) -> None:
+            await self.data.append(out.topic, out.partition, line)
+
+        pump = LinePump(loop, emit)
+        logs = LogSink(
+            self.slot.stderr_log, limit=self.settings.max_log_bytes, loop=loop,
+            publish=lambda chunk: self.events.publish(
+                {"type": "stderr", "data": chunk.decode("utf-8", "replace")}),
+        )
+
+        def on_start() -> None:
+            now = time.time()
+            started.append(now)
+            loop.call_soon_threadsafe(self.events.publish, {"type": "started", "ts": now})
+
+        request = RunRequest(
+            wasm_path=self.slot.module, sha256=doc.sha256, args=tuple(doc.args),
+            env=tuple((k, v) for k, v in doc.env), timeout_s=doc.timeout_s,
+            memory_mb=doc.memory_mb, fuel=doc.fuel, out_dir=self.slot.artifacts,
+            stdin_path=stdin,
+        )
+
+        def work() -> RunResult:
+            try:
+                return self.runner.run(request, stdout=pump.write, stderr=logs.write,
+                                       on_start=on_start)
+            finally:
+                pump.close()
+
+        pump_task = asyncio.create_task(pump.run(), name="agent-stdout")
+        try:
+            outcome = await loop.run_in_executor(None, work)
+        finally:
+            logs.close()
+        try:
+            await pump_task
+            end = await self.data.flush()
+        except DataUnavailable as e:
+            return result("error", f"the output could not be written to Kafka: {e}",
+                          cached=outcome.cached)
+        return result(outcome.state, outcome.error, code=outcome.exit_code, end=end,
+                      cached=outcome.cached)
+
+
+async def run_agent(settings: AgentSettings) -> None:
+    await Agent(settings).run()

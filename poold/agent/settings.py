@@ -1,0 +1,62 @@
+"""The agent's settings, from its environment (pod env or the local backend)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class AgentConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    slot: Path
+    """This worker's slot: ``in/`` and ``out/`` (its own subPath of the shared volume)."""
+    kafka: str
+    """Broker addresses for the job's input and output partitions."""
+    cache: Path
+    """Compiled-module cache shared by all workers."""
+    host: str = "0.0.0.0"
+    """Where the agent's small HTTP endpoint (ready, nudge, events, cancel) listens."""
+    port: int = 8081
+    poll_interval_s: float = 0.2
+    """How often to look for ``in/job.json`` when no nudge comes."""
+    max_log_bytes: int = 8 * 1024 * 1024
+    linger_s: float = 300.0
+    """How long a finished agent waits to be deleted before it exits by itself."""
+    engine: str = "wasmtime"
+    ready_fd: int | None = None
+    """Local backend only: a pipe to announce readiness on."""
+    pod: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AgentSettings:
+        env = os.environ if env is None else env
+
+        def need(key: str) -> str:
+            value = env.get(key)
+            if not value:
+                raise AgentConfigError(f"the agent needs the environment variable {key}")
+            return value
+
+        try:
+            ready_fd = env.get("POOLD_AGENT_READY_FD")
+            return cls(
+                slot=Path(need("POOLD_AGENT_SLOT")),
+                kafka=need("POOLD_AGENT_KAFKA"),
+                cache=Path(need("POOLD_AGENT_CACHE")),
+                host=env.get("POOLD_AGENT_HOST", "0.0.0.0"),
+                port=int(env.get("POOLD_AGENT_PORT", "8081")),
+                poll_interval_s=float(env.get("POOLD_AGENT_POLL_S", "0.2")),
+                max_log_bytes=int(env.get("POOLD_AGENT_MAX_LOG_KB", "8192")) * 1024,
+                linger_s=float(env.get("POOLD_AGENT_LINGER_S", "300")),
+                engine=env.get("POOLD_AGENT_ENGINE", "wasmtime"),
+                ready_fd=int(ready_fd) if ready_fd else None,
+                pod=env.get("POOLD_AGENT_POD", env.get("POD_NAME", "")),
+            )
+        except ValueError as e:
+            raise AgentConfigError(f"bad agent setting in the environment: {e}") from e

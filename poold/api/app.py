@@ -1,0 +1,324 @@
+"""The HTTP API (v1), as fixed by DESIGN.md.
+
+Every ``/v1`` route needs a bearer token that maps to one tenant; another
+tenant's job answers 404 exactly like a job that does not exist. Bad input
+gets a 4xx with ``{"error": "<a sentence>"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from poold.api.bodies import JobRequest, describe
+from poold.config import Settings
+from poold.data.kafka import DataPlane, DataUnavailable
+from poold.jobs.files import JobFiles
+from poold.jobs.model import Job, Limits
+from poold.jobs.store import JobStore
+from poold.metrics import Metrics
+from poold.modules.store import ModuleStore
+from poold.runtime.inspect import ModuleRejected
+from poold.sched.pool import Pool
+from poold.sched.scheduler import QueueFull, Scheduler
+from poold.types import JobId, ModuleHash, TenantName, new_job_id
+
+log = structlog.get_logger(__name__)
+
+TENANT: web.AppKey[TenantName] = web.AppKey("tenant")  # type: ignore[assignment]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+class Api:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: JobStore,
+        scheduler: Scheduler,
+        pool: Pool,
+        modules: ModuleStore,
+        data: DataPlane,
+        files: JobFiles,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.scheduler = scheduler
+        self.pool = pool
+        self.modules = modules
+        self.data = data
+        self.files = files
+        self.metrics = metrics
+        self.ready = ready
+        self._tokens = {t.token_sha256: TenantName(name) for name, t in settings.tenants.items()}
+
+    def app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[self._errors, self._auth],
+            client_max_size=self.settings.server.max_input_mb * 1024 * 1024,
+        )
+        r = app.router
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/metrics", self.metrics_text)
+        r.add_put("/v1/modules", self.put_module)
+        r.add_post("/v1/jobs", self.post_job)
+        r.add_get("/v1/jobs", self.list_jobs)
+        r.add_get("/v1/jobs/{id}", self.get_job)
+        r.add_delete("/v1/jobs/{id}", self.delete_job)
+        r.add_get("/v1/jobs/{id}/output", self.get_output)
+        r.add_get("/v1/jobs/{id}/logs", self.get_logs)
+        r.add_get("/v1/jobs/{id}/artifacts", self.list_artifacts)
+        r.add_get("/v1/jobs/{id}/artifacts/{name:.+}", self.get_artifact)
+        r.add_get("/v1/pool", self.get_pool)
+        return app
+
+    # -- middleware --------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:
+            if e.status >= 400 and e.content_type != "application/json":
+                text = {
+                    404: "no such route; see the API table in the README",
+                    405: f"{request.method} is not allowed on {request.path}",
+                    413: "the request body is too large (server.max_input_mb)",
+                }.get(e.status, e.reason)
+                response = error(e.status, text)
+            else:
+                raise
+        except DataUnavailable as e:
+            log.warning("kafka unavailable", error=str(e))
+            response = error(503, f"Kafka is unavailable right now; retry shortly ({e})",
+                             **{"Retry-After": "5"})
+        if 400 <= response.status < 500:
+            self.metrics.http_errors.labels(str(response.status)).inc()
+        return response
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/v1/"):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return error(401, "this route needs an 'Authorization: Bearer <token>' header",
+                         **{"WWW-Authenticate": "Bearer"})
+        digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        tenant = None
+        for known, name in self._tokens.items():
+            if hmac.compare_digest(known, digest):
+                tenant = name
+        if tenant is None:
+            return error(401, "the bearer token is not valid for any tenant",
+                         **{"WWW-Authenticate": "Bearer"})
+        request[TENANT] = tenant
+        return await handler(request)
+
+    # -- plain routes --------------------------------------------------------------
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        if self.ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "starting"}, status=503)
+
+    async def metrics_text(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def get_pool(self, _: web.Request) -> web.Response:
+        return web.json_response(self.pool.figures())
+
+    # -- modules -------------------------------------------------------------------
+
+    async def put_module(self, request: web.Request) -> web.Response:
+        length = request.content_length
+        limit = self.modules.max_bytes
+        if length is not None and length > limit:
+            self.metrics.uploads_rejected.labels("too_large").inc()
+            return error(413, f"the module is {length} bytes; the upload limit is "
+                         f"{limit // (1024 * 1024)} MiB (server.max_upload_mb)")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in request.content.iter_chunked(256 * 1024):
+                yield chunk
+
+        try:
+            stored = await self.modules.put(chunks())
+        except ModuleRejected as e:
+            self.metrics.uploads_rejected.labels(e.reason).inc()
+            status = 413 if e.reason == "too_large" else 400
+            return error(status, str(e))
+        self.metrics.uploads.labels("created" if stored.created else "existing").inc()
+        return web.json_response(
+            {"sha256": stored.sha256, "size": stored.size},
+            status=201 if stored.created else 200,
+        )
+
+    # -- jobs ----------------------------------------------------------------------
+
+    def _job(self, request: web.Request) -> Job:
+        job = self.store.get(JobId(request.match_info["id"]))
+        if job is None or job.tenant != request[TENANT]:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": "no such job"}), content_type="application/json"
+            )
+        return job
+
+    async def post_job(self, request: web.Request) -> web.Response:
+        tenant = request[TENANT]
+        if not request.can_read_body:
+            return error(400, "send the job as a JSON object, e.g. {\"module\": \"<sha256>\"}")
+        try:
+            raw = await request.json()
+        except json.JSONDecodeError as e:
+            return error(400, f"the body is not valid JSON: {e}")
+        try:
+            body = JobRequest.model_validate(raw)
+        except ValidationError as e:
+            return error(400, describe(e))
+        limits, problem = self._limits(body)
+        if problem:
+            return error(400, problem)
+        assert limits is not None
+        size = self.modules.size(body.module)
+        if size is None:
+            return error(404 if len(body.module) == 64 else 400,
+                         f"unknown module {body.module}; upload it with PUT /v1/modules first")
+        job = Job(
+            id=new_job_id(), tenant=tenant, module=ModuleHash(body.module), module_size=size,
+            limits=limits, args=tuple(body.args), env=tuple(body.env.items()),
+            input_count=len(body.input),
+        )
+        try:
+            job = await self.scheduler.submit(job, [r.encode() for r in body.input])
+        except QueueFull as e:
+            return error(429, str(e), **{"Retry-After": "5"})
+        return web.json_response(job.public(), status=202,
+                                 headers={"Location": f"/v1/jobs/{job.id}"})
+
+    def _limits(self, body: JobRequest) -> tuple[Limits | None, str | None]:
+        caps = self.settings.limits
+        asked = body.limits
+        timeout = asked.timeout_s if asked.timeout_s is not None else caps.default_timeout_s
+        memory = asked.memory_mb if asked.memory_mb is not None else caps.default_memory_mb
+        if timeout > caps.max_timeout_s:
+            return None, (f"limits.timeout_s {timeout:g} exceeds this server's maximum of "
+                          f"{caps.max_timeout_s:g} s")
+        if memory > caps.max_memory_mb:
+            return None, (f"limits.memory_mb {memory} exceeds this server's maximum of "
+                          f"{caps.max_memory_mb} MiB")
+        if asked.fuel is not None and caps.max_fuel is not None and asked.fuel > caps.max_fuel:
+            return None, f"limits.fuel {asked.fuel} exceeds this server's maximum of {caps.max_fuel}"
+        return Limits(timeout_s=timeout, memory_mb=memory, fuel=asked.fuel), None
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", self.settings.server.page_size))
+        except ValueError:
+            return error(400, "limit must be a whole number")
+        if not 1 <= limit <= 1000:
+            return error(400, "limit must be between 1 and 1000")
+        before = request.query.get("before")
+        jobs = self.store.list(request[TENANT], limit=limit + 1,
+                               before=JobId(before) if before else None)
+        page, more = jobs[:limit], len(jobs) > limit
+        body: dict[str, Any] = {"jobs": [j.public() for j in page]}
+        body["next"] = f"/v1/jobs?limit={limit}&before={page[-1].id}" if more else None
+        return web.json_response(body)
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        return web.json_response(self._job(request).public())
+
+    async def delete_job(self, request: web.Request) -> web.Response:
+        job = self._job(request)
+        if job.state.terminal:
+            return error(409, f"the job already ended ({job.state.value}); nothing to cancel")
+        job = await self.scheduler.cancel(job)
+        return web.json_response(job.public())
+
+    async def get_output(self, request: web.Request) -> web.StreamResponse:
+        job = self._job(request)
+        follow = request.query.get("follow", "false").lower() in {"1", "true", "yes"}
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        if follow:
+            while job.output is None and not job.state.terminal:
+                job = await self.store.wait_change(job.id, job)
+        await response.prepare(request)
+        out = job.output
+        if out is not None:
+            if follow:
+                job_id = job.id
+
+                def final_end() -> int | None:
+                    current = self.store.get(job_id)
+                    if current is None or not current.state.terminal or current.output is None:
+                        return None
+                    return current.output.end
+
+                records = self.data.follow(out.topic, out.partition, out.start, final_end)
+            else:
+                records = self.data.read(out.topic, out.partition, out.start, out.end)
+            async for record in records:
+                await response.write(record + b"\n")
+        await response.write_eof()
+        return response
+
+    async def get_logs(self, request: web.Request) -> web.StreamResponse:
+        job = self._job(request)
+        sse = "text/event-stream" in request.headers.get("Accept", "")
+        if not sse:
+            return web.Response(body=self.files.read_log(job.id),
+                                content_type="text/plain", charset="utf-8")
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        })
+        await response.prepare(request)
+        async for chunk in self.files.follow_log(job.id, done=job.state.terminal):
+            text = chunk.decode("utf-8", "replace")
+            payload = "".join(f"data: {line}\n" for line in text.split("\n"))
+            await response.write(f"event: log\n{payload}\n".encode())
+        final = self.store.get(job.id) or job
+        await response.write(f"event: end\ndata: {final.state.value}\n\n".encode())
+        await response.write_eof()
+        return response
+
+    async def list_artifacts(self, request: web.Request) -> web.Response:
+        job = self._job(request)
+        return web.json_response({
+            "state": job.state.value,
+            "artifacts": [
+                {"name": n, "size": s, "url": f"/v1/jobs/{job.id}/artifacts/{n}"}
+                for n, s in job.artifacts
+            ],
+        })
+
+    async def get_artifact(self, request: web.Request) -> web.StreamResponse:
+        job = self._job(request)
+        name = request.match_info["name"]
+        if name not in {n for n, _ in job.artifacts}:
+            return error(404, f"the job has no artifact named {name!r}")
+        path = self.files.artifact(job.id, name)
+        if path is None:
+            return error(404, f"the job has no artifact named {name!r}")
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+

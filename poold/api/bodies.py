@@ -1,0 +1,37 @@
+"""Request bodies, validated at the edge with messages a person can act on."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+
+class LimitsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout_s: Annotated[float, Field(gt=0, strict=False)] | None = None
+    memory_mb: Annotated[StrictInt, Field(ge=1)] | None = None
+    fuel: Annotated[StrictInt, Field(ge=1)] | None = None
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    module: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    args: Annotated[list[StrictStr], Field(max_length=1000)] = []
+    env: dict[Annotated[StrictStr, Field(pattern=r"^[^=\x00]+$")], StrictStr] = {}
+    input: list[StrictStr] = []
+    limits: LimitsRequest = LimitsRequest()
+
+
+def describe(error: ValidationError) -> str:
+    """One sentence per problem, naming the field: ``limits.timeout_s: ...``."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown field (allowed: module, args, env, input, limits)"
+        elif item["type"] == "model_type":
+            message = "must be a JSON object"
+        parts.append(f"{where}: {message}")
+    return "invalid job: " + "; ".join(parts[:5])

@@ -1,0 +1,1 @@
+"""Where workers run. The pool speaks only :class:`poold.backends.base.Backend`."""

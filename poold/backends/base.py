@@ -1,0 +1,49 @@
+"""The interface between the pool and the place workers run.
+
+A backend creates a worker for a named slot, tells the pool when the worker
+is ready (and where its agent listens) or gone (and why), claims an idle
+worker for a job with a fenced write, and deletes workers. It reports what it
+observes; the pool decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from poold.types import JobId, PodName
+
+
+class BackendUnavailable(Exception):
+    """The backend could not do what was asked for a temporary reason."""
+
+
+@dataclass(frozen=True)
+class WorkerEvent:
+    kind: Literal["ready", "gone"]
+    pod: PodName
+    endpoint: str | None = None
+    reason: str | None = None
+
+
+EventSink = Callable[[WorkerEvent], None]
+
+
+class Backend(Protocol):
+    name: str
+
+    async def start(self, sink: EventSink) -> None:
+        """Begin reporting worker events to ``sink``."""
+
+    async def stop(self) -> None:
+        """Stop reporting; delete nothing (a restarted daemon may adopt the workers)."""
+
+    async def create(self, pod: PodName) -> None:
+        """Start a worker whose slot ``<slots.root>/<pod>`` already exists."""
+
+    async def claim(self, pod: PodName, job: JobId) -> bool:
+        """Record on the worker that it holds ``job``; False if someone else won it."""
+
+    async def delete(self, pod: PodName) -> None:
+        """Remove the worker; a ``gone`` event follows once it really is."""

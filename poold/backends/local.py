@@ -1,0 +1,157 @@
+"""The local backend: each worker is an agent process on this machine.
+
+Workers are forked by :mod:`poold.backends.forkserver`, so a recycle costs a
+fork rather than a new interpreter. The slot root is a plain folder. A claim
+needs no fence here (this daemon is the only one that can see the workers),
+but it is still recorded so the behaviour matches the cluster backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from poold.backends.base import BackendUnavailable, EventSink, WorkerEvent
+from poold.types import JobId, PodName
+
+log = structlog.get_logger(__name__)
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        slots_root: Path,
+        agent_env: dict[str, str],
+    ) -> None:
+        self._slots_root = slots_root
+        self._agent_env = agent_env
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._sink: EventSink | None = None
+        self._claims: dict[PodName, JobId] = {}
+        self._alive: set[PodName] = set()
+        self._pids: dict[PodName, int] = {}
+        self._hello = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    async def start(self, sink: EventSink) -> None:
+        if self._proc is not None:
+            return
+        self._sink = sink
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "poold.backends.forkserver",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            limit=1024 * 1024,
+        )
+        self._reader = asyncio.create_task(self._read(), name="local-backend-events")
+        try:
+            await asyncio.wait_for(self._hello.wait(), 30)
+        except TimeoutError as e:
+            await self.stop()
+            raise BackendUnavailable("the local fork server did not start within 30 s") from e
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def __aenter__(self) -> LocalBackend:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _send(self, command: dict[str, object]) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.returncode is not None:
+            raise BackendUnavailable("the local fork server is not running")
+        async with self._lock:
+            proc.stdin.write(json.dumps(command).encode() + b"\n")
+            try:
+                await proc.stdin.drain()
+            except (ConnectionError, BrokenPipeError) as e:
+                raise BackendUnavailable("the local fork server went away") from e
+
+    async def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        stream = self._proc.stdout
+        while line := await stream.readline():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("unreadable line from the fork server", line=line[:200])
+                continue
+            self._handle(event)
+        log.warning("the local fork server exited")
+        for pod in list(self._alive):
+            self._gone(pod, "the local fork server exited")
+
+    def _handle(self, event: dict[str, object]) -> None:
+        kind = event.get("event")
+        pod = PodName(str(event.get("pod", "")))
+        if kind == "hello":
+            self._hello.set()
+        elif kind == "spawned":
+            self._alive.add(pod)
+            self._pids[pod] = int(str(event["pid"]))
+        elif kind == "ready" and pod in self._alive:
+            assert self._sink is not None
+            self._sink(WorkerEvent("ready", pod, endpoint=str(event["endpoint"])))
+        elif kind == "exited":
+            if "signal" in event:
+                sig = int(str(event["signal"]))
+                reason = f"the worker process was killed by {signal.Signals(sig).name}"
+            else:
+                reason = f"the worker process exited with code {event.get('code')}"
+            self._gone(pod, reason)
+
+    def _gone(self, pod: PodName, reason: str) -> None:
+        self._alive.discard(pod)
+        self._pids.pop(pod, None)
+        self._claims.pop(pod, None)
+        if self._sink is not None:
+            self._sink(WorkerEvent("gone", pod, reason=reason))
+
+    async def create(self, pod: PodName) -> None:
+        env = dict(self._agent_env)
+        env["POOLD_AGENT_SLOT"] = str(self._slots_root / pod)
+        await self._send({"op": "spawn", "pod": pod, "env": env})
+
+    async def claim(self, pod: PodName, job: JobId) -> bool:
+        if pod not in self._alive or pod in self._claims:
+            return False
+        self._claims[pod] = job
+        return True
+
+    async def delete(self, pod: PodName) -> None:
+        if pod in self._alive:
+            await self._send({"op": "kill", "pod": pod, "signal": int(signal.SIGKILL)})
+
+    def pid_of(self, pod: PodName) -> int | None:
+        """The worker's process id while it lives (for tests and diagnostics)."""
+        return self._pids.get(pod)

@@ -1,0 +1,251 @@
+"""poold's one settings object, read from a TOML file and ``POOLD_...`` variables.
+
+Every field documents its unit and why its default is what it is; the TOML
+files under ``config/`` repeat that documentation for operators. A bad value
+stops start-up with :class:`ConfigError`, whose message names the key
+(``pool.min_idle``) so the operator knows exactly what to fix.
+
+Environment overrides use ``__`` between levels, so keys that contain single
+underscores stay unambiguous: ``POOLD_POOL__MIN_IDLE=2``,
+``POOLD_TENANTS__DEMO__TOKEN_SHA256=...``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    """Address the HTTP API binds to. Loopback by default: exposing it is a choice."""
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    """TCP port of the HTTP API (0 picks a free one, for tests)."""
+    max_upload_mb: Annotated[int, Field(ge=1, le=4096)] = 128
+    """Largest module accepted, in MiB. Interpreters compiled to WASI are tens of MB."""
+    max_input_mb: Annotated[int, Field(ge=1, le=1024)] = 16
+    """Largest JSON job submission (mostly input records), in MiB."""
+    page_size: Annotated[int, Field(ge=1, le=1000)] = 50
+    """Default number of jobs per page of ``GET /v1/jobs``."""
+
+
+class PoolSettings(_Section):
+    backend: Literal["local", "kubernetes"] = "local"
+    """Where workers run: local agent processes, or runner pods on Kubernetes."""
+    min_idle: Annotated[int, Field(ge=0)] = 4
+    """Idle, ready workers kept waiting. 0 makes every job start a worker (cold)."""
+    max_pods: Annotated[int, Field(ge=1)] = 16
+    """Hard cap on workers in any state (starting, idle, busy, deleting)."""
+    max_starting: Annotated[int, Field(ge=1)] = 8
+    """Worker creations in flight at once, so a burst cannot storm the backend."""
+    start_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    """A worker not ready after this many seconds is deleted and replaced."""
+    failure_backoff_s: Annotated[float, Field(ge=0)] = 0.5
+    """First delay after a worker fails to start; doubles per failure in a row."""
+    failure_backoff_max_s: Annotated[float, Field(ge=0)] = 30.0
+    """Cap of that delay: a broken image slows creation down, never into a hot loop."""
+    idle_ttl_s: Annotated[float, Field(ge=0)] = 0.0
+    """Recycle an idle worker after this many seconds (0 = never)."""
+
+
+class SlotSettings(_Section):
+    root: Path = Path("/var/lib/poold/slots")
+    """The shared volume holding ``<pod>/in`` and ``<pod>/out`` (NFS in a cluster)."""
+
+
+class StateSettings(_Section):
+    dir: Path = Path("/var/lib/poold/state")
+    """poold's own disk: uploaded modules, compile cache, job logs and artifacts."""
+
+
+class KafkaSettings(_Section):
+    bootstrap: str = "embedded"
+    """``embedded`` starts a local broker with poold; otherwise ``host:port,host:port``."""
+    embedded_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    """Port of the embedded broker (0 picks a free one)."""
+    topic_prefix: str = "poold"
+    """Topics are ``<prefix>.<tenant>.in`` and ``<prefix>.<tenant>.out``."""
+    partitions: Annotated[int, Field(ge=1, le=10000)] = 16
+    """Partitions per tenant topic; a job leases one of each, so this caps concurrency."""
+    replication_factor: Annotated[int, Field(ge=1)] = 1
+    """Replication of created topics (3 on a production Redpanda cluster)."""
+    request_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """Deadline of one Kafka request; beyond it the broker counts as unavailable."""
+    retries: Annotated[int, Field(ge=1, le=20)] = 3
+    """Attempts for a Kafka call that failed for a temporary reason."""
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_chars(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", value):
+            raise ValueError("use 1-100 characters from A-Z a-z 0-9 . _ -")
+        return value
+
+
+class RuntimeSettings(_Section):
+    engine: Literal["wasmtime", "wasmedge"] = "wasmtime"
+    """The WebAssembly runtime the agent uses."""
+    cache_dir: Path | None = None
+    """Compiled-module cache shared by all workers; default ``<state.dir>/cache``."""
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.2
+    """How often an idle agent looks for ``in/job.json`` when no nudge reaches it."""
+    max_log_kb: Annotated[int, Field(ge=1)] = 8192
+    """stderr kept per job, in KiB; beyond it the log is cut with a note."""
+    max_artifacts_mb: Annotated[int, Field(ge=0)] = 256
+    """Total size of files a job may leave in ``/out``, in MiB."""
+
+
+class LimitSettings(_Section):
+    default_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    """Wall-clock limit of a job that asks for none, in seconds."""
+    max_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
+    """Largest ``limits.timeout_s`` a job may ask for."""
+    default_memory_mb: Annotated[int, Field(ge=1)] = 256
+    """Linear-memory cap of a job that asks for none, in MiB."""
+    max_memory_mb: Annotated[int, Field(ge=1)] = 4096
+    """Largest ``limits.memory_mb`` a job may ask for (wasm32 tops out at 4096)."""
+    max_fuel: Annotated[int, Field(ge=1)] | None = None
+    """Largest ``limits.fuel`` a job may ask for (None = any). Fuel is off unless asked."""
+
+
+class KubernetesSettings(_Section):
+    namespace: str = "poold"
+    """Namespace of the runner pods."""
+    pod_template: Path = Path("deploy/runner/pod-template.yaml")
+    """Runner pod template, the same file that ships in ``deploy/``."""
+
+
+class TenantSettings(_Section):
+    token_sha256: str
+    """Hex sha256 of the tenant's bearer token (``poold token`` makes a pair)."""
+    max_concurrent_jobs: Annotated[int, Field(ge=1)] = 8
+    """Jobs of this tenant assigned or running at once; more wait in the queue."""
+    max_queued_jobs: Annotated[int, Field(ge=1)] = 10000
+    """Jobs of this tenant waiting at once; beyond it submissions get 429."""
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("must be 64 lowercase hex characters (sha256 of the token)")
+        return value
+
+
+TenantName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    pool: PoolSettings = PoolSettings()
+    slots: SlotSettings = SlotSettings()
+    state: StateSettings = StateSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    limits: LimitSettings = LimitSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    tenants: dict[TenantName, TenantSettings] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.pool.min_idle > self.pool.max_pods:
+            raise ValueError(
+                f"pool.min_idle ({self.pool.min_idle}) exceeds pool.max_pods "
+                f"({self.pool.max_pods}); lower min_idle or raise max_pods"
+            )
+        if self.limits.default_timeout_s > self.limits.max_timeout_s:
+            raise ValueError("limits.default_timeout_s exceeds limits.max_timeout_s")
+        if self.limits.default_memory_mb > self.limits.max_memory_mb:
+            raise ValueError("limits.default_memory_mb exceeds limits.max_memory_mb")
+        for name, tenant in self.tenants.items():
+            if tenant.max_concurrent_jobs > self.kafka.partitions:
+                raise ValueError(
+                    f"tenants.{name}.max_concurrent_jobs ({tenant.max_concurrent_jobs}) exceeds "
+                    f"kafka.partitions ({self.kafka.partitions}): every running job leases "
+                    "its own partition"
+                )
+        hashes = [t.token_sha256 for t in self.tenants.values()]
+        if len(hashes) != len(set(hashes)):
+            raise ValueError("two tenants share one token_sha256; each tenant needs its own token")
+        return self
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.runtime.cache_dir or self.state.dir / "cache"
+
+
+ENV_PREFIX = "POOLD_"
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__")]
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: conflicts with another POOLD_ variable")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling against config/local.toml)"
+        elif key == "(top level)" and message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        else:
+            message = message.removeprefix("Value error, ")
+        lines.append(f"{key}: {message}")
+    return "; ".join(lines)
+
+
+def load_settings(
+    path: Path | None = None, *, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read ``path`` (TOML), apply ``POOLD_...`` overrides, validate everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file {path} does not exist") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    data = _merge(data, _env_overrides(os.environ if environ is None else environ))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}: {_describe(e)}") from e

@@ -1,0 +1,177 @@
+"""The daemon: builds every part from the settings, runs them, stops them in order.
+
+Long-lived tasks run in one TaskGroup; if one dies unexpectedly the group is
+cancelled and the daemon stops cleanly rather than limping on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from poold.api.app import Api
+from poold.backends.base import Backend
+from poold.backends.local import LocalBackend
+from poold.config import ConfigError, Settings
+from poold.data.embedded import EmbeddedBroker
+from poold.data.kafka import DataPlane, topic_names
+from poold.jobs.files import JobFiles
+from poold.jobs.store import MemoryJobStore
+from poold.metrics import Metrics
+from poold.modules.store import ModuleStore
+from poold.runtime.engine import CompileCache
+from poold.sched.pool import Pool
+from poold.sched.scheduler import Scheduler
+
+log = structlog.get_logger(__name__)
+
+
+class Daemon:
+    """Start with :meth:`start`, stop with :meth:`stop` (both safe to call twice)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.broker: EmbeddedBroker | None = None
+        self.data: DataPlane | None = None
+        self.pool: Pool | None = None
+        self.scheduler: Scheduler | None = None
+        self.store = MemoryJobStore()
+        self.modules: ModuleStore | None = None
+        self.backend: Backend | None = None
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._tasks: asyncio.Task[None] | None = None
+        self._ready = False
+
+    async def start(self) -> None:
+        s = self.settings
+        for path in (s.slots.root, s.state.dir, s.cache_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        bootstrap = s.kafka.bootstrap
+        if bootstrap == "embedded":
+            self.broker = EmbeddedBroker(port=s.kafka.embedded_port)
+            await self.broker.start()
+            bootstrap = self.broker.bootstrap
+        self.data = DataPlane(
+            bootstrap, replication_factor=s.kafka.replication_factor,
+            request_timeout_s=s.kafka.request_timeout_s, retries=s.kafka.retries,
+        )
+        await self.data.start()
+        topics = [t for name in s.tenants for t in topic_names(s.kafka.topic_prefix, name)]
+        if topics:
+            await self.data.ensure_topics(topics, partitions=s.kafka.partitions)
+
+        self.modules = ModuleStore(
+            s.state.dir / "modules", cache=CompileCache(s.cache_dir),
+            max_bytes=s.server.max_upload_mb * 1024 * 1024,
+        )
+        files = JobFiles(s.state.dir / "jobs")
+        self.backend = self._backend(bootstrap)
+        self.pool = Pool(
+            backend=self.backend, settings=s.pool, slots_root=s.slots.root, metrics=self.metrics
+        )
+        self.scheduler = Scheduler(
+            settings=s, store=self.store, pool=self.pool, data=self.data, modules=self.modules,
+            files=files, metrics=self.metrics,
+        )
+        await self.pool.start()
+        self._tasks = asyncio.create_task(self._run_tasks(), name="poold-tasks")
+
+        api = Api(
+            settings=s, store=self.store, scheduler=self.scheduler, pool=self.pool,
+            modules=self.modules, data=self.data, files=files, metrics=self.metrics,
+            ready=lambda: self._ready,
+        )
+        self._runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.server.host, s.server.port)
+        await site.start()
+        server: Any = getattr(site, "_server", None)
+        port = server.sockets[0].getsockname()[1] if server and server.sockets else s.server.port
+        self.url = f"http://{s.server.host}:{port}"
+        self._ready = True
+        log.info("poold is serving", url=self.url, backend=s.pool.backend,
+                 kafka=bootstrap, min_idle=s.pool.min_idle, max_pods=s.pool.max_pods)
+
+    def _backend(self, bootstrap: str) -> Backend:
+        s = self.settings
+        if s.pool.backend == "local":
+            return LocalBackend(
+                slots_root=s.slots.root.resolve(),
+                agent_env={
+                    "POOLD_AGENT_KAFKA": bootstrap,
+                    "POOLD_AGENT_CACHE": str(s.cache_dir.resolve()),
+                    "POOLD_AGENT_HOST": "127.0.0.1",
+                    "POOLD_AGENT_PORT": "0",
+                    "POOLD_AGENT_POLL_S": str(s.runtime.poll_interval_s),
+                    "POOLD_AGENT_MAX_LOG_KB": str(s.runtime.max_log_kb),
+                    "POOLD_AGENT_ENGINE": s.runtime.engine,
+                },
+            )
+        raise ConfigError(
+            "pool.backend: the kubernetes backend is not available in this build yet; "
+            "use \"local\""
+        )
+
+    async def _run_tasks(self) -> None:
+        assert self.scheduler is not None
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.scheduler.run(), name="scheduler")
+        except* Exception as errors:
+            for e in errors.exceptions:
+                log.error("a poold task died; shutting down", error=repr(e))
+            raise
+
+    async def stop(self) -> None:
+        self._ready = False
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._tasks is not None:
+            self._tasks.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._tasks
+            self._tasks = None
+        if self.pool is not None:
+            await self.pool.stop()
+            self.pool = None
+        if self.modules is not None:
+            self.modules.close()
+        if self.data is not None:
+            await self.data.stop()
+            self.data = None
+        if self.broker is not None:
+            await self.broker.stop()
+            self.broker = None
+
+    async def __aenter__(self) -> Daemon:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT (which only set an event) or until a task dies."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Daemon(settings) as daemon:
+        assert daemon._tasks is not None  # noqa: SLF001
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, daemon._tasks}, return_when=asyncio.FIRST_COMPLETED)  # noqa: SLF001
+        waiter.cancel()
+        log.info("poold is stopping")

@@ -1,0 +1,1 @@
+"""The Kafka data plane: the only part of poold that talks to Kafka."""

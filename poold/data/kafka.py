@@ -1,0 +1,375 @@
+"""Kafka through aiokafka: topics per tenant, input and output ranges.
+
+A job owns one partition of its tenant's input topic and one of its output
+topic while it lives (see :mod:`poold.data.leases`), so its records are simply
+the offsets ``[start, end)`` of those partitions: no topic is created or
+deleted per job. Errors leave this module as :class:`DataUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH_BYTES = 512 * 1024
+MAX_RECORD_BYTES = 900 * 1024
+
+
+class DataUnavailable(Exception):
+    """Kafka could not be reached or refused a request; the message says which."""
+
+
+def topic_names(prefix: str, tenant: str) -> tuple[str, str]:
+    return f"{prefix}.{tenant}.in", f"{prefix}.{tenant}.out"
+
+
+def _log_retry(state: RetryCallState) -> None:
+    log.warning(
+        "kafka call failed, retrying",
+        attempt=f"{state.attempt_number + 1}",
+        error=repr(state.outcome.exception()) if state.outcome else None,
+    )
+
+
+def split_line(line: bytes) -> list[bytes]:
+    """A record per line; a line longer than a record may be is cut in pieces."""
+    if len(line) <= MAX_RECORD_BYTES:
+        return [line]
+    return [line[i : i + MAX_RECORD_BYTES] for i in range(0, len(line), MAX_RECORD_BYTES)]
+
+
+class DataPlane:
+    """poold's side: create topics, write a job's input, read its output."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        replication_factor: int = 1,
+        request_timeout_s: float = 10.0,
+        retries: int = 3,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self._rf = replication_factor
+        self._timeout_ms = int(request_timeout_s * 1000)
+        self._retries = retries
+        self._producer: AIOKafkaProducer | None = None
+        self._offsets: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._next: dict[tuple[str, int], int] = {}
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception_type((KafkaError, OSError, asyncio.TimeoutError)),
+            stop=stop_after_attempt(self._retries),
+            wait=wait_exponential(multiplier=0.1, max=2),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        common: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "request_timeout_ms": self._timeout_ms,
+        }
+        try:
+            self._admin = AIOKafkaAdminClient(**common)
+            await self._admin.start()
+            self._producer = AIOKafkaProducer(acks="all", linger_ms=0, **common)
+            await self._producer.start()
+            self._offsets = AIOKafkaConsumer(enable_auto_commit=False, **common)
+            await self._offsets.start()
+        except (KafkaError, OSError) as e:
+            await self.stop()
+            raise DataUnavailable(
+                f"cannot reach Kafka at {self.bootstrap} (kafka.bootstrap): {e}"
+            ) from e
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        offsets, self._offsets = self._offsets, None
+        admin, self._admin = self._admin, None
+        for client in (producer, offsets):
+            if client is not None:
+                await client.stop()
+        if admin is not None:
+            await admin.close()
+
+    async def __aenter__(self) -> DataPlane:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def ensure_topics(self, names: Sequence[str], *, partitions: int) -> None:
+        """Create the topics that are missing; existing ones are left as they are."""
+        assert self._admin is not None
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    existing = set(await self._admin.list_topics())
+                    missing = [n for n in names if n not in existing]
+                    if missing:
+                        try:
+                            await self._admin.create_topics(
+                                [NewTopic(n, partitions, self._rf) for n in missing]
+                            )
+                        except TopicAlreadyExistsError:
+                            pass
+                        log.info("created topics", topics=missing, partitions=partitions)
+            async for attempt in self._retrying():
+                with attempt:
+                    await self._wait_partitions(names, partitions)
+        except (KafkaError, OSError, TimeoutError) as e:
+            raise DataUnavailable(f"cannot create topics {list(names)} in Kafka: {e}") from e
+
+    async def _wait_partitions(self, names: Sequence[str], partitions: int) -> None:
+        assert self._producer is not None
+        for name in names:
+            found = await self._producer.partitions_for(name)
+            if len(found) < partitions:
+                log.warning(
+                    "topic has fewer partitions than configured",
+                    topic=name, found=len(found), configured=partitions,
+                )
+
+    async def end_offset(self, topic: str, partition: int) -> int:
+        """The offset the next record of this partition will get.
+
+        Known from the last job's records where possible; otherwise asked of the
+        broker and checked by reading forward, because a broker may report the
+        high watermark of a batch rather than of its last record (Tansu does).
+        """
+        known = self._next.get((topic, partition))
+        if known is not None:
+            return known
+        assert self._offsets is not None
+        tp = TopicPartition(topic, partition)
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    end = int((await self._offsets.end_offsets([tp]))[tp])
+                    self._offsets.assign([tp])
+                    self._offsets.seek(tp, end)
+                    while True:
+                        batch = await self._offsets.getmany(tp, timeout_ms=50)
+                        records = batch.get(tp, [])
+                        if not records:
+                            break
+                        end = records[-1].offset + 1
+                    self._next[(topic, partition)] = end
+                    return end
+        except (KafkaError, OSError, TimeoutError) as e:
+            raise DataUnavailable(f"cannot read the end of {topic}/{partition}: {e}") from e
+        raise AssertionError("unreachable")
+
+    def note_end(self, topic: str, partition: int, end: int | None) -> None:
+        """A job released this partition; ``end`` is its next offset, None if unknown."""
+        if end is None:
+            self._next.pop((topic, partition), None)
+        else:
+            self._next[(topic, partition)] = end
+
+    async def produce(self, topic: str, partition: int, records: Sequence[bytes]) -> tuple[int, int]:
+        """Append ``records`` contiguously; returns their offsets ``[start, end)``.
+
+        The partition is leased to one job, so nobody else writes between our
+        batches; if a failed attempt left records behind, the whole sequence is
+        written again and the range points at the complete copy.
+        """
+        assert self._producer is not None
+        pieces = [p for record in records for p in split_line(record)]
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    start, end = await self._produce_once(topic, partition, pieces)
+                    self._next[(topic, partition)] = end
+                    return start, end
+        except (KafkaError, OSError, TimeoutError) as e:
+            raise DataUnavailable(f"cannot write input records to {topic}/{partition}: {e}") from e
+        raise AssertionError("unreachable")
+
+    async def _produce_once(
+        self, topic: str, partition: int, records: Sequence[bytes]
+    ) -> tuple[int, int]:
+        assert self._producer is not None
+        start: int | None = None
+        expected: int | None = None
+        i = 0
+        while i < len(records):
+            batch = self._producer.create_batch()
+            n = 0
+            while i < len(records):
+                if batch.append(key=None, value=records[i], timestamp=None) is None:
+                    if n == 0:
+                        raise DataUnavailable("an input record is larger than a Kafka batch")
+                    break
+                i += 1
+                n += 1
+                if batch.size() >= MAX_BATCH_BYTES:
+                    break
+            batch.close()
+            future = await self._producer.send_batch(batch, topic, partition=partition)
+            meta = await future
+            base = int(meta.offset)
+            if expected is not None and base != expected:
+                raise KafkaError(f"input batch landed at {base}, expected {expected}")
+            if start is None:
+                start = base
+            expected = base + n
+        if start is None or expected is None:
+            end = await self.end_offset(topic, partition)
+            return end, end
+        return start, expected
+
+    async def read(
+        self, topic: str, partition: int, start: int, end: int | None
+    ) -> AsyncIterator[bytes]:
+        """Records from ``start`` up to ``end``, or, when None, up to what is there now."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            request_timeout_ms=self._timeout_ms,
+        )
+        tp = TopicPartition(topic, partition)
+        try:
+            await consumer.start()
+            if end is not None and start >= end:
+                return
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            position = start
+            while end is None or position < end:
+                batch = await consumer.getmany(
+                    tp, timeout_ms=1000 if end is not None else 100, max_records=1000
+                )
+                messages = batch.get(tp, [])
+                if not messages and end is None:
+                    return  # caught up with a job that is still writing
+                for message in messages:
+                    if end is not None and message.offset >= end:
+                        return
+                    position = message.offset + 1
+                    yield message.value
+        except (KafkaError, OSError) as e:
+            raise DataUnavailable(f"cannot read {topic}/{partition}: {e}") from e
+        finally:
+            await consumer.stop()
+
+    async def follow(
+        self, topic: str, partition: int, start: int, final_end: Any
+    ) -> AsyncIterator[bytes]:
+        """Records from ``start`` as they arrive, until ``final_end()`` returns the
+        job's last offset (it returns None while the job still runs) and that
+        offset is reached."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            request_timeout_ms=self._timeout_ms,
+        )
+        tp = TopicPartition(topic, partition)
+        try:
+            await consumer.start()
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            position = start
+            while True:
+                end = final_end()
+                if end is not None and position >= end:
+                    return
+                batch = await consumer.getmany(tp, timeout_ms=100, max_records=1000)
+                for message in batch.get(tp, []):
+                    end = final_end()
+                    if end is not None and message.offset >= end:
+                        return
+                    position = message.offset + 1
+                    yield message.value
+        except (KafkaError, OSError) as e:
+            raise DataUnavailable(f"cannot read {topic}/{partition}: {e}") from e
+        finally:
+            await consumer.stop()
+
+
+class AgentData:
+    """The agent's side: read a job's input range, append its output lines."""
+
+    def __init__(self, bootstrap: str, *, request_timeout_s: float = 10.0) -> None:
+        self.bootstrap = bootstrap
+        self._timeout_ms = int(request_timeout_s * 1000)
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._last: asyncio.Future[Any] | None = None
+        self.records = 0
+
+    async def start(self) -> None:
+        common: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "request_timeout_ms": self._timeout_ms,
+        }
+        try:
+            self._producer = AIOKafkaProducer(acks="all", linger_ms=2, **common)
+            await self._producer.start()
+            self._consumer = AIOKafkaConsumer(enable_auto_commit=False, **common)
+            await self._consumer.start()
+        except (KafkaError, OSError) as e:
+            await self.stop()
+            raise DataUnavailable(f"cannot reach Kafka at {self.bootstrap}: {e}") from e
+
+    async def stop(self) -> None:
+        for client in (self._producer, self._consumer):
+            if client is not None:
+                await client.stop()
+        self._producer = self._consumer = None
+
+    async def fetch(self, topic: str, partition: int, start: int, end: int) -> list[bytes]:
+        assert self._consumer is not None
+        tp = TopicPartition(topic, partition)
+        out: list[bytes] = []
+        try:
+            self._consumer.assign([tp])
+            self._consumer.seek(tp, start)
+            while start + len(out) < end:
+                batch = await self._consumer.getmany(tp, timeout_ms=1000)
+                out.extend(
+                    m.value for m in batch.get(tp, []) if start <= m.offset < end
+                )
+        except (KafkaError, OSError) as e:
+            raise DataUnavailable(f"cannot read input from {topic}/{partition}: {e}") from e
+        return out
+
+    async def append(self, topic: str, partition: int, line: bytes) -> None:
+        assert self._producer is not None
+        try:
+            for piece in split_line(line):
+                self._last = await self._producer.send(topic, piece, partition=partition)
+                self.records += 1
+        except (KafkaError, OSError) as e:
+            raise DataUnavailable(f"cannot write output to {topic}/{partition}: {e}") from e
+
+    async def flush(self) -> int | None:
+        """Wait for every output record; the offset after the last one, if any."""
+        if self._last is None:
+            return None
+        try:
+            meta = await self._last
+        except (KafkaError, OSError) as e:
+            raise DataUnavailable(f"output records were not acknowledged by Kafka: {e}") from e
+        return int(meta.offset) + 1

@@ -1,0 +1,34 @@
+"""Partition leases: each running job owns one partition of its tenant's topics.
+
+A partition is leased when a job gets a worker and returned when the job
+ends, so a job's records are a plain offset range and partitions are reused
+without creating or deleting topics.
+"""
+
+from __future__ import annotations
+
+from poold.types import TenantName
+
+
+class NoPartitionFree(Exception):
+    pass
+
+
+class PartitionLeases:
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self._free: dict[TenantName, list[int]] = {}
+        self.leased = 0
+
+    def acquire(self, tenant: TenantName) -> int:
+        free = self._free.setdefault(tenant, list(range(self.partitions - 1, -1, -1)))
+        if not free:
+            raise NoPartitionFree(f"all {self.partitions} partitions of {tenant} are leased")
+        self.leased += 1
+        return free.pop()
+
+    def release(self, tenant: TenantName, partition: int) -> None:
+        free = self._free.setdefault(tenant, [])
+        if partition not in free:
+            free.append(partition)
+            self.leased -= 1

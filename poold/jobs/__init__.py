@@ -1,0 +1,1 @@
+"""Job records: their states and the store that keeps them."""

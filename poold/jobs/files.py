@@ -1,0 +1,107 @@
+"""A finished job's files on poold's own disk: its log and its artifacts.
+
+They are copied out of the slot before the worker is deleted, because the slot
+goes with the worker. Only regular files are taken: a module can create a
+symlink in /out pointing anywhere on the host, and following it would leak
+host files to the uploader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from poold.types import JobId
+
+
+class JobFiles:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._subscribers: dict[JobId, list[asyncio.Queue[bytes | None]]] = {}
+        root.mkdir(parents=True, exist_ok=True)
+
+    def dir(self, job: JobId) -> Path:
+        return self.root / job
+
+    def log_path(self, job: JobId) -> Path:
+        return self.dir(job) / "stderr.log"
+
+    def artifact_dir(self, job: JobId) -> Path:
+        return self.dir(job) / "artifacts"
+
+    # -- live log --------------------------------------------------------------
+
+    def append_log(self, job: JobId, chunk: bytes) -> None:
+        path = self.log_path(job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as f:
+            f.write(chunk)
+        for queue in self._subscribers.get(job, []):
+            queue.put_nowait(chunk)
+
+    def close_log(self, job: JobId, final: Path | None) -> None:
+        """The job ended: the slot's log is the complete one; subscribers are done."""
+        if final is not None and final.is_file():
+            self.log_path(job).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(final, self.log_path(job))
+        for queue in self._subscribers.pop(job, []):
+            queue.put_nowait(None)
+
+    def read_log(self, job: JobId) -> bytes:
+        try:
+            return self.log_path(job).read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    async def follow_log(self, job: JobId, done: bool) -> AsyncIterator[bytes]:
+        """What is there now, then new chunks until the job ends."""
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        if not done:
+            self._subscribers.setdefault(job, []).append(queue)
+        try:
+            current = self.read_log(job)
+            if current:
+                yield current
+            if done:
+                return
+            while (chunk := await queue.get()) is not None:
+                yield chunk
+        finally:
+            subs = self._subscribers.get(job)
+            if subs and queue in subs:
+                subs.remove(queue)
+
+    # -- artifacts -------------------------------------------------------------
+
+    def collect(self, job: JobId, source: Path, *, limit: int) -> list[tuple[str, int]]:
+        """Copy regular files from ``source`` (the slot's /out); returns (name, size)."""
+        target = self.artifact_dir(job)
+        found: list[tuple[str, int]] = []
+        total = 0
+        for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                st = path.lstat()
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if total + st.st_size > limit:
+                    continue
+                rel = path.relative_to(source).as_posix()
+                dest = target / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest, follow_symlinks=False)
+                total += st.st_size
+                found.append((rel, st.st_size))
+        return found
+
+    def artifact(self, job: JobId, name: str) -> Path | None:
+        base = self.artifact_dir(job).resolve()
+        path = (base / name).resolve()
+        if not path.is_relative_to(base) or not path.is_file():
+            return None
+        return path

@@ -1,0 +1,136 @@
+"""The job record users see, and the states it moves through."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from poold.types import JobId, ModuleHash, PodName, TenantName
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED, JobState.ERROR}
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_s: float
+    memory_mb: int
+    fuel: int | None = None
+
+
+@dataclass(frozen=True)
+class OffsetRange:
+    """Records ``[start, end)`` of one partition: what a job owns of it."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(when: datetime | None) -> str | None:
+    if when is None:
+        return None
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _ms(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds() * 1000, 3)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job. Frozen: every change is a new record, written to the store first."""
+
+    id: JobId
+    tenant: TenantName
+    module: ModuleHash
+    module_size: int
+    limits: Limits
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    input_count: int = 0
+    state: JobState = JobState.QUEUED
+    exit_code: int | None = None
+    error: str | None = None
+    pod: PodName | None = None
+    warm: bool | None = None
+    input: OffsetRange | None = None
+    output: OffsetRange | None = None
+    artifacts: tuple[tuple[str, int], ...] = ()
+    submitted_at: datetime = field(default_factory=utcnow)
+    assigned_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def evolve(self, **changes: Any) -> Job:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def wait_ms(self) -> float | None:
+        return _ms(self.submitted_at, self.started_at)
+
+    @property
+    def run_ms(self) -> float | None:
+        return _ms(self.started_at, self.finished_at)
+
+    def public(self) -> dict[str, Any]:
+        """The record as the HTTP API shows it."""
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "module": self.module,
+            "args": list(self.args),
+            "env": dict(self.env),
+            "limits": {
+                "timeout_s": self.limits.timeout_s,
+                "memory_mb": self.limits.memory_mb,
+                "fuel": self.limits.fuel,
+            },
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "pod": self.pod,
+            "partition": self.output.partition if self.output else None,
+            "warm": self.warm,
+            "input": _range(self.input),
+            "output": _range(self.output),
+            "artifacts": [{"name": n, "size": s} for n, s in self.artifacts],
+            "submitted_at": rfc3339(self.submitted_at),
+            "assigned_at": rfc3339(self.assigned_at),
+            "started_at": rfc3339(self.started_at),
+            "finished_at": rfc3339(self.finished_at),
+            "wait_ms": self.wait_ms,
+            "run_ms": self.run_ms,
+        }
+
+
+def _range(r: OffsetRange | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"topic": r.topic, "partition": r.partition, "start": r.start, "end": r.end}

@@ -1,0 +1,73 @@
+"""Prometheus metrics. Label values come from fixed sets, never from tenant input
+(a tenant name is configuration, chosen by the operator, so it may label)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+)
+RUN_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class Metrics:
+    """All of poold's metrics in one registry of its own (several daemons may share
+    a test process)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.pool_workers = Gauge(
+            "poold_pool_workers", "Workers by state.", ["state"], registry=r
+        )
+        self.pool_target = Gauge(
+            "poold_pool_target_workers", "Workers the pool is steering towards.", registry=r
+        )
+        self.pool_max = Gauge("poold_pool_max_workers", "pool.max_pods.", registry=r)
+        self.jobs_submitted = Counter(
+            "poold_jobs_submitted_total", "Jobs accepted (202).", ["tenant"], registry=r
+        )
+        self.jobs_finished = Counter(
+            "poold_jobs_finished_total", "Jobs by final state.", ["tenant", "state"], registry=r
+        )
+        self.starts = Counter(
+            "poold_job_starts_total", "Job starts on an idle (warm) or new (cold) worker.",
+            ["kind"], registry=r,
+        )
+        self.queue_wait = Histogram(
+            "poold_queue_wait_seconds", "Submitted to assigned a worker.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.start_latency = Histogram(
+            "poold_submit_to_start_seconds", "Submitted to the module's first instruction.",
+            ["kind"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.run_time = Histogram(
+            "poold_job_run_seconds", "Started to finished.", buckets=RUN_BUCKETS, registry=r
+        )
+        self.worker_start = Histogram(
+            "poold_worker_start_seconds", "Worker created to ready.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.worker_failures = Counter(
+            "poold_worker_failures_total", "Workers lost or replaced, by reason.",
+            ["reason"], registry=r,
+        )
+        self.partitions_leased = Gauge(
+            "poold_partitions_leased", "Kafka partitions leased to jobs.", registry=r
+        )
+        self.queued = Gauge("poold_jobs_queued", "Jobs waiting for a worker.", registry=r)
+        self.uploads = Counter(
+            "poold_module_uploads_total", "Module uploads accepted, by outcome.",
+            ["outcome"], registry=r,
+        )
+        self.uploads_rejected = Counter(
+            "poold_module_uploads_rejected_total", "Module uploads refused, by reason.",
+            ["reason"], registry=r,
+        )
+        self.http_errors = Counter(
+            "poold_http_client_errors_total", "4xx answers, by status.", ["status"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

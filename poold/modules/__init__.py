@@ -1,0 +1,1 @@
+"""Uploaded modules: validated, stored by content, compiled once."""

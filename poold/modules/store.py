@@ -1,0 +1,142 @@
+"""Modules stored by their sha256: uploading the same bytes twice stores one copy.
+
+An upload streams to a temporary file while it is hashed and measured; it is
+validated (header, sections, the runtime's full validation) before it is
+renamed into place, so the store never holds a module that could not run.
+After a new upload the module is compiled into the shared cache in the
+background, so the first job does not pay for compilation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+import wasmtime
+
+from poold.runtime.engine import CompileCache, make_engine
+from poold.runtime.inspect import ModuleRejected, check_header, inspect_module
+from poold.types import ModuleHash
+
+log = structlog.get_logger(__name__)
+
+
+class TooLarge(ModuleRejected):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredModule:
+    sha256: ModuleHash
+    size: int
+    created: bool
+
+
+class ModuleStore:
+    def __init__(self, root: Path, *, cache: CompileCache | None, max_bytes: int) -> None:
+        self.root = root
+        self.cache = cache
+        self.max_bytes = max_bytes
+        self._validator = make_engine(fuel=False)
+        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompile")
+        self._sizes: dict[ModuleHash, int] = {}
+        root.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        self._compiler.shutdown(wait=False, cancel_futures=True)
+
+    def path(self, sha256: ModuleHash) -> Path:
+        return self.root / f"{sha256}.wasm"
+
+    def size(self, sha256: str) -> int | None:
+        """The module's size if it is stored, else None."""
+        key = ModuleHash(sha256)
+        if key in self._sizes:
+            return self._sizes[key]
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            return None
+        try:
+            size = self.path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+        self._sizes[key] = size
+        return size
+
+    async def put(self, chunks: AsyncIterator[bytes]) -> StoredModule:
+        tmp = self.root / f".upload-{secrets.token_hex(8)}.tmp"
+        digest = hashlib.sha256()
+        size = 0
+        head = b""
+        try:
+            with open(tmp, "wb") as f:
+                async for chunk in chunks:
+                    if len(head) < 8:
+                        head += chunk[: 8 - len(head)]
+                        if len(head) >= 8:
+                            check_header(head)
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise TooLarge(
+                            f"the module is larger than the upload limit of "
+                            f"{self.max_bytes // (1024 * 1024)} MiB (server.max_upload_mb)",
+                            reason="too_large",
+                        )
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if size == 0:
+                raise ModuleRejected(
+                    "the request body is empty; send the .wasm file as the body",
+                    reason="empty",
+                )
+            check_header(head)
+            sha = ModuleHash(digest.hexdigest())
+            final = self.path(sha)
+            if final.exists():
+                return StoredModule(sha, size, created=False)
+            await asyncio.get_running_loop().run_in_executor(None, self._validate, tmp)
+            os.replace(tmp, final)
+            self._sizes[sha] = size
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._precompile(sha, final)
+        return StoredModule(sha, size, created=True)
+
+    def _validate(self, path: Path) -> None:
+        data = path.read_bytes()
+        info = inspect_module(data)
+        try:
+            wasmtime.Module.validate(self._validator, data)
+        except wasmtime.WasmtimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
+            raise ModuleRejected(
+                f"the module is not valid WebAssembly: {first}", reason="invalid"
+            ) from e
+        if "_start" not in info.exports:
+            raise ModuleRejected(
+                "the module exports no _start function; poold runs WASI commands "
+                "(a program with a main), not libraries (reactors)",
+                reason="no_start",
+            )
+
+    def _precompile(self, sha: ModuleHash, path: Path) -> None:
+        if self.cache is None:
+            return
+        cache = self.cache
+
+        def work() -> None:
+            try:
+                if cache.precompile(sha, path):
+                    log.info("module compiled into the cache", module=sha)
+            except Exception:
+                log.exception("background compilation failed", module=sha)
+
+        self._compiler.submit(work)

@@ -1,0 +1,77 @@
+"""The wasmtime engine configuration and the compiled-module cache.
+
+poold (which precompiles at upload) and every agent (which runs) must build
+the engine the same way, or a cached artifact would be refused; both call
+:func:`make_engine`. The cache is keyed by module sha256, wasmtime version
+and engine flavour, and written by temp-file-then-rename so workers sharing
+it never read a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import secrets
+from pathlib import Path
+
+import wasmtime
+
+WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+
+
+def make_engine(*, fuel: bool) -> wasmtime.Engine:
+    """Epoch interruption always (wall-clock limits); fuel only when a job asks for it,
+    because metering slows every instruction down."""
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    config.consume_fuel = fuel
+    config.cranelift_opt_level = "speed"
+    return wasmtime.Engine(config)
+
+
+def flavour(*, fuel: bool) -> str:
+    return "fuel" if fuel else "plain"
+
+
+class CompileCache:
+    """Compiled modules on disk, shared by all workers of this machine or volume."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / f"wasmtime-{WASMTIME_VERSION}"
+
+    def path(self, sha256: str, *, fuel: bool) -> Path:
+        return self.root / flavour(fuel=fuel) / f"{sha256}.cwasm"
+
+    def load(
+        self, engine: wasmtime.Engine, sha256: str, wasm_path: Path, *, fuel: bool
+    ) -> tuple[wasmtime.Module, bool]:
+        """The compiled module and whether it came from the cache."""
+        cached = self.path(sha256, fuel=fuel)
+        if cached.exists():
+            try:
+                return wasmtime.Module.deserialize_file(engine, str(cached)), True
+            except wasmtime.WasmtimeError:
+                cached.unlink(missing_ok=True)  # stale or damaged: compile again
+        module = wasmtime.Module.from_file(engine, str(wasm_path))
+        self._store(cached, module.serialize())
+        return module, False
+
+    def precompile(self, sha256: str, wasm_path: Path, *, fuel: bool = False) -> bool:
+        """Compile into the cache unless it is there; True when work was done."""
+        cached = self.path(sha256, fuel=fuel)
+        if cached.exists():
+            return False
+        engine = make_engine(fuel=fuel)
+        module = wasmtime.Module.from_file(engine, str(wasm_path))
+        self._store(cached, module.serialize())
+        return True
+
+    @staticmethod
+    def _store(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)

@@ -1,0 +1,48 @@
+"""Run one WASI module to completion under its limits.
+
+The interface is shared by the runtime drivers (wasmtime here, the WasmEdge CLI
+in cluster pods): a blocking :meth:`Runner.run` meant for a worker thread, and
+a thread-safe :meth:`Runner.interrupt` for cancellation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+Outcome = Literal["succeeded", "failed", "timed_out", "cancelled", "error"]
+InterruptReason = Literal["timeout", "cancel"]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    wasm_path: Path
+    sha256: str
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    timeout_s: float
+    memory_mb: int
+    fuel: int | None
+    out_dir: Path
+    stdin_path: Path | None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    state: Outcome
+    exit_code: int | None
+    error: str | None
+    cached: bool = False
+
+
+Sink = Callable[[bytes], None]
+
+
+class Runner(Protocol):
+    def run(
+        self, request: RunRequest, *, stdout: Sink, stderr: Sink, on_start: Callable[[], None]
+    ) -> RunResult: ...
+
+    def interrupt(self, reason: InterruptReason) -> None: ...

@@ -1,0 +1,172 @@
+"""The wasmtime driver: compile-cache lookup, WASI sandbox, limits, outcome."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import wasmtime
+
+from poold.runtime.engine import CompileCache, make_engine
+from poold.runtime.runner import InterruptReason, RunRequest, RunResult, Sink
+
+PAGE = 64 * 1024
+
+
+class WasmtimeRunner:
+    """Runs modules with wasmtime; only ``/out`` of the host is visible to them."""
+
+    def __init__(self, cache: CompileCache) -> None:
+        self._cache = cache
+        self._engines: dict[bool, wasmtime.Engine] = {}
+        self._lock = threading.Lock()
+        self._reason: InterruptReason | None = None
+        self._engine: wasmtime.Engine | None = None
+
+    def engine(self, *, fuel: bool) -> wasmtime.Engine:
+        with self._lock:
+            if fuel not in self._engines:
+                self._engines[fuel] = make_engine(fuel=fuel)
+            return self._engines[fuel]
+
+    def warm_up(self) -> None:
+        """Build the plain engine ahead of the first job, off the latency path."""
+        self.engine(fuel=False)
+
+    def interrupt(self, reason: InterruptReason) -> None:
+        with self._lock:
+            if self._reason is None:
+                self._reason = reason
+            engine = self._engine
+        if engine is not None:
+            engine.increment_epoch()
+
+    def run(
+        self, request: RunRequest, *, stdout: Sink, stderr: Sink, on_start: Callable[[], None]
+    ) -> RunResult:
+        fuel = request.fuel is not None
+        engine = self.engine(fuel=fuel)
+        try:
+            module, cached = self._cache.load(
+                engine, request.sha256, request.wasm_path, fuel=fuel
+            )
+        except wasmtime.WasmtimeError as e:
+            return RunResult("error", None, f"the module could not be compiled: {_first_line(e)}")
+
+        store = wasmtime.Store(engine)
+        limit = request.memory_mb * 1024 * 1024
+        store.set_limits(memory_size=limit)
+        store.set_epoch_deadline(1)
+        if request.fuel is not None:
+            store.set_fuel(request.fuel)
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = ["module.wasm", *request.args]
+        wasi.env = [list(pair) for pair in request.env]
+        if request.stdin_path is not None:
+            wasi.stdin_file = str(request.stdin_path)
+        wasi.stdout_custom = stdout
+        wasi.stderr_custom = stderr
+        wasi.preopen_dir(str(request.out_dir), "/out")
+        store.set_wasi(wasi)
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        try:
+            instance = linker.instantiate(store, module)
+            start = instance.exports(store).get("_start")
+            if not isinstance(start, wasmtime.Func):
+                return RunResult(
+                    "error", None, "the module has no _start function (is it a WASI command?)",
+                    cached,
+                )
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
+            return RunResult("failed", None, f"the module could not start: {_first_line(e)}", cached)
+
+        timer = threading.Timer(request.timeout_s, self.interrupt, args=("timeout",))
+        timer.daemon = True
+        with self._lock:
+            self._engine = engine
+            interrupted_early = self._reason is not None
+        if interrupted_early:
+            engine.increment_epoch()
+        on_start()
+        timer.start()
+        try:
+            start(store)
+        except wasmtime.ExitTrap as e:
+            code = e.code
+            if code == 0:
+                return RunResult("succeeded", 0, None, cached)
+            return RunResult(
+                "failed", code, _with_memory_note(f"the module exited with code {code}",
+                                                  instance, store, limit, request), cached,
+            )
+        except wasmtime.Trap as e:
+            return self._trap(e, instance, store, limit, request, cached)
+        except wasmtime.WasmtimeError as e:
+            text = _first_line(e)
+            if "exit with invalid exit status" in text:
+                return RunResult(
+                    "failed", None,
+                    "the module exited with a status outside 0..125, which WASI cannot report",
+                    cached,
+                )
+            return RunResult("failed", None, f"the module failed: {text}", cached)
+        finally:
+            timer.cancel()
+        return RunResult("succeeded", 0, None, cached)
+
+    def _trap(
+        self,
+        trap: wasmtime.Trap,
+        instance: wasmtime.Instance,
+        store: wasmtime.Store,
+        limit: int,
+        request: RunRequest,
+        cached: bool,
+    ) -> RunResult:
+        code = trap.trap_code
+        if code == wasmtime.TrapCode.INTERRUPT:
+            with self._lock:
+                reason = self._reason
+            if reason == "cancel":
+                return RunResult("cancelled", None, "the job was cancelled while running", cached)
+            return RunResult(
+                "timed_out", None,
+                f"the module ran longer than its time limit of {request.timeout_s:g} s",
+                cached,
+            )
+        if code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return RunResult(
+                "failed", None, f"the module ran out of fuel (limit {request.fuel})", cached
+            )
+        message = f"the module trapped: {_first_line(trap)}"
+        return RunResult(
+            "failed", None, _with_memory_note(message, instance, store, limit, request), cached
+        )
+
+
+def _with_memory_note(
+    message: str,
+    instance: wasmtime.Instance,
+    store: wasmtime.Store,
+    limit: int,
+    request: RunRequest,
+) -> str:
+    """Say so when the failure followed a refused memory.grow: a cap was the cause."""
+    memory = instance.exports(store).get("memory")
+    if isinstance(memory, wasmtime.Memory) and (memory.size(store) + 1) * PAGE > limit:
+        return (
+            f"{message} after reaching its memory limit of {request.memory_mb} MiB "
+            "(raise limits.memory_mb if it needs more)"
+        )
+    return message
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def default_out_dir(slot: Path) -> Path:
+    return slot / "out" / "artifacts"

@@ -1,0 +1,1 @@
+"""Scheduling: the fair queue, the pool of workers, and a job's way through them."""

@@ -1,0 +1,267 @@
+"""The pool controller: keep ``min_idle`` workers waiting, never exceed ``max_pods``.
+
+Level-triggered: each pass compares what the backend reported (starting,
+idle, busy, deleting workers) with what is wanted (busy + max(min_idle,
+demand)) and acts on the difference, so a lost event only delays a
+correction. Creations are paced (``max_starting`` in flight) and back off
+after failures, so a broken runner never becomes a hot loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import structlog
+
+from poold.backends.base import Backend, BackendUnavailable, WorkerEvent
+from poold.config import PoolSettings
+from poold.metrics import Metrics
+from poold.slots import Slot
+from poold.types import JobId, PodName, new_pod_name
+
+log = structlog.get_logger(__name__)
+
+
+class WorkerState(str, Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    DELETING = "deleting"
+
+
+@dataclass
+class Worker:
+    pod: PodName
+    state: WorkerState = WorkerState.STARTING
+    created: float = field(default_factory=time.monotonic)
+    ready_at: float | None = None
+    endpoint: str | None = None
+    job: JobId | None = None
+    lost: asyncio.Future[str] | None = None
+    """Resolved with a reason if the worker disappears while it holds a job."""
+
+
+LostCallback = Callable[[Worker, str], None]
+
+
+class Pool:
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        settings: PoolSettings,
+        slots_root: Path,
+        metrics: Metrics,
+        demand: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.slots_root = slots_root
+        self.metrics = metrics
+        self.demand = demand
+        self.workers: dict[PodName, Worker] = {}
+        self.on_idle: Callable[[], None] = lambda: None
+        self._wake = asyncio.Event()
+        self._failures = 0
+        self._not_before = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._idle_changed = asyncio.Event()
+
+    # -- figures ---------------------------------------------------------------
+
+    def count(self, state: WorkerState) -> int:
+        return sum(1 for w in self.workers.values() if w.state is state)
+
+    def target(self) -> int:
+        busy = self.count(WorkerState.BUSY)
+        return min(self.settings.max_pods, busy + max(self.settings.min_idle, self.demand()))
+
+    def figures(self) -> dict[str, int]:
+        return {
+            "idle": self.count(WorkerState.IDLE),
+            "busy": self.count(WorkerState.BUSY),
+            "starting": self.count(WorkerState.STARTING),
+            "deleting": self.count(WorkerState.DELETING),
+            "target": self.target(),
+            "min_idle": self.settings.min_idle,
+            "max": self.settings.max_pods,
+        }
+
+    def _export(self) -> None:
+        for state in WorkerState:
+            self.metrics.pool_workers.labels(state.value).set(self.count(state))
+        self.metrics.pool_target.set(self.target())
+        self.metrics.pool_max.set(self.settings.max_pods)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.backend.start(self._on_event)
+        self._task = asyncio.create_task(self._run(), name="pool-controller")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for worker in list(self.workers.values()):
+            with contextlib.suppress(BackendUnavailable):
+                await self.backend.delete(worker.pod)
+        await self.backend.stop()
+        for worker in list(self.workers.values()):
+            Slot.of(self.slots_root, worker.pod).remove()
+        self.workers.clear()
+
+    def poke(self) -> None:
+        """Something changed (demand, a job ended): reconcile soon."""
+        self._wake.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """For tests and start-up: wait until the pool looks a certain way."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._idle_changed.clear()
+                await self._idle_changed.wait()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._reconcile()
+            except BackendUnavailable as e:
+                log.warning("backend unavailable; will retry", error=str(e))
+                self._note_failure("backend_unavailable")
+            self._export()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            self._wake.clear()
+
+    async def _reconcile(self) -> None:
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if (
+                worker.state is WorkerState.STARTING
+                and now - worker.created > self.settings.start_timeout_s
+            ):
+                log.warning("worker not ready in time; replacing it", pod=worker.pod)
+                self._note_failure("start_timeout")
+                await self._retire(worker)
+            elif (
+                worker.state is WorkerState.IDLE
+                and self.settings.idle_ttl_s > 0
+                and worker.ready_at is not None
+                and now - worker.ready_at > self.settings.idle_ttl_s
+            ):
+                await self._retire(worker)
+        if now < self._not_before:
+            self._wake_at(self._not_before)
+            return
+        live = sum(1 for w in self.workers.values() if w.state is not WorkerState.DELETING)
+        starting = self.count(WorkerState.STARTING)
+        room = min(
+            self.target() - live,
+            self.settings.max_pods - len(self.workers),
+            self.settings.max_starting - starting,
+        )
+        for _ in range(max(0, room)):
+            await self._create()
+
+    def _wake_at(self, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(max(0.0, when - time.monotonic()), self._wake.set)
+
+    def _note_failure(self, reason: str) -> None:
+        self.metrics.worker_failures.labels(reason).inc()
+        self._failures += 1
+        delay = min(
+            self.settings.failure_backoff_max_s,
+            self.settings.failure_backoff_s * 2 ** (self._failures - 1),
+        )
+        self._not_before = time.monotonic() + delay
+
+    async def _create(self) -> None:
+        pod = new_pod_name()
+        Slot.of(self.slots_root, pod).create()
+        worker = Worker(pod)
+        self.workers[pod] = worker
+        try:
+            await self.backend.create(pod)
+        except BackendUnavailable:
+            del self.workers[pod]
+            Slot.of(self.slots_root, pod).remove()
+            raise
+
+    async def _retire(self, worker: Worker) -> None:
+        worker.state = WorkerState.DELETING
+        try:
+            await self.backend.delete(worker.pod)
+        except BackendUnavailable as e:
+            log.warning("could not delete worker; will retry", pod=worker.pod, error=str(e))
+        self._idle_changed.set()
+        self._wake.set()
+
+    # -- events from the backend ----------------------------------------------
+
+    def _on_event(self, event: WorkerEvent) -> None:
+        worker = self.workers.get(event.pod)
+        if worker is None:
+            return
+        if event.kind == "ready" and worker.state is WorkerState.STARTING:
+            worker.state = WorkerState.IDLE
+            worker.ready_at = time.monotonic()
+            worker.endpoint = event.endpoint
+            self.metrics.worker_start.observe(worker.ready_at - worker.created)
+            self._failures = 0
+            self._idle_changed.set()
+            self.on_idle()
+        elif event.kind == "gone":
+            del self.workers[event.pod]
+            Slot.of(self.slots_root, event.pod).remove()
+            if worker.state is WorkerState.STARTING:
+                log.warning("worker died while starting", pod=event.pod, reason=event.reason)
+                self._note_failure("start_failed")
+            elif worker.state is WorkerState.IDLE:
+                log.warning("idle worker died", pod=event.pod, reason=event.reason)
+                self.metrics.worker_failures.labels("idle_lost").inc()
+            elif worker.state is WorkerState.BUSY:
+                self.metrics.worker_failures.labels("busy_lost").inc()
+                if worker.lost is not None and not worker.lost.done():
+                    worker.lost.set_result(event.reason or "the worker disappeared")
+            self._idle_changed.set()
+        self._export()
+        self._wake.set()
+
+    # -- used by the scheduler -------------------------------------------------
+
+    def take_idle(self) -> Worker | None:
+        """The longest-idle worker, now busy; None if none is idle."""
+        idle = [w for w in self.workers.values() if w.state is WorkerState.IDLE]
+        if not idle:
+            return None
+        worker = min(idle, key=lambda w: w.ready_at or 0.0)
+        worker.state = WorkerState.BUSY
+        worker.lost = asyncio.get_running_loop().create_future()
+        self._wake.set()
+        return worker
+
+    async def claim(self, worker: Worker, job: JobId) -> bool:
+        """Fence the worker for ``job``; a worker we lose the claim on is retired."""
+        try:
+            won = await self.backend.claim(worker.pod, job)
+        except BackendUnavailable:
+            won = False
+        if won:
+            worker.job = job
+        else:
+            await self._retire(worker)
+        return won
+
+    async def recycle(self, worker: Worker) -> None:
+        """The job is over: throw the worker away; the controller starts a fresh one."""
+        await self._retire(worker)

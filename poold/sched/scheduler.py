@@ -1,0 +1,403 @@
+"""A job's way from the queue to a result: where a job gets a worker.
+
+The dispatcher hands each queued job (fairly, within tenant quotas) to an
+idle worker. Then, per job: fence the claim, lease a partition, write the
+input records to Kafka, deliver module and ``job.json`` to the slot, nudge
+the agent and follow its events, and when the result is committed, keep
+the log and artifacts, write the terminal record, and recycle the worker.
+Every state change is written to the job store before it is acted on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiohttp
+import structlog
+
+from poold.config import Settings
+from poold.data.kafka import DataPlane, DataUnavailable, topic_names
+from poold.data.leases import PartitionLeases
+from poold.jobs.files import JobFiles
+from poold.jobs.model import Job, JobState, OffsetRange, utcnow
+from poold.jobs.store import JobStore
+from poold.metrics import Metrics
+from poold.modules.store import ModuleStore
+from poold.protocol import JobDocument, PartitionRef, ResultDocument
+from poold.sched.pool import Pool, Worker, WorkerState
+from poold.sched.queue import FairQueue
+from poold.slots import Slot, copy_atomic, read_json, write_json_atomic
+from poold.types import JobId, TenantName
+
+log = structlog.get_logger(__name__)
+
+RESULT_GRACE_S = 10.0
+"""Beyond a job's own time limit, how long poold waits for the agent's result
+before it gives up on the worker (a module blocked in a host call cannot be
+interrupted by the epoch)."""
+CANCEL_GRACE_S = 3.0
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Running:
+    job: JobId
+    worker: Worker
+    cancel: asyncio.Event
+
+
+def _ts(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: JobStore,
+        pool: Pool,
+        data: DataPlane,
+        modules: ModuleStore,
+        files: JobFiles,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.pool = pool
+        self.data = data
+        self.modules = modules
+        self.files = files
+        self.metrics = metrics
+        self.queue = FairQueue()
+        self.leases = PartitionLeases(settings.kafka.partitions)
+        self.active: dict[TenantName, int] = {}
+        self.running: dict[JobId, Running] = {}
+        self._inputs: dict[JobId, list[bytes]] = {}
+        self._output_ends: dict[JobId, int] = {}
+        """Where each job's output ended, as its agent reported it."""
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._http: aiohttp.ClientSession | None = None
+        pool.demand = lambda: self.queue.demand(self._room)
+        pool.on_idle = self._wake.set
+
+    def _room(self, tenant: TenantName) -> int:
+        quota = self.settings.tenants[tenant].max_concurrent_jobs
+        return quota - self.active.get(tenant, 0)
+
+    # -- public ----------------------------------------------------------------
+
+    async def submit(self, job: Job, records: list[bytes]) -> Job:
+        tenant = self.settings.tenants[job.tenant]
+        if self.queue.size(job.tenant) >= tenant.max_queued_jobs:
+            raise QueueFull(
+                f"tenant {job.tenant} already has {tenant.max_queued_jobs} jobs waiting "
+                "(tenants.*.max_queued_jobs); retry later"
+            )
+        await self.store.put(job)
+        self._inputs[job.id] = records
+        self.queue.push(job.tenant, job.id)
+        self.metrics.jobs_submitted.labels(job.tenant).inc()
+        self.metrics.queued.set(len(self.queue))
+        self._wake.set()
+        self.pool.poke()
+        return job
+
+    async def cancel(self, job: Job) -> Job:
+        if job.state is JobState.QUEUED and self.queue.remove(job.tenant, job.id):
+            self._inputs.pop(job.id, None)
+            return await self._finish(job, JobState.CANCELLED, error="cancelled before it started")
+        running = self.running.get(job.id)
+        if running is not None:
+            running.cancel.set()
+            current = self.store.get(job.id) or job
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CANCEL_GRACE_S + 2):
+                    while not current.state.terminal:
+                        current = await self.store.wait_change(job.id, current)
+            return current
+        return self.store.get(job.id) or job
+
+    # -- dispatcher ------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=None)
+        )
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                self._dispatch()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._http.close()
+
+    def _dispatch(self) -> None:
+        while True:
+            if self.pool.count(WorkerState.IDLE) == 0:
+                break
+            picked = self.queue.pop(lambda t: self._room(t) > 0)
+            if picked is None:
+                break
+            tenant, job_id = picked
+            worker = self.pool.take_idle()
+            if worker is None:  # pragma: no cover - checked above
+                self.queue.push_front(tenant, job_id)
+                break
+            self.active[tenant] = self.active.get(tenant, 0) + 1
+            task = asyncio.create_task(self._run_job(job_id, worker), name=f"job-{job_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self.metrics.queued.set(len(self.queue))
+        self.pool.poke()
+
+    # -- one job ---------------------------------------------------------------
+
+    async def _run_job(self, job_id: JobId, worker: Worker) -> None:
+        job = self.store.get(job_id)
+        assert job is not None
+        structlog.contextvars.bind_contextvars(job_id=job_id, pod=worker.pod, tenant=job.tenant)
+        partition: int | None = None
+        try:
+            if not await self.pool.claim(worker, job_id):
+                self.queue.push_front(job.tenant, job_id)
+                return
+            partition = self.leases.acquire(job.tenant)
+            self.metrics.partitions_leased.set(self.leases.leased)
+            job = await self._execute(job, worker, partition)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("job failed inside poold")
+            current = self.store.get(job_id) or job
+            if not current.state.terminal:
+                job = await self._finish(current, JobState.ERROR, error=f"poold failed the job: {e}")
+        finally:
+            self.running.pop(job_id, None)
+            self._inputs.pop(job_id, None)
+            if partition is not None:
+                _, out_topic = topic_names(self.settings.kafka.topic_prefix, job.tenant)
+                self.data.note_end(out_topic, partition, self._output_ends.pop(job_id, None))
+                self.leases.release(job.tenant, partition)
+                self.metrics.partitions_leased.set(self.leases.leased)
+            self.active[job.tenant] -= 1
+            if worker.job == job_id:
+                await self.pool.recycle(worker)
+            self._wake.set()
+            structlog.contextvars.unbind_contextvars("job_id", "pod", "tenant")
+
+    async def _execute(self, job: Job, worker: Worker, partition: int) -> Job:
+        in_topic, out_topic = topic_names(self.settings.kafka.topic_prefix, job.tenant)
+        warm = worker.ready_at is not None and worker.ready_at <= _monotonic_of(job.submitted_at)
+        job = job.evolve(
+            state=JobState.ASSIGNED, pod=worker.pod, warm=warm, assigned_at=utcnow()
+        )
+        await self.store.put(job)
+        self.metrics.queue_wait.observe(
+            (job.assigned_at - job.submitted_at).total_seconds()  # type: ignore[operator]
+        )
+        cancel = asyncio.Event()
+        self.running[job.id] = Running(job.id, worker, cancel)
+
+        records = self._inputs.pop(job.id, [])
+        try:
+            in_range: OffsetRange | None = None
+            if records:
+                start, end = await self.data.produce(in_topic, partition, records)
+                in_range = OffsetRange(in_topic, partition, start, end)
+            out_start = await self.data.end_offset(out_topic, partition)
+        except DataUnavailable as e:
+            return await self._finish(job, JobState.ERROR, error=f"Kafka is unavailable: {e}")
+        job = job.evolve(input=in_range, output=OffsetRange(out_topic, partition, out_start))
+        await self.store.put(job)
+
+        document = JobDocument(
+            job_id=job.id, sha256=job.module, size=job.module_size, args=list(job.args),
+            env=[[k, v] for k, v in job.env], timeout_s=job.limits.timeout_s,
+            memory_mb=job.limits.memory_mb, fuel=job.limits.fuel,
+            input=PartitionRef(in_topic, partition, in_range.start, in_range.end)
+            if in_range else None,
+            output=PartitionRef(out_topic, partition, out_start),
+        )
+        slot = Slot.of(self.settings.slots.root, worker.pod)
+        await self._deliver(slot, job, document)
+        result = await self._follow(job, worker, slot, cancel)
+        return await self._complete(job, slot, result)
+
+    async def _deliver(self, slot: Slot, job: Job, document: JobDocument) -> None:
+        """Module first, ``job.json`` last: its rename is the commit point."""
+        source = self.modules.path(job.module)
+        if job.module_size > 4 * 1024 * 1024:
+            await asyncio.to_thread(copy_atomic, source, slot.module)
+        else:
+            copy_atomic(source, slot.module)
+        write_json_atomic(slot.job_json, document.to_json())
+
+    async def _follow(
+        self, job: Job, worker: Worker, slot: Slot, cancel: asyncio.Event
+    ) -> ResultDocument | str:
+        """The agent's result, or a sentence saying why there is none."""
+        assert worker.lost is not None
+        deadline = job.limits.timeout_s + RESULT_GRACE_S
+        stream = asyncio.create_task(self._stream_events(job, worker), name="agent-events")
+        lost = worker.lost
+        cancelled = asyncio.create_task(cancel.wait())
+        cancel_deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(deadline + 30):
+                while True:
+                    done, _ = await asyncio.wait(
+                        {stream, lost, cancelled}, timeout=1.0,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if stream in done:
+                        result = stream.result()
+                        if result is not None:
+                            return result
+                        # the stream broke; the slot stays the source of truth
+                        stream = asyncio.create_task(self._poll_result(slot))
+                    if lost in done:
+                        found = self._read_result(slot)
+                        return found if found is not None else f"the worker died: {lost.result()}"
+                    if cancelled in done and cancel_deadline is None:
+                        cancel_deadline = loop.time() + CANCEL_GRACE_S
+                        await self._agent_cancel(worker)
+                        cancelled = asyncio.create_task(asyncio.Event().wait())
+                    if cancel_deadline is not None and loop.time() > cancel_deadline:
+                        return "cancel"
+                    current = self.store.get(job.id) or job
+                    started = current.started_at or current.assigned_at or current.submitted_at
+                    if (utcnow() - started).total_seconds() > deadline:
+                        return "timeout"
+        except TimeoutError:
+            return "timeout"
+        finally:
+            stream.cancel()
+            cancelled.cancel()
+
+    async def _poll_result(self, slot: Slot) -> ResultDocument | None:
+        while True:
+            found = self._read_result(slot)
+            if found is not None:
+                return found
+            await asyncio.sleep(self.settings.runtime.poll_interval_s)
+
+    @staticmethod
+    def _read_result(slot: Slot) -> ResultDocument | None:
+        raw = read_json(slot.result_json)
+        return ResultDocument.from_json(raw) if raw is not None else None
+
+    async def _stream_events(self, job: Job, worker: Worker) -> ResultDocument | None:
+        assert self._http is not None and worker.endpoint is not None
+        try:
+            async with self._http.post(f"{worker.endpoint}/run") as response:
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind = event.get("type")
+                    if kind == "started":
+                        await self._started(job.id, float(event["ts"]))
+                    elif kind == "stderr":
+                        self.files.append_log(job.id, str(event["data"]).encode())
+                    elif kind == "finished":
+                        return ResultDocument.from_json(event["result"])
+        except (aiohttp.ClientError, OSError, json.JSONDecodeError) as e:
+            log.warning("agent event stream broke; polling the slot", error=str(e))
+        return None
+
+    async def _agent_cancel(self, worker: Worker) -> None:
+        assert self._http is not None
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            async with asyncio.timeout(2):
+                await self._http.post(f"{worker.endpoint}/cancel")
+
+    async def _started(self, job_id: JobId, ts: float) -> None:
+        job = self.store.get(job_id)
+        if job is None or job.state is not JobState.ASSIGNED:
+            return
+        job = job.evolve(state=JobState.RUNNING, started_at=_ts(ts))
+        await self.store.put(job)
+        kind = "warm" if job.warm else "cold"
+        self.metrics.starts.labels(kind).inc()
+        if job.wait_ms is not None:
+            self.metrics.start_latency.labels(kind).observe(job.wait_ms / 1000)
+
+    async def _complete(self, job: Job, slot: Slot, result: ResultDocument | str) -> Job:
+        job = self.store.get(job.id) or job
+        if isinstance(result, str):
+            self.files.close_log(job.id, slot.stderr_log)
+            if result == "timeout":
+                return await self._finish(
+                    job, JobState.TIMED_OUT,
+                    error=f"the job ran past its time limit of {job.limits.timeout_s:g} s and "
+                    "its worker did not stop it; the worker was deleted",
+                )
+            if result == "cancel":
+                return await self._finish(job, JobState.CANCELLED, error="cancelled")
+            return await self._finish(job, JobState.ERROR, error=result)
+        limit = self.settings.runtime.max_artifacts_mb * 1024 * 1024
+        artifacts = await asyncio.to_thread(self.files.collect, job.id, slot.artifacts, limit=limit)
+        self.files.close_log(job.id, slot.stderr_log)
+        if job.started_at is None and result.started_at is not None:
+            job = job.evolve(started_at=_ts(result.started_at))
+            kind = "warm" if job.warm else "cold"
+            self.metrics.starts.labels(kind).inc()
+        output = job.output
+        if output is not None:
+            end = result.output_end if result.output_end is not None else output.start
+            self._output_ends[job.id] = end
+            output = OffsetRange(output.topic, output.partition, output.start, end)
+        job = job.evolve(output=output, artifacts=tuple(artifacts))
+        return await self._finish(
+            job, JobState(result.state), error=result.error, exit_code=result.exit_code,
+            finished=_ts(result.finished_at),
+        )
+
+    async def _finish(
+        self,
+        job: Job,
+        state: JobState,
+        *,
+        error: str | None = None,
+        exit_code: int | None = None,
+        finished: datetime | None = None,
+    ) -> Job:
+        job = job.evolve(
+            state=state, error=error, exit_code=exit_code, finished_at=finished or utcnow()
+        )
+        if job.output is not None and job.output.end is None:
+            job = job.evolve(output=OffsetRange(
+                job.output.topic, job.output.partition, job.output.start, job.output.start))
+        await self.store.put(job)
+        self.metrics.jobs_finished.labels(job.tenant, state.value).inc()
+        if job.run_ms is not None:
+            self.metrics.run_time.observe(job.run_ms / 1000)
+        log.info(
+            "job finished", job_id=job.id, tenant=job.tenant, state=state.value,
+            exit_code=exit_code, pod=job.pod, warm=job.warm, wait_ms=job.wait_ms,
+            run_ms=job.run_ms, error=error,
+        )
+        return job
+
+
+_MONO_OFFSET = time.time() - time.monotonic()
+
+
+def _monotonic_of(when: datetime) -> float:
+    return when.timestamp() - _MONO_OFFSET
+

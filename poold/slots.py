@@ -1,0 +1,119 @@
+"""Slots on the shared volume and the NFS-safe delivery protocol.
+
+Every file crosses the volume the same way: written under a temporary name,
+fsynced, closed, then renamed into place. A rename is atomic on local disks
+and on NFS, so a reader that opens the exact final path sees all of a file or
+none of it. ``job.json`` is written last and is the commit point of a
+delivery; ``result.json`` plays the same role on the way back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from poold.types import PodName
+
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Slot:
+    """The paths of one pod's slot, as poold sees them (``root/<pod>``) or the agent
+    sees them (its mount)."""
+
+    dir: Path
+
+    @classmethod
+    def of(cls, root: Path, pod: PodName) -> Slot:
+        return cls(root / pod)
+
+    @property
+    def inbox(self) -> Path:
+        return self.dir / "in"
+
+    @property
+    def outbox(self) -> Path:
+        return self.dir / "out"
+
+    @property
+    def job_json(self) -> Path:
+        return self.inbox / "job.json"
+
+    @property
+    def module(self) -> Path:
+        return self.inbox / "module.wasm"
+
+    @property
+    def stdin(self) -> Path:
+        return self.inbox / "stdin"
+
+    @property
+    def result_json(self) -> Path:
+        return self.outbox / "result.json"
+
+    @property
+    def stderr_log(self) -> Path:
+        return self.outbox / "stderr.log"
+
+    @property
+    def artifacts(self) -> Path:
+        """The folder the module sees as ``/out``."""
+        return self.outbox / "artifacts"
+
+    def create(self) -> None:
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def copy_atomic(src: Path, path: Path) -> None:
+    """Copy ``src`` to ``path`` by the protocol. A hard link would be cheaper but
+    would let a later writer of either name change both."""
+    tmp = _tmp_name(path)
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, CHUNK)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, separators=(",", ":")).encode())
+
+
+def read_json(path: Path) -> Any | None:
+    """The committed document at ``path``, or None if it is not there yet."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return json.loads(data)
