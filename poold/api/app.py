@@ -7,6 +7,7 @@ gets a 4xx with ``{"error": "<a sentence>"}``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -32,7 +33,7 @@ from poold.types import JobId, ModuleHash, TenantName, new_job_id
 
 log = structlog.get_logger(__name__)
 
-TENANT: web.AppKey[TenantName] = web.AppKey("tenant")  # type: ignore[assignment]
+TENANT: web.RequestKey[TenantName] = web.RequestKey("tenant", TenantName)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -107,6 +108,11 @@ class Api:
             log.warning("kafka unavailable", error=str(e))
             response = error(503, f"Kafka is unavailable right now; retry shortly ({e})",
                              **{"Retry-After": "5"})
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("request failed", path=request.path)
+            response = error(500, "poold failed to handle this request; it has been logged")
         if 400 <= response.status < 500:
             self.metrics.http_errors.labels(str(response.status)).inc()
         return response

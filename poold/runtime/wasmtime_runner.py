@@ -153,12 +153,20 @@ def _with_memory_note(
     limit: int,
     request: RunRequest,
 ) -> str:
-    """Say so when the failure followed a refused memory.grow: a cap was the cause."""
+    """Point at the memory cap when the module failed close to it.
+
+    wasmtime refuses a ``memory.grow`` past the cap without telling the host,
+    so the module sees an allocation failure and exits or traps; a module
+    that ends that way with its memory nearly full most likely hit the cap.
+    """
     memory = instance.exports(store).get("memory")
-    if isinstance(memory, wasmtime.Memory) and (memory.size(store) + 1) * PAGE > limit:
+    if not isinstance(memory, wasmtime.Memory):
+        return message
+    used = memory.size(store) * PAGE
+    if used + PAGE > limit or used >= 0.75 * limit:
         return (
-            f"{message} after reaching its memory limit of {request.memory_mb} MiB "
-            "(raise limits.memory_mb if it needs more)"
+            f"{message}, with {used / 2**20:.1f} MiB of its memory limit of "
+            f"{request.memory_mb} MiB in use (raise limits.memory_mb if it needs more)"
         )
     return message
 

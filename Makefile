@@ -1,0 +1,41 @@
+# poold — make install | run | test | lint | bench
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: install
+	@echo "poold: starting the embedded default (local workers, embedded Kafka) on http://127.0.0.1:8080"
+	@echo "  demo tenant token: poold-local-demo-token"
+	@echo "  try:  export POOLD_TOKEN=poold-local-demo-token"
+	@echo "        $(BIN)/poold submit tests/fixtures/wasm/upper.wasm --input README.md"
+	@echo "  or with curl:"
+	@echo "        curl -s -X PUT -H \"Authorization: Bearer \$$POOLD_TOKEN\" --data-binary @tests/fixtures/wasm/upper.wasm http://127.0.0.1:8080/v1/modules"
+	@echo "        curl -s -X POST -H \"Authorization: Bearer \$$POOLD_TOKEN\" -d '{\"module\":\"<sha256>\",\"input\":[\"hello\",\"world\"]}' http://127.0.0.1:8080/v1/jobs"
+	@echo "        curl -s -H \"Authorization: Bearer \$$POOLD_TOKEN\" http://127.0.0.1:8080/v1/jobs/<id>/output"
+	@echo ""
+	$(BIN)/poold serve --config config/local.toml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check poold tests
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .poold
