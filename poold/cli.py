@@ -9,6 +9,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import click
 
@@ -74,7 +75,7 @@ def token() -> None:
 def submit(
     module: Path,
     args: tuple[str, ...],
-    input_path: click.utils.LazyFile | None,
+    input_path: TextIO | None,
     url: str,
     bearer: str,
     env: tuple[str, ...],
@@ -91,7 +92,9 @@ def submit(
         if not sep:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
         pairs[key] = value
-    records = [line.rstrip("\n") for line in input_path] if input_path is not None else []
+    records: list[str] = (
+        [line.rstrip("\n") for line in input_path] if input_path is not None else []
+    )
     limits = {k: v for k, v in
               {"timeout_s": timeout_s, "memory_mb": memory_mb, "fuel": fuel}.items()
               if v is not None}

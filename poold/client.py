@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +79,8 @@ async def run_submit(options: SubmitOptions) -> int:
                 async for line in r.content:
                     sys.stdout.write(line.decode("utf-8", "replace"))
                     sys.stdout.flush()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(logs, 10)
-            except TimeoutError:
-                pass
             async with session.get(base) as r:
                 job = await _check(r)
     except (ApiError, aiohttp.ClientError, OSError) as e:

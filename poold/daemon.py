@@ -126,7 +126,7 @@ class Daemon:
                 group.create_task(self.scheduler.run(), name="scheduler")
         except* Exception as errors:
             for e in errors.exceptions:
-                log.error("a poold task died; shutting down", error=repr(e))
+                log.error("a poold task died; shutting down", error=repr(e), exc_info=e)  # noqa: TRY400
             raise
 
     async def stop(self) -> None:
@@ -170,8 +170,8 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Daemon(settings) as daemon:
-        assert daemon._tasks is not None  # noqa: SLF001
+        assert daemon._tasks is not None
         waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait({waiter, daemon._tasks}, return_when=asyncio.FIRST_COMPLETED)  # noqa: SLF001
+        await asyncio.wait({waiter, daemon._tasks}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         log.info("poold is stopping")

@@ -24,10 +24,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from poold.config import Settings, load_settings  # noqa: E402
-from poold.daemon import Daemon  # noqa: E402
-from poold.jobs.model import Job  # noqa: E402
-from poold.types import JobId  # noqa: E402
+from poold.config import Settings, load_settings
+from poold.daemon import Daemon
+from poold.jobs.model import Job
+from poold.types import JobId
 
 TOKENS = {"alpha": "token-alpha-" + "a" * 20, "beta": "token-beta-" + "b" * 20}
 

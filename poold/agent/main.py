@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ from poold.agent.streams import LinePump, LogSink
 from poold.data.kafka import AgentData, DataUnavailable
 from poold.protocol import JobDocument, ResultDocument
 from poold.runtime.engine import CompileCache
-from poold.runtime.runner import RunRequest, RunResult, Runner
+from poold.runtime.runner import Runner, RunRequest, RunResult
 from poold.runtime.wasmtime_runner import WasmtimeRunner
 from poold.slots import Slot, read_json, write_atomic, write_json_atomic
 
@@ -61,11 +62,14 @@ class EventLog:
         async with self._changed:
             self._changed.notify_all()
 
+    def _beyond(self, index: int) -> bool:
+        return len(self.events) > index
+
     async def follow(self) -> AsyncIterator[dict[str, Any]]:
         i = 0
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: len(self.events) > i)
+                await self._changed.wait_for(functools.partial(self._beyond, i))
             while i < len(self.events):
                 event = self.events[i]
                 i += 1

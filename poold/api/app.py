@@ -234,7 +234,9 @@ class Api:
             return None, (f"limits.memory_mb {memory} exceeds this server's maximum of "
                           f"{caps.max_memory_mb} MiB")
         if asked.fuel is not None and caps.max_fuel is not None and asked.fuel > caps.max_fuel:
-            return None, f"limits.fuel {asked.fuel} exceeds this server's maximum of {caps.max_fuel}"
+            return None, (
+                f"limits.fuel {asked.fuel} exceeds this server's maximum of {caps.max_fuel}"
+            )
         return Limits(timeout_s=timeout, memory_mb=memory, fuel=asked.fuel), None
 
     async def list_jobs(self, request: web.Request) -> web.Response:

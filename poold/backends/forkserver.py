@@ -61,7 +61,7 @@ def _child(pod: str, env: dict[str, str], proto_fd: int) -> None:
 
         asyncio.run(run_agent(AgentSettings.from_env()))
         code = 0
-    except BaseException:  # noqa: BLE001 - the child must always reach os._exit
+    except BaseException:
         traceback.print_exc()
     finally:
         sys.stderr.flush()

@@ -98,7 +98,8 @@ class LocalBackend:
                 raise BackendUnavailable("the local fork server went away") from e
 
     async def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
+        assert self._proc is not None
+        assert self._proc.stdout is not None
         stream = self._proc.stdout
         while line := await stream.readline():
             try:

@@ -9,6 +9,7 @@ deleted per job. Errors leave this module as :class:`DataUnavailable`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -128,12 +129,10 @@ class DataPlane:
                     existing = set(await self._admin.list_topics())
                     missing = [n for n in names if n not in existing]
                     if missing:
-                        try:
+                        with contextlib.suppress(TopicAlreadyExistsError):
                             await self._admin.create_topics(
                                 [NewTopic(n, partitions, self._rf) for n in missing]
                             )
-                        except TopicAlreadyExistsError:
-                            pass
                         log.info("created topics", topics=missing, partitions=partitions)
             async for attempt in self._retrying():
                 with attempt:
@@ -188,7 +187,9 @@ class DataPlane:
         else:
             self._next[(topic, partition)] = end
 
-    async def produce(self, topic: str, partition: int, records: Sequence[bytes]) -> tuple[int, int]:
+    async def produce(
+        self, topic: str, partition: int, records: Sequence[bytes]
+    ) -> tuple[int, int]:
         """Append ``records`` contiguously; returns their offsets ``[start, end)``.
 
         The partition is leased to one job, so nobody else writes between our

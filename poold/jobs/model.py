@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from poold.types import JobId, ModuleHash, PodName, TenantName
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     QUEUED = "queued"
     ASSIGNED = "assigned"
     RUNNING = "running"

@@ -75,7 +75,7 @@ class ModuleStore:
         size = 0
         head = b""
         try:
-            with open(tmp, "wb") as f:
+            with open(tmp, "wb") as f:  # noqa: ASYNC230 - local disk, small writes
                 async for chunk in chunks:
                     if len(head) < 8:
                         head += chunk[: 8 - len(head)]

@@ -53,7 +53,7 @@ class CompileCache:
             except wasmtime.WasmtimeError:
                 cached.unlink(missing_ok=True)  # stale or damaged: compile again
         module = wasmtime.Module.from_file(engine, str(wasm_path))
-        self._store(cached, module.serialize())
+        self._store(cached, bytes(module.serialize()))
         return module, False
 
     def precompile(self, sha256: str, wasm_path: Path, *, fuel: bool = False) -> bool:
@@ -63,7 +63,7 @@ class CompileCache:
             return False
         engine = make_engine(fuel=fuel)
         module = wasmtime.Module.from_file(engine, str(wasm_path))
-        self._store(cached, module.serialize())
+        self._store(cached, bytes(module.serialize()))
         return True
 
     @staticmethod

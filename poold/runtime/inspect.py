@@ -79,7 +79,9 @@ def check_header(head: bytes) -> None:
         )
     version = head[4:8]
     if len(version) < 4:
-        raise ModuleRejected("the module is truncated: its header is incomplete", reason="truncated")
+        raise ModuleRejected(
+            "the module is truncated: its header is incomplete", reason="truncated"
+        )
     if version != CORE_VERSION:
         raise ModuleRejected(
             "this is a WebAssembly component or an unknown wasm version; poold runs core "

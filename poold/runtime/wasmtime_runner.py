@@ -80,7 +80,9 @@ class WasmtimeRunner:
                     cached,
                 )
         except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
-            return RunResult("failed", None, f"the module could not start: {_first_line(e)}", cached)
+            return RunResult(
+                "failed", None, f"the module could not start: {_first_line(e)}", cached
+            )
 
         timer = threading.Timer(request.timeout_s, self.interrupt, args=("timeout",))
         timer.daemon = True

@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import structlog
@@ -28,7 +28,7 @@ from poold.types import JobId, PodName, new_pod_name
 log = structlog.get_logger(__name__)
 
 
-class WorkerState(str, Enum):
+class WorkerState(StrEnum):
     STARTING = "starting"
     IDLE = "idle"
     BUSY = "busy"
@@ -123,9 +123,9 @@ class Pool:
         """Something changed (demand, a job ended): reconcile soon."""
         self._wake.set()
 
-    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
+    async def wait_until(self, predicate: Callable[[], bool], within_s: float) -> None:
         """For tests and start-up: wait until the pool looks a certain way."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_s):
             while not predicate():
                 self._idle_changed.clear()
                 await self._idle_changed.wait()

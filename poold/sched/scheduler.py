@@ -16,6 +16,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import structlog
@@ -184,7 +185,9 @@ class Scheduler:
             log.exception("job failed inside poold")
             current = self.store.get(job_id) or job
             if not current.state.terminal:
-                job = await self._finish(current, JobState.ERROR, error=f"poold failed the job: {e}")
+                job = await self._finish(
+                    current, JobState.ERROR, error=f"poold failed the job: {e}"
+                )
         finally:
             self.running.pop(job_id, None)
             self._inputs.pop(job_id, None)
@@ -228,7 +231,7 @@ class Scheduler:
             job_id=job.id, sha256=job.module, size=job.module_size, args=list(job.args),
             env=[[k, v] for k, v in job.env], timeout_s=job.limits.timeout_s,
             memory_mb=job.limits.memory_mb, fuel=job.limits.fuel,
-            input=PartitionRef(in_topic, partition, in_range.start, in_range.end)
+            input=PartitionRef(in_topic, partition, in_range.start, in_range.end or 0)
             if in_range else None,
             output=PartitionRef(out_topic, partition, out_start),
         )
@@ -249,45 +252,43 @@ class Scheduler:
     async def _follow(
         self, job: Job, worker: Worker, slot: Slot, cancel: asyncio.Event
     ) -> ResultDocument | str:
-        """The agent's result, or a sentence saying why there is none."""
+        """The agent's result, or why there is none: ``"timeout"``, ``"cancel"`` or a
+        sentence. The event stream is the fast path; the slot stays the truth."""
         assert worker.lost is not None
-        deadline = job.limits.timeout_s + RESULT_GRACE_S
-        stream = asyncio.create_task(self._stream_events(job, worker), name="agent-events")
-        lost = worker.lost
-        cancelled = asyncio.create_task(cancel.wait())
-        cancel_deadline: float | None = None
+        lost: asyncio.Future[str] = worker.lost
         loop = asyncio.get_running_loop()
+        source: asyncio.Task[ResultDocument | None] = asyncio.create_task(
+            self._stream_events(job, worker), name="agent-events"
+        )
+        cancel_wait: asyncio.Task[Any] = asyncio.create_task(cancel.wait())
+        give_up_at: float | None = None
         try:
-            async with asyncio.timeout(deadline + 30):
-                while True:
-                    done, _ = await asyncio.wait(
-                        {stream, lost, cancelled}, timeout=1.0,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                    if stream in done:
-                        result = stream.result()
-                        if result is not None:
-                            return result
-                        # the stream broke; the slot stays the source of truth
-                        stream = asyncio.create_task(self._poll_result(slot))
-                    if lost in done:
-                        found = self._read_result(slot)
-                        return found if found is not None else f"the worker died: {lost.result()}"
-                    if cancelled in done and cancel_deadline is None:
-                        cancel_deadline = loop.time() + CANCEL_GRACE_S
-                        await self._agent_cancel(worker)
-                        cancelled = asyncio.create_task(asyncio.Event().wait())
-                    if cancel_deadline is not None and loop.time() > cancel_deadline:
-                        return "cancel"
-                    current = self.store.get(job.id) or job
-                    started = current.started_at or current.assigned_at or current.submitted_at
-                    if (utcnow() - started).total_seconds() > deadline:
-                        return "timeout"
-        except TimeoutError:
-            return "timeout"
+            while True:
+                waiters: set[asyncio.Future[Any]] = {source, lost, cancel_wait}
+                done, _ = await asyncio.wait(
+                    waiters, timeout=0.5, return_when=asyncio.FIRST_COMPLETED
+                )
+                if source in done:
+                    result = source.result()
+                    if result is not None:
+                        return result
+                    source = asyncio.create_task(self._poll_result(slot))
+                if lost.done():
+                    found = self._read_result(slot)
+                    return found if found is not None else f"the worker died: {lost.result()}"
+                if cancel_wait in done:
+                    give_up_at = loop.time() + CANCEL_GRACE_S
+                    await self._agent_cancel(worker)
+                    cancel_wait = asyncio.create_task(asyncio.Event().wait())
+                if give_up_at is not None and loop.time() > give_up_at:
+                    return "cancel"
+                current = self.store.get(job.id) or job
+                since = current.started_at or current.assigned_at or current.submitted_at
+                if (utcnow() - since).total_seconds() > job.limits.timeout_s + RESULT_GRACE_S:
+                    return "timeout"
         finally:
-            stream.cancel()
-            cancelled.cancel()
+            source.cancel()
+            cancel_wait.cancel()
 
     async def _poll_result(self, slot: Slot) -> ResultDocument | None:
         while True:
@@ -302,7 +303,8 @@ class Scheduler:
         return ResultDocument.from_json(raw) if raw is not None else None
 
     async def _stream_events(self, job: Job, worker: Worker) -> ResultDocument | None:
-        assert self._http is not None and worker.endpoint is not None
+        assert self._http is not None
+        assert worker.endpoint is not None
         try:
             async with self._http.post(f"{worker.endpoint}/run") as response:
                 async for line in response.content:
