@@ -6,7 +6,18 @@ the modules only use relative imports so both work.
 """
 
 from .errors import StatusError
+from .kubelet import FakeKubelet
+from .podspec import DEFAULT_COMMAND_MAP, expand
 from .server import FakeApiServer, RecordedRequest
 from .store import Change, ObjectStore
 
-__all__ = ["Change", "FakeApiServer", "ObjectStore", "RecordedRequest", "StatusError"]
+__all__ = [
+    "DEFAULT_COMMAND_MAP",
+    "Change",
+    "FakeApiServer",
+    "FakeKubelet",
+    "ObjectStore",
+    "RecordedRequest",
+    "StatusError",
+    "expand",
+]

@@ -140,12 +140,14 @@ class ObjectStore:
     """All objects, the global resourceVersion and the bounded event history."""
 
     def __init__(self, history: int = 1000) -> None:
-        self.rv = 0
+        # Start above 0: "0" means "any version" to a watch, so no real list
+        # ever returns it, and a list of an empty store must not either.
+        self.rv = 1
         self.objects: dict[Key, Obj] = {}
         self.history: deque[Change] = deque()
         self.history_limit = history
         # Every change with rv > history_floor is in ``history``.
-        self.history_floor = 0
+        self.history_floor = self.rv
         self.subscriptions: set[Subscription] = set()
         self.name_suffix: Callable[[], str] = random_suffix
         self._changed = asyncio.Event()
