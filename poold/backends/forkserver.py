@@ -15,6 +15,7 @@ It has no event loop and no threads, so forking is safe. When poold goes away
 from __future__ import annotations
 
 import contextlib
+import gc
 import ctypes
 import json
 import os
@@ -100,6 +101,11 @@ def serve() -> None:
     import wasmtime  # noqa: F401, PLC0415
 
     import poold.agent.main  # noqa: F401, PLC0415
+
+    # Keep the collector away from everything imported so far: a child that
+    # scanned those objects would copy every page they live on.
+    gc.collect()
+    gc.freeze()
 
     children: dict[int, str] = {}
     pods: dict[str, int] = {}
