@@ -1,6 +1,7 @@
 """Pytest fixtures for fakekube; import them into a ``conftest.py``.
 
-``from fakekube.fixtures import fake_api, fake_core_v1`` makes them available;
+``from fakekube.fixtures import fake_api, fake_core_v1, fake_kubelet`` makes
+them available;
 each test gets a fresh server, so no state leaks between tests.
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest_asyncio
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
+from .kubelet import FakeKubelet
 from .server import FakeApiServer
 
 
@@ -33,3 +35,10 @@ async def fake_api_client(fake_api: FakeApiServer) -> AsyncIterator[Any]:
 async def fake_core_v1(fake_api_client: Any) -> CoreV1Api:
     """``CoreV1Api`` bound to ``fake_api_client``."""
     return CoreV1Api(fake_api_client)
+
+
+@pytest_asyncio.fixture
+async def fake_kubelet(fake_api: FakeApiServer) -> AsyncIterator[FakeKubelet]:
+    """A ``FakeKubelet`` with default settings on ``fake_api``."""
+    async with FakeKubelet(fake_api) as kubelet:
+        yield kubelet

@@ -183,7 +183,11 @@ class FakeKubelet:
         if self._selector is not None and not self._selector.matches(meta.get("labels")):
             return
         self._seen.add(meta["uid"])
-        if is_terminal(pod) or meta.get("deletionTimestamp"):
+        if is_terminal(pod):
+            return
+        if meta.get("deletionTimestamp"):
+            # Left terminating by a node that went away: nothing to stop here.
+            self.api.store.remove(PODS, meta["namespace"], meta["name"], uid=meta["uid"])
             return
         runtime = PodRuntime(self, pod)
         self._runtimes[meta["uid"]] = runtime

@@ -172,8 +172,8 @@ class PodRuntime:
             await self._until_deleted()
             return
         log_file = k.log_path(self.name).open("ab")
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
                 *plan.argv,
                 env=plan.env,
                 cwd=plan.cwd,
@@ -182,6 +182,15 @@ class PodRuntime:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
+        )
+        try:
+            # Shielded: a kubelet shutting down mid-spawn must still learn the
+            # pid, or the process would outlive the test.
+            self.proc = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                self.proc = await spawn
+            raise
         except OSError as exc:
             message = f"failed to start {plan.argv[0]!r}: {exc}"
             self._write(lambda p: _start_failed(p, message))
@@ -218,6 +227,7 @@ class PodRuntime:
         loop = asyncio.get_running_loop()
         exited = asyncio.create_task(proc.wait())
         term_deadline: float | None = None
+        term_started: float | None = None
         while not exited.done():
             timeouts = []
             if term_deadline is not None:
@@ -238,15 +248,17 @@ class PodRuntime:
             now = loop.time()
             if self.removed:
                 self.kill_group()
-            elif self.deleting and term_deadline is None:
+            elif self.deleting:
                 grace = float(self.pod["metadata"].get("deletionGracePeriodSeconds") or 0)
                 grace = min(grace, self.kubelet.max_grace)
-                if grace <= 0:
-                    self.kill_group()
-                else:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(proc.pid, signal.SIGTERM)
-                    term_deadline = now + grace
+                if term_started is None:
+                    term_started = now
+                    if grace > 0:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(proc.pid, signal.SIGTERM)
+                # A second delete may shorten the grace period.
+                deadline = term_started + grace
+                term_deadline = deadline if term_deadline is None else min(term_deadline, deadline)
             if term_deadline is not None and now >= term_deadline:
                 self.kill_group()
             if (

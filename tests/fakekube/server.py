@@ -25,8 +25,18 @@ from kubernetes_asyncio.client import Configuration
 from . import resources as res
 from .errors import StatusError, bad_request
 from .resources import ResourceType
+from .routing import (
+    error_response,
+    json_response,
+    parse_target,
+    read_json,
+    simple_endpoint,
+    truthy,
+    verb,
+)
 from .selectors import FieldSelector, LabelSelector
-from .store import Bookmark, Change, Obj, ObjectStore, Subscription
+from .store import Obj, ObjectStore, Subscription
+from .watch import stream_watch
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +66,6 @@ class _Fault:
         if self.method is not None and self.method.upper() != method:
             return False
         return self.path is None or self.path in path
-
-
-@dataclass
-class _Target:
-    """What a URL names: a collection or one object (and maybe a subresource)."""
-
-    rt: ResourceType
-    namespace: str | None
-    name: str | None = None
-    subresource: str | None = None
-
-
-def _truthy(value: str | None) -> bool:
-    return value is not None and value.lower() in ("1", "true", "yes")
 
 
 class FakeApiServer:
@@ -273,7 +269,7 @@ class FakeApiServer:
     ) -> web.StreamResponse:
         query = dict(request.query.items())
         self.requests.append(RecordedRequest(request.method, request.path, query))
-        self.verb_counts[_verb(request.method, request.path, query)] += 1
+        self.verb_counts[verb(request.method, request.path, query)] += 1
         fault = next(
             (
                 f
@@ -292,24 +288,24 @@ class FakeApiServer:
             err = StatusError(
                 fault.status, fault.message or "", fault.reason, retry_after=fault.retry_after
             )
-            return _error_response(err)
+            return error_response(err)
         try:
             response: web.StreamResponse = await handler(request)
             return response
         except StatusError as err:
-            return _error_response(err)
+            return error_response(err)
         except web.HTTPException:
             raise
         except Exception as exc:  # pragma: no cover - a bug in the fake itself
             log.exception("fakekube: internal error serving %s %s", request.method, request.path)
-            return _error_response(StatusError(500, f"fakekube internal error: {exc!r}"))
+            return error_response(StatusError(500, f"fakekube internal error: {exc!r}"))
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/")
-        simple = _simple_endpoint(path)
+        simple = simple_endpoint(path)
         if simple is not None:
             return simple
-        target = _parse_target(path)
+        target = parse_target(path)
         if isinstance(target, web.StreamResponse):
             return target
         method = request.method
@@ -317,15 +313,15 @@ class FakeApiServer:
         store = self.store
         if target.name is None:
             ns = target.namespace
-            if method == "GET" and _truthy(q.get("watch")):
+            if method == "GET" and truthy(q.get("watch")):
                 return await self._watch(request, target.rt, ns)
             if method == "GET":
-                return _json(self._list(target.rt, ns, q))
+                return json_response(self._list(target.rt, ns, q))
             if method == "POST" and ns is not None:
-                body = await _read_json(request)
-                return _json(store.create(target.rt, ns, body), 201)
+                body = await read_json(request)
+                return json_response(store.create(target.rt, ns, body), 201)
             if method == "DELETE" and ns is not None:
-                return _json(await self._delete_collection(request, target.rt, ns))
+                return json_response(await self._delete_collection(request, target.rt, ns))
             raise StatusError(
                 405, f"the server does not allow this method on the requested resource ({method})"
             )
@@ -336,14 +332,14 @@ class FakeApiServer:
         if sub not in (None, "status") or (sub == "status" and not target.rt.has_status):
             raise StatusError(404, "the server could not find the requested resource", "NotFound")
         if method == "GET":
-            return _json(store.get(target.rt, ns, name))
+            return json_response(store.get(target.rt, ns, name))
         if method == "PUT":
-            return _json(store.replace(target.rt, ns, name, await _read_json(request), sub))
+            return json_response(store.replace(target.rt, ns, name, await read_json(request), sub))
         if method == "PATCH":
-            body = await _read_json(request)
-            return _json(store.patch(target.rt, ns, name, request.content_type, body, sub))
+            body = await read_json(request)
+            return json_response(store.patch(target.rt, ns, name, request.content_type, body, sub))
         if method == "DELETE" and sub is None:
-            opts = await _read_json(request, allow_empty=True) or {}
+            opts = await read_json(request, allow_empty=True) or {}
             grace = q.get("gracePeriodSeconds", opts.get("gracePeriodSeconds"))
             pre = opts.get("preconditions") or {}
             for qname, field in (
@@ -353,7 +349,7 @@ class FakeApiServer:
                 if qname in q:
                     pre[field] = q[qname]
             grace_int = None if grace is None else int(grace)
-            return _json(store.delete(target.rt, ns, name, grace_int, pre))
+            return json_response(store.delete(target.rt, ns, name, grace_int, pre))
         raise StatusError(
             405, f"the server does not allow this method on the requested resource ({method})"
         )
@@ -394,7 +390,7 @@ class FakeApiServer:
         }
 
     async def _delete_collection(self, request: web.Request, rt: ResourceType, ns: str) -> Obj:
-        opts = await _read_json(request, allow_empty=True) or {}
+        opts = await read_json(request, allow_empty=True) or {}
         grace = request.query.get("gracePeriodSeconds", opts.get("gracePeriodSeconds"))
         labels, fields = self._selectors(rt, request.query)
         deleted = [
@@ -422,199 +418,26 @@ class FakeApiServer:
     async def _watch(
         self, request: web.Request, rt: ResourceType, ns: str | None
     ) -> web.StreamResponse:
-        """Stream newline-delimited events like ``?watch=1`` on a real server."""
+        """Serve ``?watch=1``; see ``watch.stream_watch``."""
         q = request.query
         labels, fields = self._selectors(rt, q)
         rv = q.get("resourceVersion") or ""
         if rv and not rv.isdigit():
             raise bad_request(f"invalid resource version {rv!r}")
         timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
-        bookmarks = _truthy(q.get("allowWatchBookmarks"))
-        kind_list = f"{rt.kind}"
-        # Subscribe and snapshot in one synchronous step: no write can slip in between.
         sub = self.store.subscribe(rt, ns, labels, fields)
         self._watches[sub] = request
         try:
-            expired: StatusError | None = None
-            initial: list[tuple[str, Obj]] = []
-            if rv in ("", "0"):
-                initial = [("ADDED", o) for o in self.store.select(rt, ns, labels, fields)]
-            else:
-                try:
-                    changes = self.store.changes_since(int(rv))
-                except StatusError as err:
-                    expired = err
-                else:
-                    initial = [ev for c in changes if (ev := sub.translate(c)) is not None]
-            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
-            resp.enable_chunked_encoding()
-            await resp.prepare(request)
-            if expired is not None:
-                await _send(resp, "ERROR", expired.to_status())
-                return resp
-            for type_, obj in initial:
-                await _send(resp, type_, obj)
-            await self._pump(request, resp, sub, timeout, bookmarks, kind_list, rt.api_version)
-            return resp
-        except ConnectionError:  # the client hung up mid-stream
-            return web.Response(status=499)
+            return await stream_watch(
+                request,
+                self.store,
+                sub,
+                rt,
+                rv=rv,
+                timeout=timeout,
+                bookmarks=truthy(q.get("allowWatchBookmarks")),
+                bookmark_interval=self.bookmark_interval,
+            )
         finally:
             self._watches.pop(sub, None)
             self.store.unsubscribe(sub)
-
-    async def _pump(
-        self,
-        request: web.Request,
-        resp: web.StreamResponse,
-        sub: Subscription,
-        timeout: float | None,
-        bookmarks: bool,
-        kind: str,
-        api_version: str,
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        end = None if timeout is None else loop.time() + timeout
-        next_bookmark = loop.time() + self.bookmark_interval
-        while True:
-            now = loop.time()
-            if end is not None and now >= end:
-                return
-            wait = 0.5
-            if end is not None:
-                wait = min(wait, end - now)
-            if bookmarks:
-                wait = min(wait, max(0.0, next_bookmark - now))
-            item: Change | Bookmark | None
-            try:
-                item = await asyncio.wait_for(sub.queue.get(), wait)
-            except TimeoutError:
-                if request.transport is None or request.transport.is_closing():
-                    return  # the client went away
-                if bookmarks and loop.time() >= next_bookmark:
-                    item = Bookmark(self.store.rv)
-                else:
-                    continue
-            if item is None:
-                return
-            if isinstance(item, Bookmark):
-                if bookmarks:
-                    next_bookmark = loop.time() + self.bookmark_interval
-                    obj = {
-                        "kind": kind,
-                        "apiVersion": api_version,
-                        "metadata": {"resourceVersion": str(item.rv)},
-                    }
-                    await _send(resp, "BOOKMARK", obj)
-                continue
-            event = sub.translate(item)
-            if event is not None:
-                await _send(resp, event[0], event[1])
-
-
-async def _send(resp: web.StreamResponse, type_: str, obj: Obj) -> None:
-    line = json.dumps({"type": type_, "object": obj}, separators=(",", ":")) + "\n"
-    await resp.write(line.encode())
-
-
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=json.dumps(obj, separators=(",", ":")).encode(),
-        status=status,
-        content_type="application/json",
-    )
-
-
-def _error_response(err: StatusError) -> web.Response:
-    resp = _json(err.to_status(), err.code)
-    if err.retry_after is not None:
-        resp.headers["Retry-After"] = str(err.retry_after)
-    return resp
-
-
-async def _read_json(request: web.Request, allow_empty: bool = False) -> Any:
-    raw = await request.read()
-    if not raw.strip():
-        if allow_empty:
-            return None
-        raise bad_request("the request body is empty")
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise bad_request(f"the request body is not valid JSON: {exc}") from None
-    if allow_empty and body is None:
-        return None
-    return body
-
-
-def _verb(method: str, path: str, query: Mapping[str, str]) -> str:
-    """The Kubernetes verb of a request (what audit logs and RBAC call it)."""
-    parts = [p for p in path.strip("/").split("/") if p]
-    base = 2 if parts[:1] == ["api"] else 3
-    rest = parts[base:]
-    if rest[:1] == ["namespaces"] and len(rest) >= 3:
-        rest = rest[2:]
-    is_collection = len(rest) <= 1
-    if method == "GET":
-        if is_collection:
-            return "watch" if _truthy(query.get("watch")) else "list"
-        return "get"
-    return {
-        "POST": "create",
-        "PUT": "update",
-        "PATCH": "patch",
-        "DELETE": "deletecollection" if is_collection else "delete",
-    }.get(method, method.lower())
-
-
-def _simple_endpoint(path: str) -> web.Response | None:
-    if path in ("/healthz", "/readyz", "/livez"):
-        return web.Response(text="ok")
-    if path == "/version":
-        return _json(
-            {
-                "major": "1",
-                "minor": "30",
-                "gitVersion": "v1.30.0-fakekube",
-                "platform": "linux/amd64",
-            }
-        )
-    if path == "/api":
-        return _json({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
-    if path.startswith("/api/v1/namespaces/") and path.count("/") == 4:
-        ns = path.rsplit("/", 1)[1]
-        return _json(
-            {
-                "kind": "Namespace",
-                "apiVersion": "v1",
-                "metadata": {"name": ns},
-                "status": {"phase": "Active"},
-            }
-        )
-    return None
-
-
-def _parse_target(path: str) -> _Target | web.Response:
-    parts = [p for p in path.split("/") if p]
-    if parts[:2] == ["api", "v1"]:
-        group, version, rest = "", "v1", parts[2:]
-    elif parts[:1] == ["apis"] and len(parts) >= 3:
-        group, version, rest = parts[1], parts[2], parts[3:]
-    else:
-        return _error_response(
-            StatusError(404, "the server could not find the requested resource", "NotFound")
-        )
-    namespace: str | None = None
-    if len(rest) >= 3 and rest[0] == "namespaces":
-        namespace, rest = rest[1], rest[2:]
-    rt = res.lookup(group, version, rest[0]) if rest else None
-    if rt is None or len(rest) > 3:
-        return _error_response(
-            StatusError(404, "the server could not find the requested resource", "NotFound")
-        )
-    if namespace is None and len(rest) > 1:
-        return _error_response(
-            StatusError(404, "the server could not find the requested resource", "NotFound")
-        )
-    return _Target(
-        rt, namespace, rest[1] if len(rest) > 1 else None, rest[2] if len(rest) > 2 else None
-    )

@@ -7,13 +7,12 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.watch import Watch
 
@@ -126,12 +125,6 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest_asyncio.fixture
-async def kubelet(fake_api: FakeApiServer) -> AsyncIterator[FakeKubelet]:
-    async with FakeKubelet(fake_api) as k:
-        yield k
-
-
 async def get_json(url: str) -> Any:
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         assert resp.status == 200
@@ -139,7 +132,7 @@ async def get_json(url: str) -> Any:
 
 
 async def test_pod_runs_a_real_process_and_becomes_ready(
-    fake_core_v1: CoreV1Api, kubelet: FakeKubelet
+    fake_core_v1: CoreV1Api, fake_kubelet: FakeKubelet
 ) -> None:
     await fake_core_v1.create_namespaced_pod(NS, agent_pod("a1"))
     await fake_core_v1.create_namespaced_pod(NS, agent_pod("a2"))
@@ -158,18 +151,18 @@ async def test_pod_runs_a_real_process_and_becomes_ready(
     (cs,) = pod.status.container_statuses
     assert cs.ready
     assert cs.state.running.started_at is not None
-    pid = kubelet.processes["a1"]
+    pid = fake_kubelet.processes["a1"]
     assert alive(pid)
     env = await get_json(f"http://{ip}:8080/env")
     assert env["POD_IP"] == ip
     assert env["HOSTNAME"] == "a1"
     log = await fake_core_v1.read_namespaced_pod_log("a1", NS)
     assert f"listening {ip} 8080" in log
-    assert kubelet.read_log("a1") == log
+    assert fake_kubelet.read_log("a1") == log
 
 
 async def test_env_from_field_ref_and_expansion(
-    fake_core_v1: CoreV1Api, kubelet: FakeKubelet
+    fake_core_v1: CoreV1Api, fake_kubelet: FakeKubelet
 ) -> None:
     def ref(path: str) -> dict[str, Any]:
         return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
@@ -231,7 +224,7 @@ async def test_sub_path_expr_mount_rewrites_env(
 
 
 async def test_unknown_claim_leaves_pod_unschedulable(
-    fake_core_v1: CoreV1Api, kubelet: FakeKubelet
+    fake_core_v1: CoreV1Api, fake_kubelet: FakeKubelet
 ) -> None:
     body = agent_pod("nopvc", volumes=[{"name": "d", "persistentVolumeClaim": {"claimName": "x"}}])
     body["spec"]["containers"][0]["volumeMounts"] = [{"name": "d", "mountPath": "/d"}]
@@ -250,11 +243,11 @@ async def test_unknown_claim_leaves_pod_unschedulable(
 
 
 async def test_delete_kills_process_and_pod_disappears(
-    fake_api: FakeApiServer, fake_core_v1: CoreV1Api, kubelet: FakeKubelet
+    fake_api: FakeApiServer, fake_core_v1: CoreV1Api, fake_kubelet: FakeKubelet
 ) -> None:
     await fake_core_v1.create_namespaced_pod(NS, agent_pod("doomed"))
     pod = await wait_pod(fake_core_v1, "doomed", is_ready)
-    pid = kubelet.processes["doomed"]
+    pid = fake_kubelet.processes["doomed"]
     events: list[tuple[str, bool]] = []
     async with Watch() as w:
         stream = w.stream(
@@ -271,24 +264,24 @@ async def test_delete_kills_process_and_pod_disappears(
                 break
     assert events[0] == ("MODIFIED", True)
     assert events[-1] == ("DELETED", True)
-    await kubelet.wait_for_exit("doomed")
+    await fake_kubelet.wait_for_exit("doomed")
     assert not alive(pid)
-    assert "doomed" not in kubelet.processes
-    assert "got SIGTERM" in kubelet.read_log("doomed")
+    assert "doomed" not in fake_kubelet.processes
+    assert "got SIGTERM" in fake_kubelet.read_log("doomed")
     assert fake_api.get_pod(NS, "doomed") is None
 
 
 async def test_delete_with_zero_grace_kills_at_once(
-    fake_api: FakeApiServer, fake_core_v1: CoreV1Api, kubelet: FakeKubelet
+    fake_api: FakeApiServer, fake_core_v1: CoreV1Api, fake_kubelet: FakeKubelet
 ) -> None:
     await fake_core_v1.create_namespaced_pod(NS, agent_pod("quick"))
     await wait_pod(fake_core_v1, "quick", is_ready)
-    pid = kubelet.processes["quick"]
+    pid = fake_kubelet.processes["quick"]
     await fake_core_v1.delete_namespaced_pod("quick", NS, grace_period_seconds=0)
     assert fake_api.get_pod(NS, "quick") is None
-    await kubelet.wait_for_exit("quick")
+    await fake_kubelet.wait_for_exit("quick")
     assert not alive(pid)
-    assert "got SIGTERM" not in kubelet.read_log("quick")
+    assert "got SIGTERM" not in fake_kubelet.read_log("quick")
 
 
 @pytest.mark.parametrize(
@@ -300,7 +293,7 @@ async def test_delete_with_zero_grace_kills_at_once(
 )
 async def test_process_exit_sets_phase_and_exit_code(
     fake_core_v1: CoreV1Api,
-    kubelet: FakeKubelet,
+    fake_kubelet: FakeKubelet,
     code: str,
     phase: str,
     exit_code: int,
@@ -315,8 +308,8 @@ async def test_process_exit_sets_phase_and_exit_code(
     assert not is_ready(pod)
 
 
-async def test_never_ready_hook(fake_core_v1: CoreV1Api, kubelet: FakeKubelet) -> None:
-    kubelet.set_never_ready(lambda pod: pod["metadata"]["name"].startswith("stuck"))
+async def test_never_ready_hook(fake_core_v1: CoreV1Api, fake_kubelet: FakeKubelet) -> None:
+    fake_kubelet.set_never_ready(lambda pod: pod["metadata"]["name"].startswith("stuck"))
     await fake_core_v1.create_namespaced_pod(NS, agent_pod("stuck"))
     await fake_core_v1.create_namespaced_pod(NS, agent_pod("fine"))
     await wait_pod(fake_core_v1, "fine", is_ready)
@@ -324,14 +317,14 @@ async def test_never_ready_hook(fake_core_v1: CoreV1Api, kubelet: FakeKubelet) -
     assert not is_ready(stuck)
     # Its probe would pass: only the hook holds it back.
     assert await get_json(f"http://{stuck.status.pod_ip}:8080/env")
-    kubelet.set_never_ready(None)
+    fake_kubelet.set_never_ready(None)
     await wait_pod(fake_core_v1, "stuck", is_ready)
 
 
 async def test_pending_forever_hook(
-    fake_api: FakeApiServer, fake_core_v1: CoreV1Api, kubelet: FakeKubelet
+    fake_api: FakeApiServer, fake_core_v1: CoreV1Api, fake_kubelet: FakeKubelet
 ) -> None:
-    kubelet.set_pending_forever(lambda pod: True)
+    fake_kubelet.set_pending_forever(lambda pod: True)
 
     def backing_off(pod: Any) -> bool:
         statuses = pod.status.container_statuses or []
@@ -344,19 +337,21 @@ async def test_pending_forever_hook(
     await fake_core_v1.create_namespaced_pod(NS, agent_pod("pulling"))
     pod = await wait_pod(fake_core_v1, "pulling", backing_off)
     assert pod.status.phase == "Pending"
-    assert "pulling" not in kubelet.processes
+    assert "pulling" not in fake_kubelet.processes
     await fake_core_v1.delete_namespaced_pod("pulling", NS)
     await fake_api.wait_until(lambda: fake_api.get_pod(NS, "pulling") is None)
 
 
-async def test_oom_kill_evict_and_kill_hooks(fake_core_v1: CoreV1Api, kubelet: FakeKubelet) -> None:
+async def test_oom_kill_evict_and_kill_hooks(
+    fake_core_v1: CoreV1Api, fake_kubelet: FakeKubelet
+) -> None:
     for name in ("oom", "evicted", "killed"):
         await fake_core_v1.create_namespaced_pod(NS, agent_pod(name))
     for name in ("oom", "evicted", "killed"):
         await wait_pod(fake_core_v1, name, is_ready)
-    kubelet.oom_kill("oom")
-    kubelet.evict("evicted")
-    kubelet.kill("killed", signal.SIGKILL)
+    fake_kubelet.oom_kill("oom")
+    fake_kubelet.evict("evicted")
+    fake_kubelet.kill("killed", signal.SIGKILL)
     failed = phase_is("Failed")
     oom = (await wait_pod(fake_core_v1, "oom", failed)).status.container_statuses[0]
     assert oom.state.terminated.reason == "OOMKilled"
@@ -369,14 +364,14 @@ async def test_oom_kill_evict_and_kill_hooks(fake_core_v1: CoreV1Api, kubelet: F
     assert killed.state.terminated.reason == "Error"
 
 
-async def test_active_deadline_exceeded(fake_core_v1: CoreV1Api, kubelet: FakeKubelet) -> None:
+async def test_active_deadline_exceeded(fake_core_v1: CoreV1Api, fake_kubelet: FakeKubelet) -> None:
     await fake_core_v1.create_namespaced_pod(NS, agent_pod("slow", activeDeadlineSeconds=1))
     pod = await wait_pod(fake_core_v1, "slow", phase_is("Failed"))
     assert pod.status.reason == "DeadlineExceeded"
 
 
 async def test_restart_policy_other_than_never_is_refused(
-    fake_core_v1: CoreV1Api, kubelet: FakeKubelet
+    fake_core_v1: CoreV1Api, fake_kubelet: FakeKubelet
 ) -> None:
     body = script_pod("always", "pass")
     body["spec"]["restartPolicy"] = "Always"
@@ -410,3 +405,22 @@ async def test_command_map_maps_image_and_leading_word(
         pod = await wait_pod(fake_core_v1, "mapped", phase_is("Failed"))
     assert pod.status.container_statuses[0].state.terminated.exit_code == 7
     assert os.path.exists(sys.executable)
+
+
+async def test_sigterm_ignoring_process_is_killed_after_capped_grace(
+    fake_api: FakeApiServer, fake_core_v1: CoreV1Api
+) -> None:
+    code = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('up', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    async with FakeKubelet(fake_api, max_grace=0.3) as kubelet:
+        await fake_core_v1.create_namespaced_pod(NS, script_pod("stubborn", code))
+        await wait_pod(fake_core_v1, "stubborn", is_ready)  # no probe: Ready once started
+        pid = kubelet.processes["stubborn"]
+        await fake_core_v1.delete_namespaced_pod("stubborn", NS, grace_period_seconds=30)
+        await fake_api.wait_until(lambda: fake_api.get_pod(NS, "stubborn") is None)
+        await kubelet.wait_for_exit("stubborn")
+        assert not alive(pid)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -224,3 +225,17 @@ async def test_failed_watch_request_raises(
         with pytest.raises(ApiException) as info:
             await stream.__anext__()
     assert info.value.status == 503
+
+
+async def test_abruptly_cut_watch_raises_client_error(
+    fake_api: FakeApiServer, fake_core_v1: CoreV1Api
+) -> None:
+    async with Watch() as w:
+        stream = w.stream(fake_core_v1.list_namespaced_pod, NS, resource_version="0")
+        await fake_core_v1.create_namespaced_pod(NS, pod_body("a"))
+        assert await collect(stream, 1) == [("ADDED", "a")]
+        fake_api.close_watches(abrupt=True)
+        # Unlike a clean end of stream, a cut connection is not retried by
+        # Watch, even without timeout_seconds: the caller must re-watch.
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await stream.__anext__()
