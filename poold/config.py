@@ -65,6 +65,10 @@ class PoolSettings(_Section):
 class SlotSettings(_Section):
     root: Path = Path("/var/lib/poold/slots")
     """The shared volume holding ``<pod>/in`` and ``<pod>/out`` (NFS in a cluster)."""
+    fsync: bool = True
+    """fsync each delivered file before its rename. Needed on NFS, where a file
+    must be on the server before another client may see it; on a local folder
+    the agent reads the page cache directly and fsync only adds latency."""
 
 
 class StateSettings(_Section):

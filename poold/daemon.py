@@ -112,6 +112,7 @@ class Daemon:
                     "POOLD_AGENT_POLL_S": str(s.runtime.poll_interval_s),
                     "POOLD_AGENT_MAX_LOG_KB": str(s.runtime.max_log_kb),
                     "POOLD_AGENT_ENGINE": s.runtime.engine,
+                    "POOLD_AGENT_FSYNC": "1" if s.slots.fsync else "0",
                 },
             )
         raise ConfigError(

@@ -78,36 +78,46 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
     tmp = _tmp_name(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def copy_atomic(src: Path, path: Path) -> None:
-    """Copy ``src`` to ``path`` by the protocol. A hard link would be cheaper but
-    would let a later writer of either name change both."""
+def place_atomic(src: Path, path: Path, *, fsync: bool = True) -> None:
+    """Put ``src`` at ``path`` by the protocol.
+
+    Where both are on one filesystem, a hard link replaces the copy: the module
+    store never rewrites a file (content-addressed, new files are renamed in),
+    and the agent only reads, so no writer can change one name through the
+    other. Across filesystems (poold's disk to NFS) the bytes are copied.
+    """
     tmp = _tmp_name(path)
     try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, CHUNK)
-            fout.flush()
-            os.fsync(fout.fileno())
+        try:
+            os.link(src, tmp)
+        except OSError:
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, CHUNK)
+                fout.flush()
+                if fsync:
+                    os.fsync(fout.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, separators=(",", ":")).encode())
+def write_json_atomic(path: Path, obj: Any, *, fsync: bool = True) -> None:
+    write_atomic(path, json.dumps(obj, separators=(",", ":")).encode(), fsync=fsync)
 
 
 def read_json(path: Path) -> Any | None:

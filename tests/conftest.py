@@ -79,6 +79,7 @@ def make_settings(tmp: Path, broker: str, **overrides: Any) -> Settings:
         "POOLD_POOL__MAX_PODS": "6",
         "POOLD_LIMITS__DEFAULT_TIMEOUT_S": "20",
         "POOLD_RUNTIME__POLL_INTERVAL_S": "0.05",
+        "POOLD_SLOTS__FSYNC": "false",
     }
     for name, token in TOKENS.items():
         env[f"POOLD_TENANTS__{name.upper()}__TOKEN_SHA256"] = hashlib.sha256(

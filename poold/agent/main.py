@@ -36,6 +36,9 @@ from poold.slots import Slot, read_json, write_atomic, write_json_atomic
 
 log = structlog.get_logger("poold.agent")
 
+INLINE_HASH_BYTES = 1024 * 1024
+"""Modules up to this size are hashed on the loop: a thread hop costs more."""
+
 
 def _sha256_file(path: os.PathLike[str]) -> tuple[str, int]:
     digest = hashlib.sha256()
@@ -99,6 +102,7 @@ class Agent:
         app.router.add_post("/run", self._run)
         app.router.add_get("/events", self._events)
         app.router.add_post("/cancel", self._cancel)
+        app.router.add_get("/link", self._link)
         return app
 
     async def _ready(self, _: web.Request) -> web.Response:
@@ -117,10 +121,37 @@ class Agent:
         await response.write_eof()
         return response
 
-    async def _cancel(self, _: web.Request) -> web.Response:
+    async def _link(self, request: web.Request) -> web.WebSocketResponse:
+        """poold's pre-opened line: ``run``/``cancel`` in, the job's events out."""
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+
+        async def commands() -> None:
+            async for message in ws:
+                if message.type != web.WSMsgType.TEXT:
+                    break
+                op = json.loads(message.data).get("op")
+                if op == "run":
+                    self._nudge.set()
+                elif op == "cancel":
+                    self._request_cancel()
+
+        reader = asyncio.create_task(commands(), name="agent-link")
+        try:
+            async for event in self.events.follow():
+                await ws.send_str(json.dumps(event))
+        finally:
+            reader.cancel()
+        await ws.close()
+        return ws
+
+    def _request_cancel(self) -> None:
         self._cancelled = True
         self.runner.interrupt("cancel")
         self._nudge.set()
+
+    async def _cancel(self, _: web.Request) -> web.Response:
+        self._request_cancel()
         return web.json_response({"state": self.state})
 
     # -- lifecycle -----------------------------------------------------------
@@ -193,7 +224,7 @@ class Agent:
                 error=f"the worker's agent failed: {e!r}", started_at=None,
                 finished_at=time.time(), output_end=None, output_records=0,
             )
-        write_json_atomic(self.slot.result_json, result.to_json())
+        write_json_atomic(self.slot.result_json, result.to_json(), fsync=self.settings.fsync)
         self.state = "done"
         self.events.publish({"type": "finished", "result": result.to_json()})
         log.info("job finished in agent", state=result.state, exit_code=result.exit_code)
@@ -210,7 +241,10 @@ class Agent:
             )
 
         loop = asyncio.get_running_loop()
-        digest, size = await loop.run_in_executor(None, _sha256_file, self.slot.module)
+        if doc.size <= INLINE_HASH_BYTES:
+            digest, size = _sha256_file(self.slot.module)
+        else:
+            digest, size = await loop.run_in_executor(None, _sha256_file, self.slot.module)
         if digest != doc.sha256 or size != doc.size:
             return result("error", "the module delivered to the worker does not match its "
                           "sha256; the delivery was damaged, submit the job again")
@@ -224,7 +258,7 @@ class Agent:
                 )
             except DataUnavailable as e:
                 return result("error", f"the input records could not be read: {e}")
-            write_atomic(self.slot.stdin, b"".join(r + b"\n" for r in records))
+            write_atomic(self.slot.stdin, b"".join(r + b"\n" for r in records), fsync=False)
             stdin = self.slot.stdin
 
         out = doc.output

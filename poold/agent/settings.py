@@ -32,6 +32,8 @@ class AgentSettings:
     ready_fd: int | None = None
     """Local backend only: a pipe to announce readiness on."""
     pod: str = ""
+    fsync: bool = True
+    """fsync result files before renaming them (needed on NFS)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AgentSettings:
@@ -57,6 +59,7 @@ class AgentSettings:
                 engine=env.get("POOLD_AGENT_ENGINE", "wasmtime"),
                 ready_fd=int(ready_fd) if ready_fd else None,
                 pod=env.get("POOLD_AGENT_POD", env.get("POD_NAME", "")),
+                fsync=env.get("POOLD_AGENT_FSYNC", "1") not in {"0", "false", "no"},
             )
         except ValueError as e:
             raise AgentConfigError(f"bad agent setting in the environment: {e}") from e

@@ -15,8 +15,8 @@ It has no event loop and no threads, so forking is safe. When poold goes away
 from __future__ import annotations
 
 import contextlib
-import gc
 import ctypes
+import gc
 import json
 import os
 import selectors
@@ -88,6 +88,59 @@ def _reap(children: dict[int, str], proto_fd: int) -> None:
         _emit(proto_fd, event)
 
 
+def _warm_up() -> None:
+    """Walk the paths every worker takes once here, so each child inherits them
+    warm: lazy imports, wasmtime's first store and instance, aiohttp's first
+    request and WebSocket. Nothing may leave a thread behind (fork would
+    copy only this one), hence a non-parallel engine and a closed loop."""
+    import asyncio  # noqa: PLC0415
+
+    import wasmtime  # noqa: PLC0415
+    from aiohttp import ClientSession, web  # noqa: PLC0415
+
+    from poold.runtime.wasmtime_runner import WARM_UP_WAT  # noqa: PLC0415
+
+    config = wasmtime.Config()
+    config.parallel_compilation = False
+    config.epoch_interruption = True
+    engine = wasmtime.Engine(config)
+    store = wasmtime.Store(engine)
+    store.set_epoch_deadline(1)
+    store.set_wasi(wasmtime.WasiConfig())
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    start = linker.instantiate(store, wasmtime.Module(engine, WARM_UP_WAT)).exports(store)["_start"]
+    assert isinstance(start, wasmtime.Func)
+    start(store)
+
+    async def http() -> None:
+        async def link(request: web.Request) -> web.WebSocketResponse:
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            await ws.send_str("{}")
+            await ws.close()
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/link", link)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        async with ClientSession() as session, session.ws_connect(
+            f"http://127.0.0.1:{port}/link"
+        ) as ws:
+            await ws.receive()
+        await runner.cleanup()
+
+    asyncio.run(http())
+    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
+    if threads != 1:
+        print(f"poold forkserver: {threads} threads after warm-up; forking anyway",
+              file=sys.stderr)
+
+
 def serve() -> None:
     # Our stdout is the protocol pipe; move it aside so nothing printed by
     # this process or its children can corrupt it.
@@ -101,6 +154,8 @@ def serve() -> None:
     import wasmtime  # noqa: F401, PLC0415
 
     import poold.agent.main  # noqa: F401, PLC0415
+
+    _warm_up()
 
     # Keep the collector away from everything imported so far: a child that
     # scanned those objects would copy every page they live on.

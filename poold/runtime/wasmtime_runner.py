@@ -12,6 +12,11 @@ from poold.runtime.engine import CompileCache, make_engine
 from poold.runtime.runner import InterruptReason, RunRequest, RunResult, Sink
 
 PAGE = 64 * 1024
+WARM_UP_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
+
+
+def _discard(_: bytes) -> None:
+    return None
 
 
 class WasmtimeRunner:
@@ -31,8 +36,23 @@ class WasmtimeRunner:
             return self._engines[fuel]
 
     def warm_up(self) -> None:
-        """Build the plain engine ahead of the first job, off the latency path."""
-        self.engine(fuel=False)
+        """Run a trivial module once, ahead of the first job and off its latency
+        path: the first store, WASI context and instance of a process are the
+        slow ones."""
+        engine = self.engine(fuel=False)
+        module = wasmtime.Module(engine, WARM_UP_WAT)
+        store = wasmtime.Store(engine)
+        store.set_limits(memory_size=PAGE * 4)
+        store.set_epoch_deadline(1)
+        wasi = wasmtime.WasiConfig()
+        wasi.stdout_custom = _discard
+        wasi.stderr_custom = _discard
+        store.set_wasi(wasi)
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        start = linker.instantiate(store, module).exports(store)["_start"]
+        assert isinstance(start, wasmtime.Func)
+        start(store)
 
     def interrupt(self, reason: InterruptReason) -> None:
         with self._lock:

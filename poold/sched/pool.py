@@ -22,6 +22,7 @@ import structlog
 from poold.backends.base import Backend, BackendUnavailable, WorkerEvent
 from poold.config import PoolSettings
 from poold.metrics import Metrics
+from poold.sched.agent_link import AgentLink
 from poold.slots import Slot
 from poold.types import JobId, PodName, new_pod_name
 
@@ -45,6 +46,18 @@ class Worker:
     job: JobId | None = None
     lost: asyncio.Future[str] | None = None
     """Resolved with a reason if the worker disappears while it holds a job."""
+    link: AgentLink | None = None
+    """The pre-opened line to the worker's agent (see :mod:`poold.sched.agent_link`)."""
+
+    def drop_link(self) -> None:
+        link, self.link = self.link, None
+        if link is not None:
+            task = asyncio.get_running_loop().create_task(link.close())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()
 
 
 LostCallback = Callable[[Worker, str], None]
@@ -66,7 +79,7 @@ class Pool:
         self.metrics = metrics
         self.demand = demand
         self.workers: dict[PodName, Worker] = {}
-        self.on_idle: Callable[[], None] = lambda: None
+        self.on_ready: Callable[[Worker], None] = lambda worker: None
         self._wake = asyncio.Event()
         self._failures = 0
         self._not_before = 0.0
@@ -112,6 +125,8 @@ class Pool:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for worker in list(self.workers.values()):
+            if worker.link is not None:
+                await worker.link.close()
             with contextlib.suppress(BackendUnavailable):
                 await self.backend.delete(worker.pod)
         await self.backend.stop()
@@ -219,9 +234,10 @@ class Pool:
             self.metrics.worker_start.observe(worker.ready_at - worker.created)
             self._failures = 0
             self._idle_changed.set()
-            self.on_idle()
+            self.on_ready(worker)
         elif event.kind == "gone":
             del self.workers[event.pod]
+            worker.drop_link()
             Slot.of(self.slots_root, event.pod).remove()
             if worker.state is WorkerState.STARTING:
                 log.warning("worker died while starting", pod=event.pod, reason=event.reason)

@@ -30,9 +30,10 @@ from poold.jobs.store import JobStore
 from poold.metrics import Metrics
 from poold.modules.store import ModuleStore
 from poold.protocol import JobDocument, PartitionRef, ResultDocument
+from poold.sched.agent_link import AgentLink
 from poold.sched.pool import Pool, Worker, WorkerState
 from poold.sched.queue import FairQueue
-from poold.slots import Slot, copy_atomic, read_json, write_json_atomic
+from poold.slots import Slot, place_atomic, read_json, write_json_atomic
 from poold.types import JobId, TenantName
 
 log = structlog.get_logger(__name__)
@@ -89,7 +90,12 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
         pool.demand = lambda: self.queue.demand(self._room)
-        pool.on_idle = self._wake.set
+        pool.on_ready = self._on_ready
+
+    def _on_ready(self, worker: Worker) -> None:
+        if self._http is not None and worker.endpoint is not None:
+            worker.link = AgentLink(self._http, worker.endpoint)
+        self._wake.set()
 
     def _room(self, tenant: TenantName) -> int:
         quota = self.settings.tenants[tenant].max_concurrent_jobs
@@ -197,6 +203,7 @@ class Scheduler:
                 self.leases.release(job.tenant, partition)
                 self.metrics.partitions_leased.set(self.leases.leased)
             self.active[job.tenant] -= 1
+            worker.drop_link()
             if worker.job == job_id:
                 await self.pool.recycle(worker)
             self._wake.set()
@@ -243,11 +250,12 @@ class Scheduler:
     async def _deliver(self, slot: Slot, job: Job, document: JobDocument) -> None:
         """Module first, ``job.json`` last: its rename is the commit point."""
         source = self.modules.path(job.module)
+        fsync = self.settings.slots.fsync
         if job.module_size > 4 * 1024 * 1024:
-            await asyncio.to_thread(copy_atomic, source, slot.module)
+            await asyncio.to_thread(place_atomic, source, slot.module, fsync=fsync)
         else:
-            copy_atomic(source, slot.module)
-        write_json_atomic(slot.job_json, document.to_json())
+            place_atomic(source, slot.module, fsync=fsync)
+        write_json_atomic(slot.job_json, document.to_json(), fsync=fsync)
 
     async def _follow(
         self, job: Job, worker: Worker, slot: Slot, cancel: asyncio.Event
@@ -305,28 +313,24 @@ class Scheduler:
     async def _stream_events(self, job: Job, worker: Worker) -> ResultDocument | None:
         assert self._http is not None
         assert worker.endpoint is not None
+        if worker.link is None:
+            worker.link = AgentLink(self._http, worker.endpoint)
         try:
-            async with self._http.post(f"{worker.endpoint}/run") as response:
-                async for line in response.content:
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    kind = event.get("type")
-                    if kind == "started":
-                        await self._started(job.id, float(event["ts"]))
-                    elif kind == "stderr":
-                        self.files.append_log(job.id, str(event["data"]).encode())
-                    elif kind == "finished":
-                        return ResultDocument.from_json(event["result"])
+            async for event in worker.link.events():
+                kind = event.get("type")
+                if kind == "started":
+                    await self._started(job.id, float(event["ts"]))
+                elif kind == "stderr":
+                    self.files.append_log(job.id, str(event["data"]).encode())
+                elif kind == "finished":
+                    return ResultDocument.from_json(event["result"])
         except (aiohttp.ClientError, OSError, json.JSONDecodeError) as e:
             log.warning("agent event stream broke; polling the slot", error=str(e))
         return None
 
     async def _agent_cancel(self, worker: Worker) -> None:
-        assert self._http is not None
-        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-            async with asyncio.timeout(2):
-                await self._http.post(f"{worker.endpoint}/cancel")
+        if worker.link is not None:
+            await worker.link.cancel()
 
     async def _started(self, job_id: JobId, ts: float) -> None:
         job = self.store.get(job_id)

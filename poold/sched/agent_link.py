@@ -1,0 +1,86 @@
+"""poold's line to one agent: the nudge out, the job's events back.
+
+Opening a connection to a freshly started agent costs several milliseconds,
+which would sit right on the submit-to-start path. So the link is opened
+when the worker becomes ready (a WebSocket to the agent's ``/link``) and the
+nudge is one message on it. If the link cannot be opened, the nudge falls
+back to ``POST /run`` (whose response streams the same events), and behind
+both the slot stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import structlog
+
+log = structlog.get_logger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+class AgentLink:
+    def __init__(self, session: aiohttp.ClientSession, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._session = session
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._connecting: asyncio.Task[None] = asyncio.create_task(
+            self._connect(), name=f"link-{endpoint}"
+        )
+
+    async def _connect(self) -> None:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                self._ws = await self._session.ws_connect(
+                    f"{self.endpoint}/link", autoping=False, heartbeat=None
+                )
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            log.info("no link to the agent; nudging over plain HTTP", error=str(e))
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Nudge the agent, then yield its events until ``finished`` or a broken line."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._connecting
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            try:
+                await ws.send_str('{"op":"run"}')
+                async for message in ws:
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    event = json.loads(message.data)
+                    yield event
+                    if event.get("type") == "finished":
+                        return
+            except (aiohttp.ClientError, OSError, ConnectionError) as e:
+                log.warning("agent link broke", error=str(e))
+            return
+        async with self._session.post(f"{self.endpoint}/run") as response:
+            async for line in response.content:
+                if line.strip():
+                    event = json.loads(line)
+                    yield event
+                    if event.get("type") == "finished":
+                        return
+
+    async def cancel(self) -> None:
+        ws = self._ws
+        with contextlib.suppress(aiohttp.ClientError, OSError, ConnectionError, TimeoutError):
+            async with asyncio.timeout(2):
+                if ws is not None and not ws.closed:
+                    await ws.send_str('{"op":"cancel"}')
+                else:
+                    await self._session.post(f"{self.endpoint}/cancel")
+
+    async def close(self) -> None:
+        self._connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._connecting
+        if self._ws is not None:
+            with contextlib.suppress(aiohttp.ClientError, OSError, ConnectionError):
+                await self._ws.close()
