@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -15,6 +17,8 @@ from kubernetes_asyncio.client import (
     V1Preconditions,
 )
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
+from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
 from .server import FakeApiServer
 
@@ -361,3 +365,27 @@ async def test_unknown_paths_are_404(fake_api: FakeApiServer) -> None:
     ):
         assert resp.status == 404
         assert (await resp.json())["kind"] == "Status"
+
+
+async def test_kubernetes_asyncio_leader_election_over_lease(fake_api: FakeApiServer) -> None:
+    leading = asyncio.Event()
+
+    async def started() -> None:
+        leading.set()
+
+    async def stopped() -> None:
+        pass
+
+    async with ApiClient(configuration=fake_api.client_configuration()) as client:
+        lock = LeaseLock("poold-leader", NS, "candidate-a", client)
+        config = electionconfig.Config(lock, 15, 10, 2, started, stopped)
+        task = asyncio.create_task(leaderelection.LeaderElection(config).run())
+        try:
+            await asyncio.wait_for(leading.wait(), 10)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    lease = fake_api.get_lease(NS, "poold-leader")
+    assert lease is not None
+    assert lease["spec"]["holderIdentity"] == "candidate-a"
