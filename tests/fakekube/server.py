@@ -296,6 +296,8 @@ class FakeApiServer:
             return error_response(err)
         except web.HTTPException:
             raise
+        except ValueError as exc:  # e.g. a non-numeric gracePeriodSeconds or limit
+            return error_response(bad_request(f"invalid request: {exc}"))
         except Exception as exc:  # pragma: no cover - a bug in the fake itself
             log.exception("fakekube: internal error serving %s %s", request.method, request.path)
             return error_response(StatusError(500, f"fakekube internal error: {exc!r}"))
