@@ -10,6 +10,7 @@ streams watches; the API semantics live in ``store`` and ``resources``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import Counter
@@ -92,6 +93,7 @@ class FakeApiServer:
         self.log_reader: LogReader | None = None
         self._faults: list[_Fault] = []
         self._watches: dict[Subscription, web.Request] = {}
+        self._watch_opened = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -232,13 +234,15 @@ class FakeApiServer:
         await self.store.wait_until(predicate, timeout)
 
     async def wait_for_watches(self, n: int, timeout: float = 10.0) -> None:
-        """Wait until at least ``n`` watch streams are open."""
+        """Wait (event-driven) until at least ``n`` watch streams are open."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.open_watches < n:
-            if loop.time() > deadline:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 raise TimeoutError(f"only {self.open_watches} watches open, wanted {n}")
-            await asyncio.sleep(0.01)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._watch_opened.wait(), remaining)
 
     # -- direct state access for assertions ---------------------------------
 
@@ -429,6 +433,8 @@ class FakeApiServer:
         timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
         sub = self.store.subscribe(rt, ns, labels, fields)
         self._watches[sub] = request
+        self._watch_opened.set()
+        self._watch_opened = asyncio.Event()
         try:
             return await stream_watch(
                 request,
