@@ -192,3 +192,26 @@ async def test_metrics_count_jobs(alpha: Client) -> None:
     assert 'poold_job_starts_total{kind="warm"} 1.0' in text
     assert "poold_submit_to_start_seconds_bucket" in text
     assert 'poold_pool_workers{state="idle"}' in text
+
+
+async def test_worker_dying_under_a_job_ends_it_as_error(alpha: Client, daemon: Daemon) -> None:
+    import signal
+
+    assert daemon.backend is not None
+    assert daemon.pool is not None
+    sha = await alpha.upload(module("ticker"))
+    job = await alpha.submit(sha, limits={"timeout_s": 60})
+    async with alpha.request("GET", f"/v1/jobs/{job['id']}/output?follow=true") as r:
+        assert await r.content.readline() == b"tick 1\n"
+        record = await alpha.json("GET", f"/v1/jobs/{job['id']}", 200)
+        pid = daemon.backend.pid_of(PodName(record["pod"]))  # type: ignore[attr-defined]
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await r.read()
+    final = await wait_done(daemon, job["id"])
+    assert final.state.value == "error"
+    assert final.error is not None
+    assert "worker died" in final.error and "SIGKILL" in final.error
+    await daemon.pool.wait_until(lambda: daemon.pool.figures()["idle"] == 2, 30)  # type: ignore[union-attr]
+    text = await alpha.text("/metrics")
+    assert 'poold_worker_failures_total{reason="busy_lost"} 1.0' in text

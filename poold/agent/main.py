@@ -206,7 +206,8 @@ class Agent:
             if document is not None:
                 return dict(document)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._nudge.wait(), self.settings.poll_interval_s)
+                async with asyncio.timeout(self.settings.poll_interval_s):
+                    await self._nudge.wait()
             self._nudge.clear()
 
     async def _serve_one(self) -> None:

@@ -153,8 +153,11 @@ class Pool:
                 log.warning("backend unavailable; will retry", error=str(e))
                 self._note_failure("backend_unavailable")
             self._export()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+            # cancellation that arrives as the event fires, and stop() would hang
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _reconcile(self) -> None:
