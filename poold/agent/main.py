@@ -25,13 +25,12 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from poold.agent.runtimes import make_runner
 from poold.agent.settings import AgentSettings
 from poold.agent.streams import LinePump, LogSink
 from poold.data.kafka import AgentData, DataUnavailable
 from poold.protocol import JobDocument, ResultDocument
-from poold.runtime.engine import CompileCache
 from poold.runtime.runner import Runner, RunRequest, RunResult
-from poold.runtime.wasmtime_runner import WasmtimeRunner
 from poold.slots import Slot, read_json, write_atomic, write_json_atomic
 
 log = structlog.get_logger("poold.agent")
@@ -86,7 +85,7 @@ class Agent:
         self.settings = settings
         self.slot = Slot(settings.slot)
         self.data = AgentData(settings.kafka)
-        self.runner: Runner = runner or WasmtimeRunner(CompileCache(settings.cache))
+        self.runner: Runner = runner or make_runner(settings)
         self.events = EventLog()
         self.state = "starting"
         self._nudge = asyncio.Event()

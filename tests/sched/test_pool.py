@@ -139,7 +139,9 @@ async def test_dead_idle_worker_is_replaced(make_pool) -> None:  # type: ignore[
     await pool.wait_until(lambda: pool.count(WorkerState.IDLE) == 2, 5)
     victim = backend.created[0]
     backend.gone(victim, "OOMKilled")
-    await pool.wait_until(lambda: pool.count(WorkerState.IDLE) == 2 and victim not in pool.workers, 5)
+    await pool.wait_until(
+        lambda: pool.count(WorkerState.IDLE) == 2 and victim not in pool.workers, 5
+    )
     assert len(backend.created) == 3
     assert 'reason="idle_lost"' in pool.metrics.render().decode()
 
