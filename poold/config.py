@@ -131,6 +131,24 @@ class KubernetesSettings(_Section):
     """Namespace of the runner pods."""
     pod_template: Path = Path("deploy/runner/pod-template.yaml")
     """Runner pod template, the same file that ships in ``deploy/``."""
+    kubeconfig: Path | None = None
+    """A kubeconfig file; unset = the in-cluster service account (poold in a pod)."""
+    pool_name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")] = "default"
+    """Label value that marks this pool's pods, so several pools can share a namespace."""
+    agent_port: Annotated[int, Field(ge=1, le=65535)] = 8081
+    """Port of the agent in runner pods (readiness, nudge, events)."""
+    watch_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    """A watch with no event for this long is re-opened (bounded inactivity)."""
+    api_retries: Annotated[int, Field(ge=1, le=20)] = 5
+    """Attempts for an API call that failed for a temporary reason (5xx, 429, dropped)."""
+    leader_election: bool = True
+    """Take a coordination.k8s.io Lease before managing pods (needed with 2 replicas)."""
+    lease_name: str = "poold-leader"
+    """Name of that Lease."""
+    lease_duration_s: Annotated[float, Field(gt=0)] = 15.0
+    """How long a leader's lease lasts without renewal."""
+    owner_deployment: str | None = None
+    """Deployment that owns runner pods (ownerReference), so deleting poold deletes them."""
 
 
 class TenantSettings(_Section):

@@ -16,7 +16,9 @@ from aiohttp import web
 
 from poold.api.app import Api
 from poold.backends.base import Backend
+from poold.backends.kubernetes import KubernetesBackend
 from poold.backends.local import LocalBackend
+from poold.backends.podtemplate import TemplateError, load_template
 from poold.config import ConfigError, Settings
 from poold.data.embedded import EmbeddedBroker
 from poold.data.kafka import DataPlane, topic_names
@@ -34,8 +36,11 @@ log = structlog.get_logger(__name__)
 class Daemon:
     """Start with :meth:`start`, stop with :meth:`stop` (both safe to call twice)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, kube_configuration: Any = None) -> None:
+        """``kube_configuration`` overrides how the Kubernetes backend connects (tests
+        point it at a fake API server)."""
         self.settings = settings
+        self._kube_configuration = kube_configuration
         self.metrics = Metrics()
         self.broker: EmbeddedBroker | None = None
         self.data: DataPlane | None = None
@@ -115,9 +120,13 @@ class Daemon:
                     "POOLD_AGENT_FSYNC": "1" if s.slots.fsync else "0",
                 },
             )
-        raise ConfigError(
-            "pool.backend: the kubernetes backend is not available in this build yet; "
-            "use \"local\""
+        try:
+            template = load_template(s.kubernetes.pod_template)
+        except TemplateError as e:
+            raise ConfigError(str(e)) from e
+        return KubernetesBackend(
+            settings=s.kubernetes, template=template, kafka=bootstrap,
+            configuration=self._kube_configuration,
         )
 
     async def _run_tasks(self) -> None:
@@ -141,7 +150,8 @@ class Daemon:
                 await self._tasks
             self._tasks = None
         if self.pool is not None:
-            await self.pool.stop()
+            # local workers die with the daemon; runner pods stay to be adopted
+            await self.pool.stop(delete_workers=self.settings.pool.backend == "local")
             self.pool = None
         if self.modules is not None:
             self.modules.close()

@@ -21,10 +21,15 @@ class BackendUnavailable(Exception):
 
 @dataclass(frozen=True)
 class WorkerEvent:
-    kind: Literal["ready", "gone"]
+    """``seen``: a worker exists but is not ready; ``ready``: its agent serves at
+    ``endpoint`` (``job`` set if the worker already holds one); ``gone``: it is
+    deleted, being deleted, or finished, for ``reason``."""
+
+    kind: Literal["seen", "ready", "gone"]
     pod: PodName
     endpoint: str | None = None
     reason: str | None = None
+    job: JobId | None = None
 
 
 EventSink = Callable[[WorkerEvent], None]

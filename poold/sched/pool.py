@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from poold.slots import Slot
 from poold.types import JobId, PodName, new_pod_name
 
 log = structlog.get_logger(__name__)
+
+SLOT_NAME = re.compile(r"poold-w-[0-9a-f]{10}")
+"""Names this pool gives its workers (see :func:`poold.types.new_pod_name`)."""
 
 
 class WorkerState(StrEnum):
@@ -80,6 +84,8 @@ class Pool:
         self.demand = demand
         self.workers: dict[PodName, Worker] = {}
         self.on_ready: Callable[[Worker], None] = lambda worker: None
+        self.on_orphan: Callable[[Worker], bool] = lambda worker: False
+        """Offered a worker found holding a job; True if someone follows that job."""
         self._wake = asyncio.Event()
         self._failures = 0
         self._not_before = 0.0
@@ -116,9 +122,12 @@ class Pool:
 
     async def start(self) -> None:
         await self.backend.start(self._on_event)
+        self.cleanup_slots()
         self._task = asyncio.create_task(self._run(), name="pool-controller")
 
-    async def stop(self) -> None:
+    async def stop(self, *, delete_workers: bool = True) -> None:
+        """Stop managing the pool. Workers are deleted unless ``delete_workers`` is
+        False: pods a restarted daemon (or the other replica) will adopt."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -127,11 +136,13 @@ class Pool:
         for worker in list(self.workers.values()):
             if worker.link is not None:
                 await worker.link.close()
-            with contextlib.suppress(BackendUnavailable):
-                await self.backend.delete(worker.pod)
+            if delete_workers:
+                with contextlib.suppress(BackendUnavailable):
+                    await self.backend.delete(worker.pod)
         await self.backend.stop()
-        for worker in list(self.workers.values()):
-            Slot.of(self.slots_root, worker.pod).remove()
+        if delete_workers:
+            for worker in list(self.workers.values()):
+                Slot.of(self.slots_root, worker.pod).remove()
         self.workers.clear()
 
     def poke(self) -> None:
@@ -229,6 +240,7 @@ class Pool:
     def _on_event(self, event: WorkerEvent) -> None:
         worker = self.workers.get(event.pod)
         if worker is None:
+            self._adopt(event)
             return
         if event.kind == "ready" and worker.state is WorkerState.STARTING:
             worker.state = WorkerState.IDLE
@@ -255,6 +267,45 @@ class Pool:
             self._idle_changed.set()
         self._export()
         self._wake.set()
+
+    def _adopt(self, event: WorkerEvent) -> None:
+        """A worker this daemon did not create (it ran before a restart, or another
+        replica made it). Idle ones join the pool; ones holding a job nobody here
+        follows are orphans and are deleted."""
+        if event.kind == "gone":
+            Slot.of(self.slots_root, event.pod).remove()
+            return
+        worker = Worker(event.pod)
+        self.workers[event.pod] = worker
+        if event.kind == "ready" and event.job is None:
+            worker.state = WorkerState.IDLE
+            worker.ready_at = time.monotonic()
+            worker.endpoint = event.endpoint
+            log.info("adopted an idle worker", pod=event.pod)
+            self._idle_changed.set()
+            self.on_ready(worker)
+        elif event.kind == "ready":
+            worker.state = WorkerState.BUSY
+            worker.job = event.job
+            worker.endpoint = event.endpoint
+            if not self.on_orphan(worker):
+                log.warning("deleting a worker that holds a job nobody follows",
+                            pod=event.pod, job=event.job)
+                asyncio.get_running_loop().create_task(self._retire(worker))
+        self._wake.set()
+
+    def cleanup_slots(self) -> int:
+        """Remove slot folders whose worker is unknown (left by a crash)."""
+        removed = 0
+        if not self.slots_root.is_dir():
+            return 0
+        for entry in self.slots_root.iterdir():
+            if SLOT_NAME.fullmatch(entry.name) and PodName(entry.name) not in self.workers:
+                Slot(entry).remove()
+                removed += 1
+        if removed:
+            log.info("removed orphan slots", count=removed)
+        return removed
 
     # -- used by the scheduler -------------------------------------------------
 

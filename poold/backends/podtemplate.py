@@ -1,0 +1,91 @@
+"""The runner pod template: the YAML in ``deploy/runner/`` made into one pod.
+
+poold names each pod itself (its slot ``<slots.root>/<pod>`` must exist before
+the pod does, because the pod mounts it with ``subPathExpr: $(POD_NAME)``),
+labels it as part of this pool and idle, and tells the agent where Kafka is.
+Everything else — image, resources, security context, probes — is the
+operator's, in the template.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from poold.types import JobId, PodName
+
+LABEL_APP = "app.kubernetes.io/name"
+LABEL_POOL = "poold.dev/pool"
+LABEL_STATE = "poold.dev/state"
+ANNOTATION_JOB = "poold.dev/job"
+APP = "poold-runner"
+
+
+class TemplateError(Exception):
+    pass
+
+
+def selector(pool: str) -> str:
+    return f"{LABEL_APP}={APP},{LABEL_POOL}={pool}"
+
+
+def load_template(path: Path) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise TemplateError(
+            f"kubernetes.pod_template: {path} does not exist (deploy/runner/pod-template.yaml "
+            "ships with poold)"
+        ) from e
+    except yaml.YAMLError as e:
+        raise TemplateError(f"kubernetes.pod_template: {path} is not valid YAML: {e}") from e
+    if not isinstance(document, dict) or document.get("kind") != "Pod":
+        raise TemplateError(f"kubernetes.pod_template: {path} must hold one v1 Pod")
+    containers = document.get("spec", {}).get("containers") or []
+    if not containers:
+        raise TemplateError(f"kubernetes.pod_template: {path} has no containers")
+    if document["spec"].get("restartPolicy", "Never") != "Never":
+        raise TemplateError(
+            f"kubernetes.pod_template: {path} must use restartPolicy Never: a worker runs "
+            "one job and is then deleted"
+        )
+    return document
+
+
+def render(
+    template: dict[str, Any],
+    *,
+    name: PodName,
+    pool: str,
+    kafka: str,
+    owner: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    pod = copy.deepcopy(template)
+    meta = pod.setdefault("metadata", {})
+    meta.pop("generateName", None)
+    meta["name"] = name
+    labels = meta.setdefault("labels", {})
+    labels.update({LABEL_APP: APP, LABEL_POOL: pool, LABEL_STATE: "idle"})
+    if owner is not None:
+        meta["ownerReferences"] = [owner]
+    spec = pod["spec"]
+    spec["restartPolicy"] = "Never"
+    container = spec["containers"][0]
+    env = [e for e in container.get("env", []) if e.get("name") != "POOLD_AGENT_KAFKA"]
+    env.append({"name": "POOLD_AGENT_KAFKA", "value": kafka})
+    container["env"] = env
+    return pod
+
+
+def claim_patch(*, resource_version: str, job: JobId) -> dict[str, Any]:
+    """A merge patch that only applies to the version of the pod we saw idle."""
+    return {
+        "metadata": {
+            "resourceVersion": resource_version,
+            "labels": {LABEL_STATE: "busy"},
+            "annotations": {ANNOTATION_JOB: job},
+        }
+    }

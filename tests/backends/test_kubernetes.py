@@ -1,0 +1,161 @@
+"""The Kubernetes backend end to end: HTTP in, runner pods (fake API server and
+kubelet running real agent processes), Kafka out."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from conftest import Client, wait_done
+from fakekube import FakeApiServer, FakeKubelet
+from wasm_fixtures import module
+
+from poold.backends.kubernetes import KubernetesBackend
+from poold.types import JobId, PodName
+
+from .conftest import KubeDaemonFactory
+
+SELECTOR = "app.kubernetes.io/name=poold-runner"
+
+
+def pod_names(api: FakeApiServer) -> set[str]:
+    return {p["metadata"]["name"] for p in api.pods("poold", label_selector=SELECTOR)}
+
+
+async def test_job_runs_on_a_runner_pod_which_is_then_replaced(
+    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet
+) -> None:
+    daemon = await start_kube_daemon()
+    assert daemon.pool is not None
+    before = pod_names(fake_api)
+    assert len(before) == 2
+    for name in before:
+        pod = fake_api.get_pod("poold", name)
+        assert pod is not None
+        assert pod["spec"]["restartPolicy"] == "Never"
+        assert pod["metadata"]["labels"]["poold.dev/state"] == "idle"
+        assert (daemon.settings.slots.root / name / "in").is_dir()
+    async with aiohttp.ClientSession() as session:
+        client = Client(daemon, session, "alpha")
+        job = await client.run(module("upper"), input=["kube", "pods"])
+        assert job["state"] == "succeeded", job
+        assert job["warm"] is True
+        assert job["pod"] in before
+        assert (await client.text(f"/v1/jobs/{job['id']}/output")).splitlines() == ["KUBE", "PODS"]
+        assert "processed 2 lines" in await client.text(f"/v1/jobs/{job['id']}/logs")
+    used = job["pod"]
+    await fake_api.wait_until(lambda: used not in pod_names(fake_api), 30)
+    assert used not in kubelet.processes
+    pool = daemon.pool
+    await pool.wait_until(lambda: pool.figures()["idle"] == 2, 60)
+    assert len(pod_names(fake_api)) == 2
+    await pool.wait_until(lambda: not (daemon.settings.slots.root / used).exists(), 10)
+
+
+async def test_claim_is_fenced_by_resource_version(
+    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+) -> None:
+    daemon = await start_kube_daemon()
+    backend = daemon.backend
+    assert isinstance(backend, KubernetesBackend)
+    pod = PodName(sorted(pod_names(fake_api))[0])
+    results = await asyncio.gather(
+        backend.claim(pod, JobId("j-one")), backend.claim(pod, JobId("j-two"))
+    )
+    assert sorted(results) == [False, True]
+    stored = fake_api.get_pod("poold", pod)
+    assert stored is not None
+    holder = stored["metadata"]["annotations"]["poold.dev/job"]
+    assert holder == ("j-one" if results[0] else "j-two")
+    assert stored["metadata"]["labels"]["poold.dev/state"] == "busy"
+
+
+async def test_pod_deleted_under_a_running_job(
+    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet
+) -> None:
+    daemon = await start_kube_daemon()
+    async with aiohttp.ClientSession() as session:
+        client = Client(daemon, session, "alpha")
+        sha = await client.upload(module("ticker"))
+        job = await client.submit(sha, limits={"timeout_s": 60})
+        async with client.request("GET", f"/v1/jobs/{job['id']}/output?follow=true") as r:
+            assert await r.content.readline() == b"tick 1\n"
+            record = await client.json("GET", f"/v1/jobs/{job['id']}", 200)
+            kubelet.evict(record["pod"], message="The node was low on resource: memory.")
+            await r.read()
+        final = await wait_done(daemon, job["id"])
+    assert final.state.value == "error"
+    assert final.error is not None and "Evicted" in final.error
+    pool = daemon.pool
+    assert pool is not None
+    await pool.wait_until(lambda: pool.figures()["idle"] == 2, 60)
+
+
+async def test_pod_that_never_becomes_ready_is_replaced(
+    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet
+) -> None:
+    kubelet.set_never_ready(lambda pod: True)
+    daemon = await start_kube_daemon(
+        wait_idle=False, pool__min_idle=1, pool__start_timeout_s=1.5,
+        pool__failure_backoff_s=0.1,
+    )
+    first = set()
+    await fake_api.wait_until(lambda: len(pod_names(fake_api)) >= 1, 30)
+    first = pod_names(fake_api)
+    await fake_api.wait_until(lambda: not (first & pod_names(fake_api)), 30)
+    kubelet.set_never_ready(None)
+    pool = daemon.pool
+    assert pool is not None
+    await pool.wait_until(lambda: pool.figures()["idle"] == 1, 60)
+    metrics = daemon.metrics.render().decode()
+    assert 'poold_worker_failures_total{reason="start_timeout"}' in metrics
+
+
+async def test_api_errors_and_expired_watch_are_survived(
+    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+) -> None:
+    daemon = await start_kube_daemon()
+    pool = daemon.pool
+    assert pool is not None
+    fake_api.fail_next(3, status=500)
+    fake_api.expire_history()
+    fake_api.close_watches()
+    async with aiohttp.ClientSession() as session:
+        client = Client(daemon, session, "alpha")
+        job = await client.run(module("upper"), input=["after faults"])
+    assert job["state"] == "succeeded", job
+    await pool.wait_until(lambda: pool.figures()["idle"] == 2, 60)
+    assert len(pod_names(fake_api)) == 2
+
+
+async def test_restarted_daemon_adopts_idle_pods(
+    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+) -> None:
+    first = await start_kube_daemon()
+    pods = pod_names(fake_api)
+    await first.stop()
+    assert pod_names(fake_api) == pods, "a stopping daemon leaves its pods for the next"
+    created = fake_api.verb_counts["create"]
+    second = await start_kube_daemon()
+    assert second.pool is not None
+    assert set(second.pool.workers) == pods
+    assert fake_api.verb_counts["create"] == created, "adopted, not recreated"
+    async with aiohttp.ClientSession() as session:
+        job = await Client(second, session, "alpha").run(module("noop"))
+    assert job["state"] == "succeeded"
+    assert job["pod"] in pods
+
+
+async def test_orphan_pod_holding_a_job_is_deleted(
+    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+) -> None:
+    first = await start_kube_daemon()
+    backend = first.backend
+    assert isinstance(backend, KubernetesBackend)
+    victim = PodName(sorted(pod_names(fake_api))[0])
+    assert await backend.claim(victim, JobId("j-lost-with-the-daemon"))
+    await first.stop()
+    second = await start_kube_daemon()
+    await fake_api.wait_until(lambda: victim not in pod_names(fake_api), 30)
+    assert second.pool is not None
+    await second.pool.wait_until(lambda: second.pool.figures()["idle"] == 2, 60)  # type: ignore[union-attr]
