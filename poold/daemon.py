@@ -17,6 +17,7 @@ from aiohttp import web
 from poold.api.app import Api
 from poold.backends.base import Backend
 from poold.backends.kubernetes import KubernetesBackend
+from poold.backends.leader import LeaseElector
 from poold.backends.local import LocalBackend
 from poold.backends.podtemplate import TemplateError, load_template
 from poold.config import ConfigError, Settings
@@ -53,6 +54,9 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._tasks: asyncio.Task[None] | None = None
         self._ready = False
+        self.elector: LeaseElector | None = None
+        self.active = asyncio.Event()
+        """Set once this daemon manages workers (at once, or when it leads)."""
 
     async def start(self) -> None:
         s = self.settings
@@ -78,6 +82,8 @@ class Daemon:
         )
         files = JobFiles(s.state.dir / "jobs")
         self.backend = self._backend(bootstrap)
+        if isinstance(self.backend, KubernetesBackend):
+            await self.backend.prepare()
         self.pool = Pool(
             backend=self.backend, settings=s.pool, slots_root=s.slots.root, metrics=self.metrics
         )
@@ -85,7 +91,9 @@ class Daemon:
             settings=s, store=self.store, pool=self.pool, data=self.data, modules=self.modules,
             files=files, metrics=self.metrics,
         )
-        await self.pool.start()
+        self.elector = self._elector()
+        if self.elector is None:
+            await self._activate()
         self._tasks = asyncio.create_task(self._run_tasks(), name="poold-tasks")
 
         api = Api(
@@ -100,7 +108,6 @@ class Daemon:
         server: Any = getattr(site, "_server", None)
         port = server.sockets[0].getsockname()[1] if server and server.sockets else s.server.port
         self.url = f"http://{s.server.host}:{port}"
-        self._ready = True
         log.info("poold is serving", url=self.url, backend=s.pool.backend,
                  kafka=bootstrap, min_idle=s.pool.min_idle, max_pods=s.pool.max_pods)
 
@@ -129,11 +136,35 @@ class Daemon:
             configuration=self._kube_configuration,
         )
 
+    def _elector(self) -> LeaseElector | None:
+        k = self.settings.kubernetes
+        if self.settings.pool.backend != "kubernetes" or not k.leader_election:
+            return None
+        assert isinstance(self.backend, KubernetesBackend)
+        return LeaseElector(
+            configuration=self.backend.configuration, namespace=k.namespace,
+            name=k.lease_name, duration_s=k.lease_duration_s,
+        )
+
+    async def _activate(self) -> None:
+        """Start managing workers: at once, or once this replica leads."""
+        assert self.pool is not None
+        if self.elector is not None:
+            log.info("waiting to lead before managing pods",
+                     lease=self.settings.kubernetes.lease_name)
+            await self.elector.leading.wait()
+        await self.pool.start()
+        self.active.set()
+        self._ready = True
+
     async def _run_tasks(self) -> None:
         assert self.scheduler is not None
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.scheduler.run(), name="scheduler")
+                if self.elector is not None:
+                    group.create_task(self.elector.run(), name="leader-election")
+                    group.create_task(self._activate(), name="activation")
         except* Exception as errors:
             for e in errors.exceptions:
                 log.error("a poold task died; shutting down", error=repr(e), exc_info=e)  # noqa: TRY400
@@ -153,6 +184,8 @@ class Daemon:
             # local workers die with the daemon; runner pods stay to be adopted
             await self.pool.stop(delete_workers=self.settings.pool.backend == "local")
             self.pool = None
+        if self.elector is not None:
+            await self.elector.release()
         if self.modules is not None:
             self.modules.close()
         if self.data is not None:

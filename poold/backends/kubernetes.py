@@ -100,12 +100,22 @@ class KubernetesBackend:
 
     # -- lifecycle ---------------------------------------------------------------
 
+    @property
+    def configuration(self) -> Configuration:
+        """How to reach the API (resolved by :meth:`prepare`)."""
+        assert self._configuration is not None, "call prepare() first"
+        return self._configuration
+
+    async def prepare(self) -> None:
+        if self._configuration is None:
+            self._configuration = await load_configuration(self.settings)
+
     async def start(self, sink: EventSink) -> None:
         if self._client is not None:
             return
         self._sink = sink
-        configuration = self._configuration or await load_configuration(self.settings)
-        self._client = ApiClient(configuration=configuration)
+        await self.prepare()
+        self._client = ApiClient(configuration=self.configuration)
         self._core = CoreV1Api(self._client)
         if self.settings.owner_deployment:
             self._owner = await self._owner_reference(self.settings.owner_deployment)

@@ -321,15 +321,22 @@ class Pool:
         return worker
 
     async def claim(self, worker: Worker, job: JobId) -> bool:
-        """Fence the worker for ``job``; a worker we lose the claim on is retired."""
+        """Fence the worker for ``job``. A worker we lose the claim on belongs to
+        whoever won it: we forget it rather than delete it under their job."""
         try:
             won = await self.backend.claim(worker.pod, job)
-        except BackendUnavailable:
-            won = False
+        except BackendUnavailable as e:
+            log.warning("could not claim a worker; trying another", pod=worker.pod, error=str(e))
+            worker.state = WorkerState.IDLE
+            self._wake.set()
+            return False
         if won:
             worker.job = job
         else:
-            await self._retire(worker)
+            log.warning("lost the claim on a worker to someone else", pod=worker.pod)
+            self.workers.pop(worker.pod, None)
+            worker.drop_link()
+            self._wake.set()
         return won
 
     async def recycle(self, worker: Worker) -> None:

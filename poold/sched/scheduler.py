@@ -178,10 +178,12 @@ class Scheduler:
         assert job is not None
         structlog.contextvars.bind_contextvars(job_id=job_id, pod=worker.pod, tenant=job.tenant)
         partition: int | None = None
+        claimed = False
         try:
             if not await self.pool.claim(worker, job_id):
                 self.queue.push_front(job.tenant, job_id)
                 return
+            claimed = True
             partition = self.leases.acquire(job.tenant)
             self.metrics.partitions_leased.set(self.leases.leased)
             job = await self._execute(job, worker, partition)
@@ -203,8 +205,8 @@ class Scheduler:
                 self.leases.release(job.tenant, partition)
                 self.metrics.partitions_leased.set(self.leases.leased)
             self.active[job.tenant] -= 1
-            worker.drop_link()
-            if worker.job == job_id:
+            if claimed:
+                worker.drop_link()
                 await self.pool.recycle(worker)
             self._wake.set()
             structlog.contextvars.unbind_contextvars("job_id", "pod", "tenant")

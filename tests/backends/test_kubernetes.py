@@ -159,3 +159,58 @@ async def test_orphan_pod_holding_a_job_is_deleted(
     await fake_api.wait_until(lambda: victim not in pod_names(fake_api), 30)
     assert second.pool is not None
     await second.pool.wait_until(lambda: second.pool.figures()["idle"] == 2, 60)  # type: ignore[union-attr]
+
+
+async def test_two_backends_race_for_one_pod(
+    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+) -> None:
+    daemon = await start_kube_daemon()
+    assert daemon.backend is not None
+    other = KubernetesBackend(
+        settings=daemon.settings.kubernetes, template={}, kafka="unused",
+        configuration=fake_api.client_configuration(),
+    )
+    seen: list[object] = []
+    await other.start(seen.append)
+    try:
+        wins = 0
+        for pod in sorted(pod_names(fake_api)):
+            results = await asyncio.gather(
+                daemon.backend.claim(PodName(pod), JobId(f"j-a-{pod}")),
+                other.claim(PodName(pod), JobId(f"j-b-{pod}")),
+            )
+            assert results.count(True) == 1, results
+            wins += 1
+        assert wins == 2
+        claims = [r for r in fake_api.requests if r.method == "PATCH"]
+        assert len(claims) == 4
+    finally:
+        await other.stop()
+
+
+async def test_only_the_leader_manages_pods_and_the_other_takes_over(
+    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+) -> None:
+    election = {"kubernetes__leader_election": "true", "kubernetes__lease_duration_s": "2"}
+    leader = await start_kube_daemon(**election)
+    assert leader.active.is_set()
+    follower = await start_kube_daemon(wait_idle=False, **election)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(follower.url + "/readyz") as r:
+            assert r.status == 503
+        async with session.get(leader.url + "/readyz") as r:
+            assert r.status == 200
+        pods = pod_names(fake_api)
+        assert len(pods) == 2
+        await leader.stop()
+        await asyncio.wait_for(follower.active.wait(), 30)
+        assert follower.pool is not None
+        await follower.pool.wait_until(lambda: follower.pool.figures()["idle"] == 2, 30)  # type: ignore[union-attr]
+        assert set(follower.pool.workers) == pods, "the new leader adopted the warm pods"
+        lease = fake_api.get_lease("poold", "poold-leader")
+        assert lease is not None
+        assert lease["spec"]["holderIdentity"] == follower.elector.identity  # type: ignore[union-attr]
+        job = await Client(follower, session, "alpha").run(module("noop"))
+        assert job["state"] == "succeeded"
+        async with session.get(follower.url + "/readyz") as r:
+            assert r.status == 200

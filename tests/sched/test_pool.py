@@ -167,7 +167,7 @@ async def test_failed_starts_back_off_instead_of_looping(make_pool) -> None:  # 
     assert len(backend.created) <= 4
 
 
-async def test_lost_claim_retires_the_worker(make_pool) -> None:  # type: ignore[no-untyped-def]
+async def test_lost_claim_leaves_the_worker_to_its_winner(make_pool) -> None:  # type: ignore[no-untyped-def]
     backend = ScriptedBackend()
     pool: Pool = await make_pool(backend)
     await pool.wait_until(lambda: pool.count(WorkerState.IDLE) == 2, 5)
@@ -175,4 +175,6 @@ async def test_lost_claim_retires_the_worker(make_pool) -> None:  # type: ignore
     assert worker is not None
     backend.claims[worker.pod] = JobId("j-someone-else")
     assert not await pool.claim(worker, JobId("j-mine"))
-    assert worker.pod in backend.deleted
+    assert worker.pod not in backend.deleted, "never delete a pod under someone else's job"
+    assert worker.pod not in pool.workers
+    await pool.wait_until(lambda: pool.count(WorkerState.IDLE) == 2, 5)
