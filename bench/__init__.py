@@ -1,0 +1,24 @@
+"""The poold benchmark: ``python -m bench`` (or ``make bench``).
+
+It starts a real ``poold serve`` subprocess per scenario (its own config,
+temp state and slot dirs, free port, embedded broker), waits until the pool
+is warm, drives it over the public HTTP API only, and writes per-job rows
+(``jobs.csv``), the run's description (``results.json``) and the summary
+table (``summary.txt``) under ``bench/results/<UTC date-time>/``.
+
+Scenarios are TOML files in ``bench/scenarios/`` (see
+``bench/scenarios/README.md`` for every key). The summary compares the run
+against poold's latency and throughput targets and only reports: a MISS
+never makes the benchmark fail.
+"""
+
+from __future__ import annotations
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; see :func:`bench.cli.main`."""
+    from .cli import main as cli_main  # noqa: PLC0415 - keep `import bench` light
+
+    return cli_main(argv)
