@@ -46,7 +46,9 @@ AOT: an uploaded module is never run as native code. WasmEdge runs a
 section (its "universal wasm" format), and that section is native code that
 comes with the upload. Passing the plain ``.wasm`` is not enough, so every run
 adds ``--force-interpreter`` (WasmEdge >= 0.11.2), which ignores such a
-section. No flag that enables AOT or JIT is ever passed.
+section. It also keeps the limits honest: AOT code only checks gas and the
+time limit when it was compiled with gas measuring and ``--interruptible``.
+No flag that enables AOT or JIT is ever passed.
 
 Limits: ``--time-limit`` is the job's timeout; a watchdog SIGKILLs the
 process ``timeout_s + 1`` s after the spawn in case WasmEdge does not stop
