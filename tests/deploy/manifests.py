@@ -50,3 +50,10 @@ def containers(spec: Object) -> list[Object]:
 def env_of(container: Object) -> dict[str, str]:
     """The container's literal env values (valueFrom entries are left out)."""
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def poold_container(objects: list[Object]) -> Object:
+    """The one container of the poold Deployment."""
+    spec = one(objects, "Deployment", "poold")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    return container

@@ -9,7 +9,7 @@ import pytest
 
 from poold.config import Settings, load_settings
 
-from .manifests import OVERLAYS, REPO, Object, env_of, find, one
+from .manifests import OVERLAYS, REPO, Object, env_of, find, one, poold_container
 
 CLUSTER_TOML = REPO / "config" / "cluster.toml"
 FAKE_HASH = "0" * 63 + "1"
@@ -26,7 +26,7 @@ def quantity(value: str) -> int:
 
 def settings_for(objects: list[Object]) -> Settings:
     """The settings poold would run with: the file, the Deployment's env, the tenant Secret."""
-    (poold,) = one(objects, "Deployment", "poold")["spec"]["template"]["spec"]["containers"]
+    poold = poold_container(objects)
     environ = {k: v for k, v in env_of(poold).items() if k.startswith("POOLD_")}
     secrets = find(objects, "Secret", "poold-tenants")
     if secrets:
@@ -39,7 +39,7 @@ def settings_for(objects: list[Object]) -> Settings:
 
 
 def mounts(objects: list[Object]) -> dict[str, str]:
-    (poold,) = one(objects, "Deployment", "poold")["spec"]["template"]["spec"]["containers"]
+    poold = poold_container(objects)
     return {m["name"]: m["mountPath"] for m in poold["volumeMounts"]}
 
 
@@ -81,7 +81,7 @@ def test_server_listens_where_the_service_points(
     objects = rendered[overlay]
     s = settings_for(objects)
     assert s.server.host == "0.0.0.0"
-    (poold,) = one(objects, "Deployment", "poold")["spec"]["template"]["spec"]["containers"]
+    poold = poold_container(objects)
     assert {"name": "http", "containerPort": s.server.port, "protocol": "TCP"} in poold["ports"]
     service_ports = one(objects, "Service", "poold")["spec"]["ports"]
     assert [p["targetPort"] for p in service_ports] == ["http"]

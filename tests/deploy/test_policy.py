@@ -16,6 +16,7 @@ from .manifests import (
     find,
     one,
     pod_specs,
+    poold_container,
 )
 
 ALLOWED_RULES = {
@@ -48,7 +49,8 @@ def test_rbac_is_only_what_poold_needs(rendered: dict[str, list[Object]], overla
         for rule in role["rules"]:
             assert "nonResourceURLs" not in rule and "resourceNames" not in rule
             for field in ("apiGroups", "resources", "verbs"):
-                assert "*" not in rule[field], f"wildcard in {field} of Role {role['metadata']['name']}"
+                assert "*" not in rule[field], (
+                    f"wildcard in {field} of Role {role['metadata']['name']}")
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     allowed = ALLOWED_RULES.get((group, resource))
@@ -68,7 +70,8 @@ def test_only_poold_gets_a_service_account_token(
     binding = one(objects, "RoleBinding", "poold")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": "poold"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "poold", "namespace": "poold"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "poold", "namespace": "poold"}]
     assert one(objects, "ServiceAccount", "poold")["automountServiceAccountToken"] is False
     spec = one(objects, "Deployment", "poold")["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == "poold"
@@ -87,18 +90,12 @@ SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
 
 def restricted_violations(spec: Object) -> list[str]:
     """The checks of the Pod Security Standards' "restricted" profile (baseline included)."""
-    bad = []
     pod_sc = spec.get("securityContext", {})
-    for field in ("hostNetwork", "hostPID", "hostIPC"):
-        if spec.get(field):
-            bad.append(f"{field} is set")
-    for volume in spec.get("volumes", []):
-        kinds = set(volume) - {"name"}
-        if not kinds <= ALLOWED_VOLUMES:
-            bad.append(f"volume {volume['name']} is of a forbidden type {sorted(kinds)}")
-    for sysctl in pod_sc.get("sysctls", []):
-        if sysctl["name"] not in SAFE_SYSCTLS:
-            bad.append(f"sysctl {sysctl['name']}")
+    bad = [f"{field} is set" for field in ("hostNetwork", "hostPID", "hostIPC") if spec.get(field)]
+    bad += [f"volume {v['name']} is of a forbidden type {sorted(set(v) - {'name'})}"
+            for v in spec.get("volumes", []) if not set(v) - {"name"} <= ALLOWED_VOLUMES]
+    bad += [f"sysctl {s['name']}" for s in pod_sc.get("sysctls", [])
+            if s["name"] not in SAFE_SYSCTLS]
     if pod_sc.get("runAsUser") == 0:
         bad.append("pod runAsUser is 0")
     pod_seccomp = pod_sc.get("seccompProfile", {}).get("type")
@@ -116,7 +113,7 @@ def restricted_violations(spec: Object) -> list[str]:
             bad.append(f"{name}: capabilities do not drop ALL")
         if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
             bad.append(f"{name}: adds capabilities {caps['add']}")
-        if not (sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True):
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
             bad.append(f"{name}: runAsNonRoot is not true")
         if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
             bad.append(f"{name}: runs as uid 0")
@@ -133,9 +130,8 @@ def restricted_violations(spec: Object) -> list[str]:
         apparmor = sc.get("appArmorProfile", {}).get("type", "RuntimeDefault")
         if apparmor not in {"RuntimeDefault", "Localhost"}:
             bad.append(f"{name}: appArmorProfile {apparmor}")
-        for port in c.get("ports", []):
-            if port.get("hostPort"):
-                bad.append(f"{name}: hostPort {port['hostPort']}")
+        bad += [f"{name}: hostPort {p['hostPort']}" for p in c.get("ports", [])
+                if p.get("hostPort")]
     return bad
 
 
@@ -220,7 +216,7 @@ def test_no_secret_values_in_configmaps(rendered: dict[str, list[Object]], overl
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_tokens_come_from_the_secret(rendered: dict[str, list[Object]], overlay: str) -> None:
-    (poold,) = one(rendered[overlay], "Deployment", "poold")["spec"]["template"]["spec"]["containers"]
+    poold = poold_container(rendered[overlay])
     assert {"secretRef": {"name": "poold-tenants"}} in poold["envFrom"]
     for e in poold.get("env", []):
         assert "TOKEN" not in e["name"], f"{e['name']} is set in the Deployment, not the Secret"
@@ -298,7 +294,7 @@ def test_grace_period_outlasts_the_drain(rendered: dict[str, list[Object]], over
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_use_poolds_endpoints(rendered: dict[str, list[Object]], overlay: str) -> None:
-    (poold,) = one(rendered[overlay], "Deployment", "poold")["spec"]["template"]["spec"]["containers"]
+    poold = poold_container(rendered[overlay])
     assert poold["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert poold["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert poold["command"] + poold["args"] == [

@@ -89,7 +89,8 @@ def test_service_and_servicemonitor_reach_poold(
     assert service["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     monitor = one(objects, "ServiceMonitor", "poold")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
     port_names = {p["name"] for p in service["spec"]["ports"]}
     for endpoint in monitor["spec"]["endpoints"]:
         assert endpoint["port"] in port_names

@@ -16,7 +16,8 @@ import pytest
 from .manifests import K8S_VERSION, OVERLAYS, RUNNER_TEMPLATE, Object
 
 kubernetes_validate = pytest.importorskip(
-    "kubernetes_validate", reason="kubernetes-validate is in the dev extras: pip install -e '.[dev]'"
+    "kubernetes_validate",
+    reason="kubernetes-validate is in the dev extras: pip install -e '.[dev]'",
 )
 
 SKIPPED = {
