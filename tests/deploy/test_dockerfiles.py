@@ -207,8 +207,14 @@ def test_wasmedge_is_a_pinned_verified_release() -> None:
     assert verify < download.index("tar -x"), "verify the tarball before unpacking it"
     final = parsed.stages[-1]
     assert any("--from=wasmedge" in c for c in final.all("COPY"))
-    assert any("wasmedge --version" in r for r in final.all("RUN")), (
-        "run wasmedge once in the final image, so a missing library fails the build"
+    (check,) = [r for r in final.all("RUN") if "wasmedge --version" in r]
+    assert "env -i PATH=" in check, (
+        "run wasmedge once in the final image with only PATH, as the agent does, so a "
+        "library it cannot find fails the build"
+    )
+    assert "ldconfig" in check
+    assert not any("LD_LIBRARY_PATH" in e for e in final.all("ENV")), (
+        "the agent does not pass LD_LIBRARY_PATH to wasmedge"
     )
 
 
