@@ -43,7 +43,7 @@ def kubectl() -> str:
     path = shutil.which("kubectl")
     if path is None:
         _unavailable("kubectl is not installed: it renders the kustomize overlays "
-                     "(Debian: apt-get install kubernetes-client, or the kubectl package)")
+                     "(kubectl 1.21 or newer; .ci/run installs it)")
     assert path is not None
     version = _kustomize_version(path)
     if version is None or version < MIN_KUSTOMIZE:

@@ -34,7 +34,17 @@ def test_overlay_renders_everything_poold_needs(
 def test_prod_runs_two_replicas_and_dev_one(rendered: dict[str, list[Object]]) -> None:
     assert one(rendered["dev"], "Deployment", "poold")["spec"]["replicas"] == 1
     assert one(rendered["prod"], "Deployment", "poold")["spec"]["replicas"] == 2
-    assert find(rendered["prod"], "PodDisruptionBudget", "poold")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rollouts_do_not_wait_on_an_unready_standby(
+    rendered: dict[str, list[Object]], overlay: str
+) -> None:
+    """Only the Lease holder answers /readyz, so a surge pod would never become ready under
+    a RollingUpdate, and a budget on ready pods would block drains for good."""
+    deployment = one(rendered[overlay], "Deployment", "poold")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not find(rendered[overlay], "PodDisruptionBudget")
 
 
 def test_tenant_secret_only_in_dev(rendered: dict[str, list[Object]]) -> None:
