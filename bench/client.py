@@ -8,6 +8,8 @@ the record (the clock stops when a terminal record is in hand).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +20,7 @@ import aiohttp
 TERMINAL = frozenset({"succeeded", "failed", "timed_out", "cancelled", "error"})
 FOLLOW_ATTEMPTS = 3
 """Follows per job before the bench gives up on seeing it end."""
+CANCEL_WAIT_S = 5.0
 
 
 class ApiError(Exception):
@@ -54,6 +57,8 @@ class Outcome:
     """Why the client could not see the job end (then ``record`` may be partial)."""
     follow_breaks: int = 0
     """Follow streams poold cut off before their end (the record is read regardless)."""
+    timed_out: bool = False
+    """The job was not seen ending within the deadline (and was cancelled)."""
 
 
 class Api:
@@ -100,35 +105,56 @@ class Api:
                 return None
         return text.splitlines()
 
-    async def run(self, body: dict[str, Any], *, check_output: bool = False) -> Outcome:
+    async def cancel(self, job_id: str) -> None:
+        """Best effort: DELETE a job the bench gave up on, so it stops using the pool."""
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            async with asyncio.timeout(CANCEL_WAIT_S):
+                async with self.session.delete(f"{self.base}/v1/jobs/{job_id}",
+                                               headers=self.headers) as r:
+                    await r.read()
+
+    async def run(self, body: dict[str, Any], *, deadline_s: float,
+                  check_output: bool = False) -> Outcome:
         """Submit one job and wait for its end; never raises for API or network trouble.
 
-        ``check_output``: if the follow stream was cut off, read the output again
-        (after the clock stopped) so that it can still be checked.
+        A job not seen ending within ``deadline_s`` gets ``timed_out = True`` and
+        is cancelled. ``check_output``: if the follow stream was cut off, read the
+        output again (after the clock stopped) so that it can still be checked.
         """
         sent = time.perf_counter()
         outcome = Outcome(job_id=None, record=None, output=None, sent=sent, accepted=None,
                           done=None)
         try:
-            accepted = await self._json("POST", "/v1/jobs", (202,), json=body)
-            outcome.accepted = time.perf_counter()
-            outcome.job_id = str(accepted["id"])
-            outcome.record = accepted
-            for _ in range(FOLLOW_ATTEMPTS):
-                outcome.output = await self.output(outcome.job_id, follow=True)
-                if outcome.output is None:
-                    outcome.follow_breaks += 1
-                outcome.record = await self.record(outcome.job_id)
-                if outcome.record.get("state") in TERMINAL:
-                    outcome.done = time.perf_counter()
-                    if outcome.output is None and check_output:
-                        # only to check the output; the clock has stopped
-                        outcome.output = await self.output(outcome.job_id, follow=False)
-                    return outcome
-            outcome.problem = (
-                f"output?follow=true returned {FOLLOW_ATTEMPTS} times but the record still "
-                f"says {outcome.record.get('state')!r}"
-            )
-        except (ApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+            async with asyncio.timeout(deadline_s):
+                await self._until_end(outcome, body)
+        except TimeoutError:
+            outcome.timed_out = True
+            outcome.problem = f"no end seen within job_deadline_s ({deadline_s:g} s)"
+            if outcome.job_id is not None:
+                await self.cancel(outcome.job_id)
+        except (ApiError, aiohttp.ClientError, OSError, ValueError) as e:
             outcome.problem = f"{type(e).__name__}: {e}"
+        if outcome.done is not None and outcome.output is None and check_output:
+            # only to check the output; the clock has stopped
+            with contextlib.suppress(ApiError, aiohttp.ClientError, OSError, TimeoutError):
+                async with asyncio.timeout(CANCEL_WAIT_S):
+                    outcome.output = await self.output(str(outcome.job_id), follow=False)
         return outcome
+
+    async def _until_end(self, outcome: Outcome, body: dict[str, Any]) -> None:
+        accepted = await self._json("POST", "/v1/jobs", (202,), json=body)
+        outcome.accepted = time.perf_counter()
+        outcome.job_id = str(accepted["id"])
+        outcome.record = accepted
+        for _ in range(FOLLOW_ATTEMPTS):
+            outcome.output = await self.output(outcome.job_id, follow=True)
+            if outcome.output is None:
+                outcome.follow_breaks += 1
+            outcome.record = await self.record(outcome.job_id)
+            if outcome.record.get("state") in TERMINAL:
+                outcome.done = time.perf_counter()
+                return
+        outcome.problem = (
+            f"output?follow=true returned {FOLLOW_ATTEMPTS} times but the record still "
+            f"says {outcome.record.get('state')!r}"
+        )

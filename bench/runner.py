@@ -29,7 +29,7 @@ import aiohttp
 from .client import Api, Outcome, ms_between
 from .daemon import Poold
 from .fixtures import expected_output, input_records, load_module
-from .scenario import Scenario
+from .scenario import STUCK_AFTER, Scenario
 
 SUCCEEDED = "succeeded"
 
@@ -45,7 +45,9 @@ class JobRow:
     tenant: str
     job_id: str | None
     state: str
-    """The record's state, or ``client_error`` / ``client_timeout`` / ``not_terminal``."""
+    """The record's state, or the client's verdict: ``client_timeout`` (not seen ending
+    within ``job_deadline_s``; cancelled), ``not_terminal``, ``client_error`` (the API
+    or the network failed), ``not_run`` (the phase stopped first)."""
     exit_code: int | None
     warm: bool | None
     pod: str | None
@@ -110,7 +112,9 @@ def _row(scenario: Scenario, phase: str, seq: int, tenant: str, outcome: Outcome
     record = outcome.record or {}
     state = str(record.get("state", ""))
     error = record.get("error")
-    if outcome.problem is not None:
+    if outcome.timed_out:
+        state, error = "client_timeout", outcome.problem
+    elif outcome.problem is not None:
         # submitted but its end never seen, or never submitted at all
         state = "not_terminal" if outcome.job_id else "client_error"
         error = outcome.problem
@@ -158,6 +162,7 @@ class Driver:
         self.scenario = scenario
         self.apis = apis
         self.sha256 = sha256
+        self._stuck = 0
 
     def _body(self, seq: int) -> tuple[dict[str, Any], list[str] | None]:
         s = self.scenario
@@ -172,21 +177,29 @@ class Driver:
     async def one(self, phase: str, seq: int, t0: float) -> JobRow:
         tenant, api = self.apis[seq % len(self.apis)]
         body, expected = self._body(seq)
-        outcome = await api.run(body, check_output=bool(expected))
-        return _row(self.scenario, phase, seq, tenant, outcome, t0, expected)
+        outcome = await api.run(body, deadline_s=self.scenario.job_deadline_s,
+                                check_output=bool(expected))
+        row = _row(self.scenario, phase, seq, tenant, outcome, t0, expected)
+        self._stuck = self._stuck + 1 if outcome.timed_out else 0
+        return row
+
+    @property
+    def stuck(self) -> bool:
+        """``STUCK_AFTER`` jobs in a row were not seen ending: poold is stuck."""
+        return self._stuck >= STUCK_AFTER
 
     async def sequential(self, phase: str, first: int, count: int,
                          progress: Callable[[int], None] = lambda _: None) -> list[JobRow]:
-        """One job at a time; jobs not done within ``timeout_s`` are ``client_timeout``."""
+        """One job at a time, until done, ``timeout_s`` has passed or poold is stuck."""
         t0 = time.perf_counter()
+        deadline = t0 + self.scenario.timeout_s
         rows: list[JobRow] = []
-        try:
-            async with asyncio.timeout(self.scenario.timeout_s):
-                for i in range(count):
-                    rows.append(await self.one(phase, first + i, t0))
-                    progress(len(rows))
-        except TimeoutError:
-            rows.extend(self._timed_out(phase, first + j, t0) for j in range(len(rows), count))
+        for i in range(count):
+            if time.perf_counter() > deadline or self.stuck:
+                rows.extend(self._not_run(phase, first + j, t0) for j in range(i, count))
+                break
+            rows.append(await self.one(phase, first + i, t0))
+            progress(len(rows))
         return rows
 
     async def measure(self, progress: Callable[[int], None]) -> list[JobRow]:
@@ -195,13 +208,14 @@ class Driver:
             return await self.sequential("measure", s.warmup_jobs, s.jobs, progress)
         return await self._concurrent(s.warmup_jobs, progress)
 
-    def _timed_out(self, phase: str, seq: int, t0: float) -> JobRow:
+    def _not_run(self, phase: str, seq: int, t0: float) -> JobRow:
         tenant, _ = self.apis[seq % len(self.apis)]
+        why = (f"{STUCK_AFTER} jobs in a row did not end within job_deadline_s" if self.stuck
+               else f"the phase ran past timeout_s ({self.scenario.timeout_s:g} s)")
         outcome = Outcome(job_id=None, record=None, output=None, sent=t0, accepted=None,
-                          done=None, problem=f"not finished within timeout_s "
-                          f"({self.scenario.timeout_s:g} s)")
+                          done=None, problem=f"not run or not finished: {why}")
         row = _row(self.scenario, phase, seq, tenant, outcome, t0, None)
-        row.state = "client_timeout"
+        row.state = "not_run"
         return row
 
     async def _concurrent(self, first: int, progress: Callable[[int], None]) -> list[JobRow]:
@@ -224,6 +238,9 @@ class Driver:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await gate.acquire()
+                if self.stuck:
+                    gate.release()
+                    break
                 task = asyncio.create_task(job(first + i))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -237,7 +254,7 @@ class Driver:
             for task in list(tasks):
                 task.cancel()
             await asyncio.gather(*list(tasks), return_exceptions=True)
-        return [done.get(first + i) or self._timed_out("measure", first + i, t0)
+        return [done.get(first + i) or self._not_run("measure", first + i, t0)
                 for i in range(s.jobs)]
 
 

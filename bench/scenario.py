@@ -25,6 +25,8 @@ STANDARD = ("warm-sequential", "cold-sequential", "throughput", "upper-input")
 """The standard set ``python -m bench`` runs, in this order."""
 
 DEFAULT_MAX_IN_FLIGHT = 256
+STUCK_AFTER = 3
+"""Jobs in a row past their ``job_deadline_s`` after which a phase gives up: poold is stuck."""
 QUICK_JOBS = 10
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -62,6 +64,9 @@ class Scenario:
     seed: int = 1
     timeout_s: float = 300.0
     """Client deadline for the measured phase; jobs still open then count as errors."""
+    job_deadline_s: float = 30.0
+    """Client deadline per job; a job not seen ending by then is cancelled and counted
+    as ``client_timeout``. After ``STUCK_AFTER`` such jobs in a row the phase stops."""
     job_timeout_s: float | None = None
     """``limits.timeout_s`` sent with each job (None: the server's default)."""
     pool: PoolConfig = PoolConfig()
@@ -86,7 +91,7 @@ class Scenario:
 _TOP_KEYS = {
     "name", "description", "role", "jobs", "quick_jobs", "warmup_jobs", "arrival", "rate",
     "max_in_flight", "module", "input_records", "tenants", "seed", "timeout_s", "job_timeout_s",
-    "pool", "tenant", "kafka", "poold",
+    "job_deadline_s", "pool", "tenant", "kafka", "poold",
 }
 
 
@@ -189,6 +194,7 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
     if quick_jobs is not None:
         quick_jobs = _int(data, "quick_jobs", None, path, minimum=1)
     timeout_s = _float(data, "timeout_s", path)
+    job_deadline_s = _float(data, "job_deadline_s", path)
     return Scenario(
         name=name,
         description=description,
@@ -208,6 +214,7 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
         seed=_int(data, "seed", 1, path, minimum=0),
         timeout_s=timeout_s if timeout_s is not None else 300.0,
         job_timeout_s=_float(data, "job_timeout_s", path),
+        job_deadline_s=job_deadline_s if job_deadline_s is not None else 30.0,
         pool=pool,
         max_concurrent_jobs=max_concurrent,
         partitions=partitions,
