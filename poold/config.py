@@ -41,6 +41,9 @@ class ServerSettings(_Section):
     """Largest JSON job submission (mostly input records), in MiB."""
     page_size: Annotated[int, Field(ge=1, le=1000)] = 50
     """Default number of jobs per page of ``GET /v1/jobs``."""
+    drain_timeout_s: Annotated[float, Field(ge=0)] = 20.0
+    """On SIGTERM, how long running jobs may take to finish before poold exits.
+    Keep it below the pod's terminationGracePeriodSeconds (30 in deploy/)."""
 
 
 class PoolSettings(_Section):
@@ -73,7 +76,21 @@ class SlotSettings(_Section):
 
 class StateSettings(_Section):
     dir: Path = Path("/var/lib/poold/state")
-    """poold's own disk: uploaded modules, compile cache, job logs and artifacts."""
+    """poold's own disk: uploaded modules, compile cache, the job journal, job logs and
+    artifacts. In a cluster, a volume both replicas can mount (the new leader
+    replays the journal)."""
+    fsync: bool = True
+    """fsync the job journal before acting on a change. Without it a crash of poold
+    still loses nothing (the kernel has the bytes); a crash of the machine may
+    lose the last changes."""
+
+
+class RetentionSettings(_Section):
+    finished_jobs_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
+    """How long a finished job (record, log, artifacts) is kept, in seconds. Output
+    records stay in Kafka under the topics' own retention."""
+    sweep_interval_s: Annotated[float, Field(gt=0)] = 60.0
+    """How often expired jobs are looked for."""
 
 
 class KafkaSettings(_Section):
@@ -179,6 +196,7 @@ class Settings(_Section):
     runtime: RuntimeSettings = RuntimeSettings()
     limits: LimitSettings = LimitSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
+    retention: RetentionSettings = RetentionSettings()
     tenants: dict[TenantName, TenantSettings] = {}
 
     @model_validator(mode="after")

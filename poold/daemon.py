@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -24,7 +25,8 @@ from poold.config import ConfigError, Settings
 from poold.data.embedded import EmbeddedBroker
 from poold.data.kafka import DataPlane, topic_names
 from poold.jobs.files import JobFiles
-from poold.jobs.store import MemoryJobStore
+from poold.jobs.journal import JournalJobStore
+from poold.jobs.model import utcnow
 from poold.metrics import Metrics
 from poold.modules.store import ModuleStore
 from poold.runtime.engine import CompileCache
@@ -47,7 +49,9 @@ class Daemon:
         self.data: DataPlane | None = None
         self.pool: Pool | None = None
         self.scheduler: Scheduler | None = None
-        self.store = MemoryJobStore()
+        self.store = JournalJobStore(
+            settings.state.dir / "jobs.journal", fsync=settings.state.fsync
+        )
         self.modules: ModuleStore | None = None
         self.backend: Backend | None = None
         self.url = ""
@@ -56,6 +60,8 @@ class Daemon:
         self._ready = False
         self.elector: LeaseElector | None = None
         self.active = asyncio.Event()
+        self.draining = False
+        self.files: JobFiles | None = None
         """Set once this daemon manages workers (at once, or when it leads)."""
 
     async def start(self) -> None:
@@ -80,7 +86,7 @@ class Daemon:
             s.state.dir / "modules", cache=CompileCache(s.cache_dir),
             max_bytes=s.server.max_upload_mb * 1024 * 1024,
         )
-        files = JobFiles(s.state.dir / "jobs")
+        files = self.files = JobFiles(s.state.dir / "jobs", fsync=s.state.fsync)
         self.backend = self._backend(bootstrap)
         if isinstance(self.backend, KubernetesBackend):
             await self.backend.prepare()
@@ -100,6 +106,7 @@ class Daemon:
             settings=s, store=self.store, scheduler=self.scheduler, pool=self.pool,
             modules=self.modules, data=self.data, files=files, metrics=self.metrics,
             ready=lambda: self._ready,
+            accepting=lambda: not self.draining,
         )
         self._runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -147,13 +154,19 @@ class Daemon:
         )
 
     async def _activate(self) -> None:
-        """Start managing workers: at once, or once this replica leads."""
+        """Start managing workers and jobs: at once, or once this replica leads.
+        The journal is replayed here, not earlier: a follower must not act on it."""
         assert self.pool is not None
+        assert self.scheduler is not None
         if self.elector is not None:
             log.info("waiting to lead before managing pods",
                      lease=self.settings.kubernetes.lease_name)
             await self.elector.leading.wait()
+        jobs = await asyncio.to_thread(self.store.open)
+        await self.scheduler.start()
+        await self.scheduler.recover(jobs)
         await self.pool.start()
+        await self.scheduler.resume()
         self.active.set()
         self._ready = True
 
@@ -162,6 +175,7 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.scheduler.run(), name="scheduler")
+                group.create_task(self._sweep(), name="retention")
                 if self.elector is not None:
                     group.create_task(self.elector.run(), name="leader-election")
                     group.create_task(self._activate(), name="activation")
@@ -169,6 +183,39 @@ class Daemon:
             for e in errors.exceptions:
                 log.error("a poold task died; shutting down", error=repr(e), exc_info=e)  # noqa: TRY400
             raise
+
+    async def _sweep(self) -> None:
+        """Retention: remove finished jobs past ``retention.finished_jobs_s``."""
+        r = self.settings.retention
+        while True:
+            await asyncio.sleep(r.sweep_interval_s)
+            if not self.active.is_set():
+                continue
+            cutoff = utcnow() - timedelta(seconds=r.finished_jobs_s)
+            expired = self.store.older_than(cutoff)
+            for job in expired:
+                assert self.files is not None
+                await asyncio.to_thread(self.files.remove, job.id)
+                await self.store.expire(job)
+            if expired:
+                log.info("expired finished jobs", count=len(expired))
+
+    async def drain(self) -> None:
+        """SIGTERM: refuse new work (503), let running jobs finish within
+        ``server.drain_timeout_s``, then stop; queued jobs wait in the journal."""
+        self.draining = True
+        self._ready = False
+        deadline = self.settings.server.drain_timeout_s
+        scheduler = self.scheduler
+        if scheduler is None or not scheduler.running:
+            return
+        log.info("draining", running=len(scheduler.running), deadline_s=deadline)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline):
+                await scheduler.idle()
+        if scheduler.running:
+            log.warning("drain deadline passed; stopping with jobs still running",
+                        running=len(scheduler.running))
 
     async def stop(self) -> None:
         self._ready = False
@@ -188,6 +235,7 @@ class Daemon:
             await self.elector.release()
         if self.modules is not None:
             self.modules.close()
+        self.store.close()
         if self.data is not None:
             await self.data.stop()
             self.data = None
@@ -219,3 +267,4 @@ async def serve(settings: Settings) -> None:
         await asyncio.wait({waiter, daemon._tasks}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         log.info("poold is stopping")
+        await daemon.drain()

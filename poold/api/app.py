@@ -55,6 +55,7 @@ class Api:
         files: JobFiles,
         metrics: Metrics,
         ready: Callable[[], bool],
+        accepting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -65,6 +66,9 @@ class Api:
         self.files = files
         self.metrics = metrics
         self.ready = ready
+        self.accepting = accepting
+        self._module_keys: dict[tuple[TenantName, str], tuple[int, dict[str, Any]]] = {}
+        self._submitting: dict[tuple[TenantName, str], asyncio.Future[web.Response]] = {}
         self._tokens = {t.token_sha256: TenantName(name) for name, t in settings.tenants.items()}
 
     def app(self) -> web.Application:
@@ -156,7 +160,30 @@ class Api:
 
     # -- modules -------------------------------------------------------------------
 
+    def _refuse_while_draining(self) -> web.Response | None:
+        if self.accepting():
+            return None
+        return error(503, "poold is shutting down and accepts no new work; retry shortly "
+                     "(another replica, or this one after its restart, will take it)",
+                     **{"Retry-After": "5"})
+
     async def put_module(self, request: web.Request) -> web.Response:
+        refused = self._refuse_while_draining()
+        if refused is not None:
+            return refused
+        key = request.headers.get("Idempotency-Key")
+        if key:
+            seen = self._module_keys.get((request[TENANT], key))
+            if seen is not None:
+                return web.json_response(seen[1], status=seen[0],
+                                         headers={"Idempotent-Replayed": "true"})
+        response = await self._put_module(request)
+        if key and response.status in (200, 201) and response.body is not None:
+            self._module_keys[(request[TENANT], key)] = (
+                response.status, json.loads(bytes(response.body)))  # type: ignore[arg-type]
+        return response
+
+    async def _put_module(self, request: web.Request) -> web.Response:
         length = request.content_length
         limit = self.modules.max_bytes
         if length is not None and length > limit:
@@ -183,7 +210,14 @@ class Api:
     # -- jobs ----------------------------------------------------------------------
 
     def _job(self, request: web.Request) -> Job:
-        job = self.store.get(JobId(request.match_info["id"]))
+        job_id = JobId(request.match_info["id"])
+        job = self.store.get(job_id)
+        if job is None and self.store.expired.get(job_id) == request[TENANT]:
+            raise web.HTTPGone(
+                text=json.dumps({"error": "the job finished longer ago than this server keeps "
+                                 "jobs (retention.finished_jobs_s) and was removed"}),
+                content_type="application/json",
+            )
         if job is None or job.tenant != request[TENANT]:
             raise web.HTTPNotFound(
                 text=json.dumps({"error": "no such job"}), content_type="application/json"
@@ -191,6 +225,43 @@ class Api:
         return job
 
     async def post_job(self, request: web.Request) -> web.Response:
+        refused = self._refuse_while_draining()
+        if refused is not None:
+            return refused
+        tenant = request[TENANT]
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return await self._post_job(request, None)
+        if len(key) > 200:
+            return error(400, "the Idempotency-Key header is longer than 200 characters")
+        existing = self.store.by_key(tenant, key)
+        if existing is not None:
+            return web.json_response(existing.public(), status=200,
+                                     headers={"Idempotent-Replayed": "true",
+                                              "Location": f"/v1/jobs/{existing.id}"})
+        inflight = self._submitting.get((tenant, key))
+        if inflight is not None:  # the same retry racing its original: wait for it
+            first = await asyncio.shield(inflight)
+            if first.status == 202:
+                again = self.store.by_key(tenant, key)
+                if again is not None:
+                    return web.json_response(again.public(), status=200,
+                                             headers={"Idempotent-Replayed": "true"})
+            return first
+        future: asyncio.Future[web.Response] = asyncio.get_running_loop().create_future()
+        self._submitting[(tenant, key)] = future
+        try:
+            response = await self._post_job(request, key)
+            future.set_result(response)
+            return response
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved here; the racing retry sees it too
+            raise
+        finally:
+            del self._submitting[(tenant, key)]
+
+    async def _post_job(self, request: web.Request, key: str | None) -> web.Response:
         tenant = request[TENANT]
         if not request.can_read_body:
             return error(400, "send the job as a JSON object, e.g. {\"module\": \"<sha256>\"}")
@@ -210,10 +281,16 @@ class Api:
         if size is None:
             return error(404 if len(body.module) == 64 else 400,
                          f"unknown module {body.module}; upload it with PUT /v1/modules first")
+        if not await self.data.check():
+            return error(503, "Kafka is unavailable, so the job cannot be accepted; nothing "
+                         "was stored, retry shortly", **{"Retry-After": "5"})
+        if not self.pool.backend_ok:
+            return error(503, "the worker backend is unavailable, so the job cannot be "
+                         "accepted; nothing was stored, retry shortly", **{"Retry-After": "5"})
         job = Job(
             id=new_job_id(), tenant=tenant, module=ModuleHash(body.module), module_size=size,
             limits=limits, args=tuple(body.args), env=tuple(body.env.items()),
-            input_count=len(body.input),
+            input_count=len(body.input), idempotency_key=key,
         )
         try:
             job = await self.scheduler.submit(job, [r.encode() for r in body.input])

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 
 class LimitsRequest(BaseModel):
@@ -21,6 +29,17 @@ class JobRequest(BaseModel):
     env: dict[Annotated[StrictStr, Field(pattern=r"^[^=\x00]+$")], StrictStr] = {}
     input: list[StrictStr] = []
     limits: LimitsRequest = LimitsRequest()
+
+    @field_validator("input")
+    @classmethod
+    def _one_line_each(cls, records: list[str]) -> list[str]:
+        for i, record in enumerate(records):
+            if "\n" in record:
+                raise ValueError(
+                    f"record {i} contains a newline; each input record becomes one line of "
+                    "the module's stdin, so split it into several records"
+                )
+        return records
 
 
 def describe(error: ValidationError) -> str:

@@ -73,6 +73,7 @@ class DataPlane:
         self._offsets: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._next: dict[tuple[str, int], int] = {}
+        self._healthy_until = 0.0
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
@@ -119,6 +120,22 @@ class DataPlane:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def check(self, timeout_s: float = 2.0) -> bool:
+        """Is the broker answering? A metadata round trip, bounded in time, and
+        trusted for a second so a burst of submissions costs one check."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._healthy_until:
+            return True
+        if self._admin is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._admin.list_topics()
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        self._healthy_until = loop.time() + 1.0
+        return True
 
     async def ensure_topics(self, names: Sequence[str], *, partitions: int) -> None:
         """Create the topics that are missing; existing ones are left as they are."""

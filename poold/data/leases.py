@@ -27,6 +27,13 @@ class PartitionLeases:
         self.leased += 1
         return free.pop()
 
+    def take(self, tenant: TenantName, partition: int) -> None:
+        """Mark a partition leased by a job found running at start-up."""
+        free = self._free.setdefault(tenant, list(range(self.partitions - 1, -1, -1)))
+        if partition in free:
+            free.remove(partition)
+            self.leased += 1
+
     def release(self, tenant: TenantName, partition: int) -> None:
         free = self._free.setdefault(tenant, [])
         if partition not in free:

@@ -9,18 +9,21 @@ host files to the uploader.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from poold.slots import write_atomic
 from poold.types import JobId
 
 
 class JobFiles:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root
+        self.fsync = fsync
         self._subscribers: dict[JobId, list[asyncio.Queue[bytes | None]]] = {}
         root.mkdir(parents=True, exist_ok=True)
 
@@ -32,6 +35,30 @@ class JobFiles:
 
     def artifact_dir(self, job: JobId) -> Path:
         return self.dir(job) / "artifacts"
+
+    # -- input of queued jobs ----------------------------------------------------
+
+    def input_path(self, job: JobId) -> Path:
+        return self.dir(job) / "input.json"
+
+    def save_input(self, job: JobId, records: list[bytes]) -> None:
+        """Keep a queued job's input until it is in Kafka, through a restart."""
+        self.dir(job).mkdir(parents=True, exist_ok=True)
+        data = json.dumps([r.decode() for r in records]).encode()
+        write_atomic(self.input_path(job), data, fsync=self.fsync)
+
+    def load_input(self, job: JobId) -> list[bytes]:
+        try:
+            return [r.encode() for r in json.loads(self.input_path(job).read_bytes())]
+        except FileNotFoundError:
+            return []
+
+    def drop_input(self, job: JobId) -> None:
+        self.input_path(job).unlink(missing_ok=True)
+
+    def remove(self, job: JobId) -> None:
+        """Retention: everything poold kept of the job."""
+        shutil.rmtree(self.dir(job), ignore_errors=True)
 
     # -- live log --------------------------------------------------------------
 

@@ -88,6 +88,12 @@ class Job:
     assigned_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    delivering: bool = False
+    """Set (and persisted) just before ``job.json`` is committed to the slot: from
+    then on the module may have started, so the job is never run again."""
+    attempts: int = 0
+    """Times the job was handed to a worker; a job is re-queued at most once."""
+    idempotency_key: str | None = None
 
     def evolve(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)
@@ -128,6 +134,51 @@ class Job:
             "wait_ms": self.wait_ms,
             "run_ms": self.run_ms,
         }
+
+
+def _when(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _offsets(data: dict[str, Any] | None) -> OffsetRange | None:
+    return None if data is None else OffsetRange(**data)
+
+
+def to_record(job: Job) -> dict[str, Any]:
+    """Everything needed to rebuild the job after a restart (see :func:`from_record`)."""
+    return {
+        "id": job.id, "tenant": job.tenant, "module": job.module, "size": job.module_size,
+        "limits": dataclasses.asdict(job.limits), "args": list(job.args),
+        "env": [list(p) for p in job.env], "inputs": job.input_count,
+        "state": job.state.value, "exit_code": job.exit_code, "error": job.error,
+        "pod": job.pod, "warm": job.warm,
+        "input": dataclasses.asdict(job.input) if job.input else None,
+        "output": dataclasses.asdict(job.output) if job.output else None,
+        "artifacts": [list(a) for a in job.artifacts],
+        "submitted_at": rfc3339(job.submitted_at), "assigned_at": rfc3339(job.assigned_at),
+        "started_at": rfc3339(job.started_at), "finished_at": rfc3339(job.finished_at),
+        "delivering": job.delivering, "attempts": job.attempts,
+        "idempotency_key": job.idempotency_key,
+    }
+
+
+def from_record(data: dict[str, Any]) -> Job:
+    submitted = _when(data["submitted_at"])
+    assert submitted is not None
+    return Job(
+        id=JobId(data["id"]), tenant=TenantName(data["tenant"]),
+        module=ModuleHash(data["module"]), module_size=int(data["size"]),
+        limits=Limits(**data["limits"]), args=tuple(data["args"]),
+        env=tuple((k, v) for k, v in data["env"]), input_count=int(data["inputs"]),
+        state=JobState(data["state"]), exit_code=data["exit_code"], error=data["error"],
+        pod=PodName(data["pod"]) if data["pod"] else None, warm=data["warm"],
+        input=_offsets(data["input"]), output=_offsets(data["output"]),
+        artifacts=tuple((n, int(s)) for n, s in data["artifacts"]),
+        submitted_at=submitted, assigned_at=_when(data["assigned_at"]),
+        started_at=_when(data["started_at"]), finished_at=_when(data["finished_at"]),
+        delivering=bool(data["delivering"]), attempts=int(data["attempts"]),
+        idempotency_key=data.get("idempotency_key"),
+    )
 
 
 def _range(r: OffsetRange | None) -> dict[str, Any] | None:

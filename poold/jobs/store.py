@@ -21,6 +21,11 @@ class JobStore(Protocol):
 
     def get(self, job_id: JobId) -> Job | None: ...
 
+    def by_key(self, tenant: TenantName, key: str) -> Job | None: ...
+
+    @property
+    def expired(self) -> dict[JobId, TenantName]: ...
+
     def list(
         self, tenant: TenantName, *, limit: int, before: JobId | None = None
     ) -> list[Job]: ...
@@ -39,10 +44,19 @@ class MemoryJobStore:
         self._jobs: dict[JobId, Job] = {}
         self._order: dict[TenantName, list[JobId]] = {}
         self._changed: dict[JobId, asyncio.Event] = {}
+        self._keys: dict[tuple[TenantName, str], JobId] = {}
+        self.expired: dict[JobId, TenantName] = {}
+
+    def by_key(self, tenant: TenantName, key: str) -> Job | None:
+        """The job a tenant submitted with this Idempotency-Key, if any."""
+        job_id = self._keys.get((tenant, key))
+        return self._jobs.get(job_id) if job_id else None
 
     async def put(self, job: Job) -> None:
         if job.id not in self._jobs:
             self._order.setdefault(job.tenant, []).append(job.id)
+        if job.idempotency_key:
+            self._keys[(job.tenant, job.idempotency_key)] = job.id
         self._jobs[job.id] = job
         event = self._changed.pop(job.id, None)
         if event is not None:

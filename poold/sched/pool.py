@@ -91,6 +91,8 @@ class Pool:
         self._not_before = 0.0
         self._task: asyncio.Task[None] | None = None
         self._idle_changed = asyncio.Event()
+        self.backend_ok = True
+        """False while the backend refuses to create workers (submissions get 503)."""
 
     # -- figures ---------------------------------------------------------------
 
@@ -160,8 +162,10 @@ class Pool:
         while True:
             try:
                 await self._reconcile()
+                self.backend_ok = True
             except BackendUnavailable as e:
                 log.warning("backend unavailable; will retry", error=str(e))
+                self.backend_ok = False
                 self._note_failure("backend_unavailable")
             self._export()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a

@@ -24,6 +24,7 @@ import structlog
 from poold.config import Settings
 from poold.data.kafka import DataPlane, DataUnavailable, topic_names
 from poold.data.leases import PartitionLeases
+from poold.faults import crash_point
 from poold.jobs.files import JobFiles
 from poold.jobs.model import Job, JobState, OffsetRange, utcnow
 from poold.jobs.store import JobStore
@@ -87,10 +88,16 @@ class Scheduler:
         self._output_ends: dict[JobId, int] = {}
         """Where each job's output ended, as its agent reported it."""
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
+        self._recovering: dict[JobId, Job] = {}
+        """Unfinished jobs found at start-up, until their fate is decided."""
+        self._delivered: dict[JobId, bool] = {}
+        """For those: whether their ``job.json`` reached the slot (it may have run)."""
         pool.demand = lambda: self.queue.demand(self._room)
         pool.on_ready = self._on_ready
+        pool.on_orphan = self._on_orphan
 
     def _on_ready(self, worker: Worker) -> None:
         if self._http is not None and worker.endpoint is not None:
@@ -110,7 +117,10 @@ class Scheduler:
                 f"tenant {job.tenant} already has {tenant.max_queued_jobs} jobs waiting "
                 "(tenants.*.max_queued_jobs); retry later"
             )
+        if records:
+            await asyncio.to_thread(self.files.save_input, job.id, records)
         await self.store.put(job)
+        crash_point("accepted")
         self._inputs[job.id] = records
         self.queue.push(job.tenant, job.id)
         self.metrics.jobs_submitted.labels(job.tenant).inc()
@@ -134,12 +144,114 @@ class Scheduler:
             return current
         return self.store.get(job.id) or job
 
+    # -- recovery --------------------------------------------------------------
+
+    async def recover(self, jobs: list[Job]) -> None:
+        """Take the unfinished jobs of a previous run. Runs before the pool starts:
+        workers found holding them can then be followed instead of deleted, and
+        the slots (which the pool removes once their worker is gone) still tell
+        whether a job's delivery was committed or its result written."""
+        for job in jobs:
+            if job.state.terminal:
+                continue
+            if job.state is not JobState.QUEUED and job.pod is not None:
+                slot = Slot.of(self.settings.slots.root, job.pod)
+                result = self._read_result(slot)
+                if result is not None:
+                    await self._complete(job, slot, result)
+                    self.files.drop_input(job.id)
+                    continue
+                self._delivered[job.id] = job.delivering and slot.job_json.exists()
+            self._recovering[job.id] = job
+
+    def _on_orphan(self, worker: Worker) -> bool:
+        """A worker found holding a job: follow it if the job is ours to finish."""
+        job = self._recovering.pop(worker.job, None) if worker.job else None
+        if job is None or job.state is JobState.QUEUED:
+            return False
+        log.info("following a job started before the restart", job_id=job.id, pod=worker.pod)
+        worker.lost = asyncio.get_running_loop().create_future()
+        if self._http is not None and worker.endpoint is not None:
+            worker.link = AgentLink(self._http, worker.endpoint)
+        self.active[job.tenant] = self.active.get(job.tenant, 0) + 1
+        self._spawn(self._reattach(job, worker), f"job-{job.id}")
+        return True
+
+    async def resume(self) -> None:
+        """After the pool has adopted what it found: queue again what never started,
+        end what may have started on a worker that is gone."""
+        pending = sorted(self._recovering.values(), key=lambda j: j.submitted_at)
+        self._recovering.clear()
+        requeued = failed = 0
+        for job in pending:
+            if job.state is JobState.QUEUED:
+                self.queue.push(job.tenant, job.id)
+                requeued += 1
+                continue
+            if not self._delivered.pop(job.id, True) and job.attempts < 2:
+                await self.store.put(job.evolve(
+                    state=JobState.QUEUED, pod=None, warm=None, assigned_at=None,
+                    input=None, output=None))
+                self.queue.push(job.tenant, job.id)
+                requeued += 1
+            else:
+                failed += 1
+                await self._finish(
+                    job, JobState.ERROR,
+                    error="poold restarted while the job was on a worker that is now gone; "
+                    "the module may have started, so it was not run again (submit it anew)",
+                )
+        if pending:
+            log.info("recovered jobs", requeued=requeued, ended=failed,
+                     total=len(pending))
+        self._wake.set()
+        self.pool.poke()
+
+    async def _reattach(self, job: Job, worker: Worker) -> None:
+        structlog.contextvars.bind_contextvars(job_id=job.id, pod=worker.pod, tenant=job.tenant)
+        partition = job.output.partition if job.output else None
+        if partition is not None:
+            self.leases.take(job.tenant, partition)
+        stopping = False
+        try:
+            cancel = asyncio.Event()
+            self.running[job.id] = Running(job.id, worker, cancel)
+            slot = Slot.of(self.settings.slots.root, worker.pod)
+            result = await self._follow(job, worker, slot, cancel)
+            await self._complete(job, slot, result)
+        except asyncio.CancelledError:
+            stopping = True
+            raise
+        except Exception as e:
+            log.exception("following a recovered job failed")
+            current = self.store.get(job.id) or job
+            if not current.state.terminal:
+                await self._finish(current, JobState.ERROR, error=f"poold failed the job: {e}")
+        finally:
+            await self._release(job, worker, partition, stopping=stopping)
+
     # -- dispatcher ------------------------------------------------------------
 
+    async def idle(self) -> None:
+        """Return once no job is on a worker (for draining)."""
+        while self.running:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+    async def start(self) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=None)
+            )
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def run(self) -> None:
-        self._http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=None)
-        )
+        await self.start()
+        assert self._http is not None
         try:
             while True:
                 await self._wake.wait()
@@ -165,9 +277,7 @@ class Scheduler:
                 self.queue.push_front(tenant, job_id)
                 break
             self.active[tenant] = self.active.get(tenant, 0) + 1
-            task = asyncio.create_task(self._run_job(job_id, worker), name=f"job-{job_id}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._run_job(job_id, worker), f"job-{job_id}")
         self.metrics.queued.set(len(self.queue))
         self.pool.poke()
 
@@ -177,17 +287,19 @@ class Scheduler:
         job = self.store.get(job_id)
         assert job is not None
         structlog.contextvars.bind_contextvars(job_id=job_id, pod=worker.pod, tenant=job.tenant)
+        if not await self.pool.claim(worker, job_id):
+            self.active[job.tenant] -= 1
+            self.queue.push_front(job.tenant, job_id)
+            self._wake.set()
+            return
         partition: int | None = None
-        claimed = False
+        stopping = False
         try:
-            if not await self.pool.claim(worker, job_id):
-                self.queue.push_front(job.tenant, job_id)
-                return
-            claimed = True
             partition = self.leases.acquire(job.tenant)
             self.metrics.partitions_leased.set(self.leases.leased)
             job = await self._execute(job, worker, partition)
         except asyncio.CancelledError:
+            stopping = True  # the job stays as recorded, for the next start to settle
             raise
         except Exception as e:
             log.exception("job failed inside poold")
@@ -197,34 +309,43 @@ class Scheduler:
                     current, JobState.ERROR, error=f"poold failed the job: {e}"
                 )
         finally:
-            self.running.pop(job_id, None)
-            self._inputs.pop(job_id, None)
-            if partition is not None:
-                _, out_topic = topic_names(self.settings.kafka.topic_prefix, job.tenant)
-                self.data.note_end(out_topic, partition, self._output_ends.pop(job_id, None))
-                self.leases.release(job.tenant, partition)
-                self.metrics.partitions_leased.set(self.leases.leased)
-            self.active[job.tenant] -= 1
-            if claimed:
-                worker.drop_link()
-                await self.pool.recycle(worker)
-            self._wake.set()
-            structlog.contextvars.unbind_contextvars("job_id", "pod", "tenant")
+            await self._release(job, worker, partition, stopping=stopping)
+
+    async def _release(
+        self, job: Job, worker: Worker, partition: int | None, *, stopping: bool = False
+    ) -> None:
+        """Give back the job's partition, quota and worker. A stopping daemon
+        keeps the worker and the saved input: the next start settles the job."""
+        self.running.pop(job.id, None)
+        if not self.running:
+            self._idle.set()
+        self._inputs.pop(job.id, None)
+        if partition is not None:
+            _, out_topic = topic_names(self.settings.kafka.topic_prefix, job.tenant)
+            self.data.note_end(out_topic, partition, self._output_ends.pop(job.id, None))
+            self.leases.release(job.tenant, partition)
+            self.metrics.partitions_leased.set(self.leases.leased)
+        self.active[job.tenant] -= 1
+        structlog.contextvars.unbind_contextvars("job_id", "pod", "tenant")
+        if stopping:
+            return
+        crash_point("recycling")
+        self.files.drop_input(job.id)
+        worker.drop_link()
+        await self.pool.recycle(worker)
+        self._wake.set()
 
     async def _execute(self, job: Job, worker: Worker, partition: int) -> Job:
         in_topic, out_topic = topic_names(self.settings.kafka.topic_prefix, job.tenant)
         warm = worker.ready_at is not None and worker.ready_at <= _monotonic_of(job.submitted_at)
-        job = job.evolve(
-            state=JobState.ASSIGNED, pod=worker.pod, warm=warm, assigned_at=utcnow()
-        )
-        await self.store.put(job)
-        self.metrics.queue_wait.observe(
-            (job.assigned_at - job.submitted_at).total_seconds()  # type: ignore[operator]
-        )
+        assigned_at = utcnow()
+        self.metrics.queue_wait.observe((assigned_at - job.submitted_at).total_seconds())
         cancel = asyncio.Event()
         self.running[job.id] = Running(job.id, worker, cancel)
 
-        records = self._inputs.pop(job.id, [])
+        records = self._inputs.pop(job.id, None)
+        if records is None:
+            records = await asyncio.to_thread(self.files.load_input, job.id)
         try:
             in_range: OffsetRange | None = None
             if records:
@@ -233,8 +354,16 @@ class Scheduler:
             out_start = await self.data.end_offset(out_topic, partition)
         except DataUnavailable as e:
             return await self._finish(job, JobState.ERROR, error=f"Kafka is unavailable: {e}")
-        job = job.evolve(input=in_range, output=OffsetRange(out_topic, partition, out_start))
+        # One write records the assignment and that delivery is under way: from
+        # the moment job.json is committed the module may start, and a job that
+        # may have started is never run again after a crash.
+        job = job.evolve(
+            state=JobState.ASSIGNED, pod=worker.pod, warm=warm, assigned_at=assigned_at,
+            input=in_range, output=OffsetRange(out_topic, partition, out_start),
+            delivering=True, attempts=job.attempts + 1,
+        )
         await self.store.put(job)
+        crash_point("assigned")
 
         document = JobDocument(
             job_id=job.id, sha256=job.module, size=job.module_size, args=list(job.args),
@@ -246,6 +375,7 @@ class Scheduler:
         )
         slot = Slot.of(self.settings.slots.root, worker.pod)
         await self._deliver(slot, job, document)
+        crash_point("delivered")
         result = await self._follow(job, worker, slot, cancel)
         return await self._complete(job, slot, result)
 
@@ -340,6 +470,7 @@ class Scheduler:
             return
         job = job.evolve(state=JobState.RUNNING, started_at=_ts(ts))
         await self.store.put(job)
+        crash_point("running")
         kind = "warm" if job.warm else "cold"
         self.metrics.starts.labels(kind).inc()
         if job.wait_ms is not None:
@@ -371,6 +502,7 @@ class Scheduler:
             self._output_ends[job.id] = end
             output = OffsetRange(output.topic, output.partition, output.start, end)
         job = job.evolve(output=output, artifacts=tuple(artifacts))
+        crash_point("result")
         return await self._finish(
             job, JobState(result.state), error=result.error, exit_code=result.exit_code,
             finished=_ts(result.finished_at),

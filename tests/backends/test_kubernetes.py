@@ -96,10 +96,9 @@ async def test_pod_that_never_becomes_ready_is_replaced(
 ) -> None:
     kubelet.set_never_ready(lambda pod: True)
     daemon = await start_kube_daemon(
-        wait_idle=False, pool__min_idle=1, pool__start_timeout_s=1.5,
+        wait_idle=False, pool__min_idle=1, pool__start_timeout_s=5,
         pool__failure_backoff_s=0.1,
     )
-    first = set()
     await fake_api.wait_until(lambda: len(pod_names(fake_api)) >= 1, 30)
     first = pod_names(fake_api)
     await fake_api.wait_until(lambda: not (first & pod_names(fake_api)), 30)
