@@ -186,19 +186,22 @@ class Daemon:
 
     async def _sweep(self) -> None:
         """Retention: remove finished jobs past ``retention.finished_jobs_s``."""
-        r = self.settings.retention
         while True:
-            await asyncio.sleep(r.sweep_interval_s)
-            if not self.active.is_set():
-                continue
-            cutoff = utcnow() - timedelta(seconds=r.finished_jobs_s)
-            expired = self.store.older_than(cutoff)
-            for job in expired:
-                assert self.files is not None
-                await asyncio.to_thread(self.files.remove, job.id)
-                await self.store.expire(job)
-            if expired:
-                log.info("expired finished jobs", count=len(expired))
+            await asyncio.sleep(self.settings.retention.sweep_interval_s)
+            if self.active.is_set():
+                await self.expire_finished()
+
+    async def expire_finished(self) -> int:
+        """Remove every finished job older than the retention, everywhere it is kept."""
+        cutoff = utcnow() - timedelta(seconds=self.settings.retention.finished_jobs_s)
+        expired = self.store.older_than(cutoff)
+        for job in expired:
+            assert self.files is not None
+            await asyncio.to_thread(self.files.remove, job.id)
+            await self.store.expire(job)
+        if expired:
+            log.info("expired finished jobs", count=len(expired))
+        return len(expired)
 
     async def drain(self) -> None:
         """SIGTERM: refuse new work (503), let running jobs finish within

@@ -351,22 +351,27 @@ class Api:
         await response.prepare(request)
         out = job.output
         if out is not None:
-            if follow:
-                job_id = job.id
-
-                def final_end() -> int | None:
-                    current = self.store.get(job_id)
-                    if current is None or not current.state.terminal or current.output is None:
-                        return None
-                    return current.output.end
-
-                records = self.data.follow(out.topic, out.partition, out.start, final_end)
-            else:
-                records = self.data.read(out.topic, out.partition, out.start, out.end)
-            async for record in records:
-                await response.write(record + b"\n")
+            finished: asyncio.Future[int] | None = None
+            end = out.end
+            if follow and end is None:
+                finished = asyncio.ensure_future(self._final_end(job))
+            try:
+                async for record in self.data.read(
+                    out.topic, out.partition, out.start, end, finished=finished
+                ):
+                    await response.write(record + b"\n")
+            finally:
+                if finished is not None:
+                    finished.cancel()
         await response.write_eof()
         return response
+
+    async def _final_end(self, job: Job) -> int:
+        """The end of the job's output range, once it has ended."""
+        while not job.state.terminal:
+            job = await self.store.wait_change(job.id, job)
+        assert job.output is not None
+        return job.output.end if job.output.end is not None else job.output.start
 
     async def get_logs(self, request: web.Request) -> web.StreamResponse:
         job = self._job(request)

@@ -74,6 +74,8 @@ class DataPlane:
         self._admin: AIOKafkaAdminClient | None = None
         self._next: dict[tuple[str, int], int] = {}
         self._healthy_until = 0.0
+        self._idle_consumers: list[AIOKafkaConsumer] = []
+        self._wanted: tuple[list[str], int] = ([], 1)
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
@@ -107,6 +109,9 @@ class DataPlane:
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
         offsets, self._offsets = self._offsets, None
+        idle, self._idle_consumers = self._idle_consumers, []
+        for consumer in idle:
+            await _stop_quietly(consumer)
         admin, self._admin = self._admin, None
         for client in (producer, offsets):
             if client is not None:
@@ -131,8 +136,14 @@ class DataPlane:
             return False
         try:
             async with asyncio.timeout(timeout_s):
-                await self._admin.list_topics()
-        except (KafkaError, OSError, TimeoutError):
+                topics = set(await self._admin.list_topics())
+                wanted, partitions = self._wanted
+                if not set(wanted) <= topics:
+                    # a broker that lost its data (or a new one): make the topics again
+                    log.warning("topics missing on the broker; creating them again")
+                    await self.ensure_topics(wanted, partitions=partitions)
+                    self._next.clear()
+        except (KafkaError, OSError, TimeoutError, DataUnavailable):
             return False
         self._healthy_until = loop.time() + 1.0
         return True
@@ -140,6 +151,7 @@ class DataPlane:
     async def ensure_topics(self, names: Sequence[str], *, partitions: int) -> None:
         """Create the topics that are missing; existing ones are left as they are."""
         assert self._admin is not None
+        self._wanted = (list(names), partitions)
         try:
             async for attempt in self._retrying():
                 with attempt:
@@ -258,72 +270,100 @@ class DataPlane:
             return end, end
         return start, expected
 
-    async def read(
-        self, topic: str, partition: int, start: int, end: int | None
-    ) -> AsyncIterator[bytes]:
-        """Records from ``start`` up to ``end``, or, when None, up to what is there now."""
+    async def _checkout(self) -> AIOKafkaConsumer:
+        """A started consumer from the pool: starting one costs a connection and a
+        metadata round trip, too much to pay per output request."""
+        if self._idle_consumers:
+            return self._idle_consumers.pop()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
             request_timeout_ms=self._timeout_ms,
         )
-        tp = TopicPartition(topic, partition)
         try:
             await consumer.start()
-            if end is not None and start >= end:
-                return
+        except BaseException:
+            await _stop_quietly(consumer)
+            raise
+        return consumer
+
+    async def _checkin(self, consumer: AIOKafkaConsumer, *, reusable: bool) -> None:
+        if reusable and self._producer is not None and len(self._idle_consumers) < 16:
+            consumer.assign([])
+            self._idle_consumers.append(consumer)
+        else:
+            await _stop_quietly(consumer)
+
+    async def read(
+        self,
+        topic: str,
+        partition: int,
+        start: int,
+        end: int | None,
+        *,
+        finished: asyncio.Future[int] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Records of one job's range ``[start, end)``.
+
+        ``end`` None: what is there now (the job still writes), or, with
+        ``finished``, everything as it arrives until ``finished`` yields the
+        job's final end (``?follow=true``).
+        """
+        if end is not None and start >= end:
+            return
+        tp = TopicPartition(topic, partition)
+        consumer = await self._checkout()
+        reusable = interrupted = False
+        try:
             consumer.assign([tp])
             consumer.seek(tp, start)
             position = start
             while end is None or position < end:
-                batch = await consumer.getmany(
-                    tp, timeout_ms=1000 if end is not None else 100, max_records=1000
-                )
+                if end is None and finished is not None:
+                    fetch = asyncio.ensure_future(
+                        consumer.getmany(tp, timeout_ms=1000, max_records=1000))
+                    await asyncio.wait({fetch, finished}, return_when=asyncio.FIRST_COMPLETED)
+                    if not fetch.done():
+                        fetch.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await fetch
+                        interrupted = True  # do not hand a consumer so used to others
+                        end = finished.result()
+                        consumer.seek(tp, position)
+                        continue
+                    batch = fetch.result()
+                    if finished.done():
+                        end = finished.result()
+                else:
+                    batch = await consumer.getmany(
+                        tp, timeout_ms=1000 if end is not None else 100, max_records=1000)
                 messages = batch.get(tp, [])
-                if not messages and end is None:
+                if not messages and end is None and finished is None:
+                    reusable = True
                     return  # caught up with a job that is still writing
                 for message in messages:
                     if end is not None and message.offset >= end:
+                        reusable = True
                         return
                     position = message.offset + 1
                     yield message.value
+            reusable = True
         except (KafkaError, OSError) as e:
             raise DataUnavailable(f"cannot read {topic}/{partition}: {e}") from e
         finally:
-            await consumer.stop()
+            await self._checkin(consumer, reusable=reusable and not interrupted)
 
-    async def follow(
-        self, topic: str, partition: int, start: int, final_end: Any
-    ) -> AsyncIterator[bytes]:
-        """Records from ``start`` as they arrive, until ``final_end()`` returns the
-        job's last offset (it returns None while the job still runs) and that
-        offset is reached."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            request_timeout_ms=self._timeout_ms,
-        )
-        tp = TopicPartition(topic, partition)
-        try:
-            await consumer.start()
-            consumer.assign([tp])
-            consumer.seek(tp, start)
-            position = start
-            while True:
-                end = final_end()
-                if end is not None and position >= end:
-                    return
-                batch = await consumer.getmany(tp, timeout_ms=100, max_records=1000)
-                for message in batch.get(tp, []):
-                    end = final_end()
-                    if end is not None and message.offset >= end:
-                        return
-                    position = message.offset + 1
-                    yield message.value
-        except (KafkaError, OSError) as e:
-            raise DataUnavailable(f"cannot read {topic}/{partition}: {e}") from e
-        finally:
-            await consumer.stop()
+
+async def _stop_quietly(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer; aiokafka may raise CancelledError from stop() when the
+    consumer has only just started (aio-libs/aiokafka#647). Only a real
+    cancellation of this task is passed on."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
 
 
 class AgentData:

@@ -161,7 +161,12 @@ class Scheduler:
                     await self._complete(job, slot, result)
                     self.files.drop_input(job.id)
                     continue
-                self._delivered[job.id] = job.delivering and slot.job_json.exists()
+                # Requeue only on proof that job.json never reached the slot: the
+                # slot is there without it. A running job, or a slot already gone
+                # with its worker, may have run: it must not run again.
+                self._delivered[job.id] = job.state is JobState.RUNNING or (
+                    job.delivering and (slot.job_json.exists() or not slot.dir.exists())
+                )
             self._recovering[job.id] = job
 
     def _on_orphan(self, worker: Worker) -> bool:

@@ -1,0 +1,307 @@
+"""Nothing accepted is lost: crashes at each step, restarts, retries, draining,
+retention and a broker outage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import TOKENS, Client, DaemonFactory, make_settings, wait_done
+from wasm_fixtures import module
+
+from poold.data.embedded import EmbeddedBroker
+from poold.faults import POINTS
+
+HEADERS = {"Authorization": f"Bearer {TOKENS['alpha']}"}
+
+
+class PooldProcess:
+    """poold as users run it (``poold serve``), which a test may SIGKILL."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = ""
+
+    async def start(self, crash_at: str | None = None) -> None:
+        env = {**os.environ, **self.env}
+        env.pop("POOLD_CRASH_AT", None)
+        if crash_at:
+            env["POOLD_CRASH_AT"] = crash_at
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "poold", "serve", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(60):
+            while line := await self.proc.stderr.readline():
+                event = json.loads(line) if line.startswith(b"{") else {}
+                if event.get("event") == "poold is serving":
+                    self.url = event["url"]
+                    break
+            else:
+                raise AssertionError("poold exited before serving")
+        self._drain = asyncio.create_task(self._discard(self.proc.stderr))
+
+    @staticmethod
+    async def _discard(stream: asyncio.StreamReader) -> None:
+        while await stream.readline():
+            pass
+
+    async def died(self) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), 60)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(self.proc.wait(), 60)
+        if self.proc is not None:
+            self._drain.cancel()
+
+
+def _env(tmp: Path, broker: str, **extra: str) -> dict[str, str]:
+    settings = make_settings(tmp, broker)
+    env = {
+        "POOLD_SERVER__PORT": "0",
+        "POOLD_SLOTS__ROOT": str(settings.slots.root),
+        "POOLD_STATE__DIR": str(settings.state.dir),
+        "POOLD_KAFKA__BOOTSTRAP": broker,
+        "POOLD_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "POOLD_KAFKA__PARTITIONS": "4",
+        "POOLD_POOL__MIN_IDLE": "1",
+        "POOLD_POOL__MAX_PODS": "4",
+        "POOLD_SLOTS__FSYNC": "false",
+        "POOLD_RUNTIME__POLL_INTERVAL_S": "0.05",
+        "POOLD_SERVER__DRAIN_TIMEOUT_S": "5",
+        "POOLD_TENANTS__ALPHA__TOKEN_SHA256": settings.tenants["alpha"].token_sha256,
+        "POOLD_TENANTS__ALPHA__MAX_CONCURRENT_JOBS": "4",
+    }
+    env.update(extra)
+    return env
+
+
+def _agents_using(root: Path) -> list[int]:
+    """Agent processes whose slot is under ``root`` (none may outlive their poold)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"POOLD_AGENT_SLOT={root}".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+async def _follow_to_end(session: aiohttp.ClientSession, url: str, job_id: str) -> dict[str, Any]:
+    async with session.get(f"{url}/v1/jobs/{job_id}/output?follow=true", headers=HEADERS) as r:
+        await r.read()
+    async with session.get(f"{url}/v1/jobs/{job_id}", headers=HEADERS) as r:
+        assert r.status == 200
+        job: dict[str, Any] = await r.json()
+    return job
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("point", sorted(POINTS))
+async def test_crash_at_each_step_ends_every_job_exactly_once(
+    point: str, tmp_path: Path, broker: str, http: aiohttp.ClientSession
+) -> None:
+    env = _env(tmp_path, broker)
+    poold = PooldProcess(env)
+    await poold.start(crash_at=point)
+    # a module that is still running when poold dies at "delivered"/"running"
+    long_running = point in {"delivered", "running"}
+    wasm = module("ticker") if long_running else module("upper")
+    args = ["20"] if long_running else []
+    records = ["alpha", "beta", "gamma"]
+    async with http.put(poold.url + "/v1/modules", data=wasm, headers=HEADERS) as r:
+        sha = (await r.json())["sha256"]
+    body = {"module": sha, "args": args, "input": [] if long_running else records}
+    key = {"Idempotency-Key": f"crash-{point}"}
+    job_id = None
+    try:
+        async with http.post(poold.url + "/v1/jobs", json=body,
+                             headers={**HEADERS, **key}) as r:
+            job_id = (await r.json())["id"]
+        await _follow_to_end(http, poold.url, job_id)
+    except (aiohttp.ClientError, OSError):
+        pass  # poold died under the request
+    assert await poold.died() == -signal.SIGKILL
+
+    await poold.start()  # "serving" is logged once recovery is done
+    # the client retries the submission it may not have seen answered: same job
+    async with http.post(poold.url + "/v1/jobs", json=body, headers={**HEADERS, **key}) as r:
+        assert r.status == 200, await r.text()
+        again = await r.json()
+    if job_id is not None:
+        assert again["id"] == job_id
+    job = await _follow_to_end(http, poold.url, again["id"])
+    async with http.get(poold.url + "/v1/jobs", headers=HEADERS) as r:
+        listed = (await r.json())["jobs"]
+    assert [j["id"] for j in listed] == [again["id"]], "exactly one job was accepted"
+
+    assert job["state"] in {"succeeded", "error"}, job
+    if point in {"accepted", "assigned", "result", "recycling"}:
+        assert job["state"] == "succeeded", job
+    if point == "assigned":
+        assert job["input"] is not None
+    if job["state"] == "succeeded":
+        async with http.get(f"{poold.url}/v1/jobs/{job['id']}/output", headers=HEADERS) as r:
+            lines = (await r.text()).splitlines()
+        expected = [f"tick {i}" for i in range(1, 21)] if long_running else [
+            s.upper() for s in records]
+        assert lines == expected, "output records missing or duplicated"
+    else:
+        assert "may have started" in job["error"]
+
+    await poold.stop()
+    slots = Path(env["POOLD_SLOTS__ROOT"])
+    assert not [p for p in slots.iterdir() if p.name.startswith("poold-w-")], "slots left"
+    assert not _agents_using(slots), "worker processes left"
+
+
+async def test_idempotency_key_gives_one_job(alpha: Client) -> None:
+    sha = await alpha.upload(module("noop"))
+    first = await alpha.json("POST", "/v1/jobs", 202, json={"module": sha},
+                             headers={"Idempotency-Key": "k-1"})
+    second = await alpha.json("POST", "/v1/jobs", 200, json={"module": sha},
+                              headers={"Idempotency-Key": "k-1"})
+    other = await alpha.json("POST", "/v1/jobs", 202, json={"module": sha},
+                             headers={"Idempotency-Key": "k-2"})
+    assert second["id"] == first["id"]
+    assert other["id"] != first["id"]
+    listed = await alpha.json("GET", "/v1/jobs", 200)
+    assert len(listed["jobs"]) == 2
+
+
+async def test_concurrent_retries_with_one_key_give_one_job(alpha: Client) -> None:
+    sha = await alpha.upload(module("noop"))
+
+    async def post() -> dict[str, Any]:
+        async with alpha.request("POST", "/v1/jobs", json={"module": sha},
+                                 headers={"Idempotency-Key": "same"}) as r:
+            assert r.status in (200, 202)
+            body: dict[str, Any] = await r.json()
+            return body
+
+    results = await asyncio.gather(*(post() for _ in range(5)))
+    assert len({r["id"] for r in results}) == 1
+
+
+async def test_module_upload_honours_idempotency_key(alpha: Client) -> None:
+    wasm = module("noop")
+    headers = {"Idempotency-Key": "upload-1", "Content-Type": "application/wasm"}
+    async with alpha.request("PUT", "/v1/modules", data=wasm, headers=headers) as r:
+        assert r.status == 201
+        first = await r.json()
+    async with alpha.request("PUT", "/v1/modules", data=wasm, headers=headers) as r:
+        assert r.status == 201, "a retried upload gets the answer of the first"
+        assert await r.json() == first
+
+
+async def test_restart_requeues_queued_jobs_in_order(start_daemon: DaemonFactory,
+                                                     session: aiohttp.ClientSession) -> None:
+    daemon = await start_daemon(pool__min_idle=1, pool__max_pods=1)
+    client = Client(daemon, session, "alpha")
+    # the only worker is busy with a long job, so the next ones stay queued
+    busy = await client.submit(await client.upload(module("ticker")), args=["1000"])
+    async with client.request("GET", f"/v1/jobs/{busy['id']}/output?follow=true") as r:
+        assert await r.content.readline() == b"tick 1\n"
+    sha = await client.upload(module("upper"))
+    ids = [(await client.submit(sha, input=[f"job {i}"]))["id"] for i in range(3)]
+    assert all(daemon.store.get(i).state.value == "queued" for i in ids)  # type: ignore[union-attr]
+    state_dir = daemon.settings.state.dir
+    await daemon.stop()
+
+    again = await start_daemon(
+        pool__min_idle=1, pool__max_pods=1, state__dir=str(state_dir),
+        slots__root=str(daemon.settings.slots.root),
+        kafka__topic_prefix=daemon.settings.kafka.topic_prefix,
+    )
+    client = Client(again, session, "alpha")
+    interrupted = await wait_done(again, busy["id"])
+    assert interrupted.state.value == "error", "a job that ran is not run again"
+    assert interrupted.error is not None and "may have started" in interrupted.error
+    finished = [await wait_done(again, i) for i in ids]
+    assert [j.state.value for j in finished] == ["succeeded"] * 3
+    started = [j.started_at for j in finished]
+    assert started == sorted(started), "recovered jobs keep their order"  # type: ignore[type-var]
+    for i, job_id in enumerate(ids):
+        assert await client.text(f"/v1/jobs/{job_id}/output") == f"JOB {i}\n"
+
+
+async def test_finished_jobs_expire_with_410(start_daemon: DaemonFactory,
+                                             session: aiohttp.ClientSession) -> None:
+    daemon = await start_daemon(retention__finished_jobs_s=0.001)
+    client = Client(daemon, session, "alpha")
+    job = await client.run(module("artifacts"))
+    assert job["state"] == "succeeded"
+    assert await daemon.expire_finished() == 1
+    for path in ("", "/output", "/logs", "/artifacts", "/artifacts/hello.txt"):
+        async with client.request("GET", f"/v1/jobs/{job['id']}{path}") as r:
+            assert r.status == 410
+            assert "retention" in (await r.json())["error"]
+    assert not daemon.files.dir(job["id"]).exists()  # type: ignore[union-attr]
+    beta = Client(daemon, session, "beta")
+    async with beta.request("GET", f"/v1/jobs/{job['id']}") as r:
+        assert r.status == 404, "another tenant still learns nothing"
+
+
+async def test_drain_refuses_new_work_and_lets_running_jobs_finish(
+    alpha: Client, daemon: Any
+) -> None:
+    sha = await alpha.upload(module("ticker"))
+    job = await alpha.submit(sha, args=["10"])
+    async with alpha.request("GET", f"/v1/jobs/{job['id']}/output?follow=true") as r:
+        assert await r.content.readline() == b"tick 1\n"
+        drained = asyncio.create_task(daemon.drain())
+        async with alpha.request("POST", "/v1/jobs", json={"module": sha}) as refused:
+            assert refused.status == 503
+            assert refused.headers["Retry-After"]
+            assert "shutting down" in (await refused.json())["error"]
+        await r.read()
+    await drained
+    final = await wait_done(daemon, job["id"])
+    assert final.state.value == "succeeded"
+
+
+async def test_broker_outage_gives_503_and_recovers(
+    start_daemon: DaemonFactory, session: aiohttp.ClientSession
+) -> None:
+    broker = EmbeddedBroker()
+    await broker.start()
+    try:
+        daemon = await start_daemon(kafka__bootstrap=broker.bootstrap,
+                                    kafka__request_timeout_s=2)
+        client = Client(daemon, session, "alpha")
+        sha = await client.upload(module("upper"))
+        await broker.stop()
+        async with client.request("POST", "/v1/jobs", json={"module": sha}) as r:
+            assert r.status == 503
+            assert "Kafka" in (await r.json())["error"]
+        assert (await client.json("GET", "/v1/jobs", 200))["jobs"] == [], "nothing half-accepted"
+        await broker.start()  # same port, empty: poold makes its topics again
+        job = await client.run(module("upper"), input=["back"])
+        assert job["state"] == "succeeded", job
+        assert await client.text(f"/v1/jobs/{job['id']}/output") == "BACK\n"
+    finally:
+        await broker.stop()
+
