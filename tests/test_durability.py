@@ -67,6 +67,11 @@ class PooldProcess:
         if self.proc is not None:
             self._drain.cancel()
 
+    def kill(self) -> None:
+        """Whatever happened in the test, leave no poold behind."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
 
 def _env(tmp: Path, broker: str, **extra: str) -> dict[str, str]:
     settings = make_settings(tmp, broker)
@@ -119,13 +124,24 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+@pytest.fixture
+async def poold_process(tmp_path: Path, broker: str) -> AsyncIterator[PooldProcess]:
+    process = PooldProcess(_env(tmp_path, broker))
+    try:
+        yield process
+    finally:
+        process.kill()
+        if process.proc is not None:
+            await process.proc.wait()
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("point", sorted(POINTS))
 async def test_crash_at_each_step_ends_every_job_exactly_once(
-    point: str, tmp_path: Path, broker: str, http: aiohttp.ClientSession
+    point: str, poold_process: PooldProcess, http: aiohttp.ClientSession
 ) -> None:
-    env = _env(tmp_path, broker)
-    poold = PooldProcess(env)
+    poold = poold_process
+    env = poold.env
     await poold.start(crash_at=point)
     # a module that is still running when poold dies at "delivered"/"running"
     long_running = point in {"delivered", "running"}

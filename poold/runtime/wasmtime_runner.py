@@ -25,6 +25,7 @@ class WasmtimeRunner:
     def __init__(self, cache: CompileCache) -> None:
         self._cache = cache
         self._engines: dict[bool, wasmtime.Engine] = {}
+        self._linkers: dict[bool, wasmtime.Linker] = {}
         self._lock = threading.Lock()
         self._reason: InterruptReason | None = None
         self._engine: wasmtime.Engine | None = None
@@ -34,6 +35,16 @@ class WasmtimeRunner:
             if fuel not in self._engines:
                 self._engines[fuel] = make_engine(fuel=fuel)
             return self._engines[fuel]
+
+    def linker(self, engine: wasmtime.Engine, *, fuel: bool) -> wasmtime.Linker:
+        """One linker per engine with WASI defined: it holds no per-job state (that
+        lives in each Store), so it is built once, ahead of the job."""
+        with self._lock:
+            if fuel not in self._linkers:
+                linker = wasmtime.Linker(engine)
+                linker.define_wasi()
+                self._linkers[fuel] = linker
+            return self._linkers[fuel]
 
     def warm_up(self) -> None:
         """Run a trivial module once, ahead of the first job and off its latency
@@ -48,8 +59,7 @@ class WasmtimeRunner:
         wasi.stdout_custom = _discard
         wasi.stderr_custom = _discard
         store.set_wasi(wasi)
-        linker = wasmtime.Linker(engine)
-        linker.define_wasi()
+        linker = self.linker(engine, fuel=False)
         start = linker.instantiate(store, module).exports(store)["_start"]
         assert isinstance(start, wasmtime.Func)
         start(store)
@@ -89,8 +99,7 @@ class WasmtimeRunner:
         wasi.stderr_custom = stderr
         wasi.preopen_dir(str(request.out_dir), "/out")
         store.set_wasi(wasi)
-        linker = wasmtime.Linker(engine)
-        linker.define_wasi()
+        linker = self.linker(engine, fuel=fuel)
         try:
             instance = linker.instantiate(store, module)
             start = instance.exports(store).get("_start")
