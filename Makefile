@@ -31,8 +31,9 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check poold tests
+	$(BIN)/ruff check poold tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy --strict bench
 
 bench: install
 	$(BIN)/python -m bench

