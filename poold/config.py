@@ -256,10 +256,23 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _describe(error: ValidationError) -> str:
+def _from_env(loc: tuple[int | str, ...], overrides: dict[str, Any]) -> str | None:
+    """The POOLD_ variable that set this key, if one did."""
+    node: Any = overrides
+    for part in loc:
+        if not isinstance(node, dict) or str(part) not in node:
+            return None
+        node = node[str(part)]
+    return ENV_PREFIX + "__".join(str(p).upper() for p in loc)
+
+
+def _describe(error: ValidationError, overrides: dict[str, Any] | None = None) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        variable = _from_env(item["loc"], overrides or {})
+        if variable is not None:
+            key = f"{key} (from the environment variable {variable})"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling against config/local.toml)"
@@ -283,9 +296,12 @@ def load_settings(
             raise ConfigError(f"config file {path} does not exist") from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
-    data = _merge(data, _env_overrides(os.environ if environ is None else environ))
+    overrides = _env_overrides(os.environ if environ is None else environ)
+    data = _merge(data, overrides)
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid configuration{where}: {_describe(e)}") from e
+        raise ConfigError(
+            f"invalid configuration{where}: {_describe(e, overrides)}"
+        ) from e

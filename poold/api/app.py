@@ -99,15 +99,16 @@ class Api:
         try:
             response = await handler(request)
         except web.HTTPException as e:
+            if 400 <= e.status < 500:
+                self.metrics.http_errors.labels(str(e.status)).inc()
             if e.status >= 400 and e.content_type != "application/json":
                 text = {
                     404: "no such route; see the API table in the README",
                     405: f"{request.method} is not allowed on {request.path}",
                     413: "the request body is too large (server.max_input_mb)",
                 }.get(e.status, e.reason)
-                response = error(e.status, text)
-            else:
-                raise
+                return error(e.status, text)
+            raise
         except DataUnavailable as e:
             log.warning("kafka unavailable", error=str(e))
             response = error(503, f"Kafka is unavailable right now; retry shortly ({e})",
@@ -196,7 +197,7 @@ class Api:
                 yield chunk
 
         try:
-            stored = await self.modules.put(chunks())
+            stored = await self.modules.put(chunks(), tenant=request[TENANT])
         except ModuleRejected as e:
             self.metrics.uploads_rejected.labels(e.reason).inc()
             status = 413 if e.reason == "too_large" else 400
@@ -277,7 +278,7 @@ class Api:
         if problem:
             return error(400, problem)
         assert limits is not None
-        size = self.modules.size(body.module)
+        size = self.modules.size(body.module, tenant=tenant)
         if size is None:
             return error(404 if len(body.module) == 64 else 400,
                          f"unknown module {body.module}; upload it with PUT /v1/modules first")

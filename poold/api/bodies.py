@@ -17,7 +17,7 @@ from pydantic import (
 
 class LimitsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout_s: Annotated[float, Field(gt=0, strict=False)] | None = None
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)] | None = None
     memory_mb: Annotated[StrictInt, Field(ge=1)] | None = None
     fuel: Annotated[StrictInt, Field(ge=1)] | None = None
 
@@ -49,7 +49,9 @@ def describe(error: ValidationError) -> str:
         where = ".".join(str(p) for p in item["loc"]) or "body"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown field (allowed: module, args, env, input, limits)"
+            allowed = ("timeout_s, memory_mb, fuel" if item["loc"][:1] == ("limits",)
+                       else "module, args, env, input, limits")
+            message = f"unknown field (allowed: {allowed})"
         elif item["type"] == "model_type":
             message = "must be a JSON object"
         parts.append(f"{where}: {message}")

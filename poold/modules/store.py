@@ -47,6 +47,7 @@ class ModuleStore:
         self._validator = make_engine(fuel=False)
         self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompile")
         self._sizes: dict[ModuleHash, int] = {}
+        self._owners: dict[ModuleHash, set[str]] = {}
         root.mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
@@ -55,13 +56,37 @@ class ModuleStore:
     def path(self, sha256: ModuleHash) -> Path:
         return self.root / f"{sha256}.wasm"
 
-    def size(self, sha256: str) -> int | None:
-        """The module's size if it is stored, else None."""
+    def owners(self, sha256: ModuleHash) -> set[str]:
+        """Tenants that uploaded this module. Modules are stored once, but each
+        tenant sees only what it uploaded itself: otherwise a hash would tell
+        one tenant what another runs."""
+        found = self._owners.get(sha256)
+        if found is None:
+            try:
+                found = set(self.path(sha256).with_suffix(".owners").read_text().split())
+            except FileNotFoundError:
+                found = set()
+            self._owners[sha256] = found
+        return found
+
+    def _add_owner(self, sha256: ModuleHash, tenant: str) -> bool:
+        owners = self.owners(sha256)
+        if tenant in owners:
+            return False
+        with open(self.path(sha256).with_suffix(".owners"), "a") as f:
+            f.write(tenant + "\n")
+        owners.add(tenant)
+        return True
+
+    def size(self, sha256: str, *, tenant: str) -> int | None:
+        """The module's size if this tenant uploaded it, else None."""
         key = ModuleHash(sha256)
-        if key in self._sizes:
-            return self._sizes[key]
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
             return None
+        if tenant not in self.owners(key):
+            return None
+        if key in self._sizes:
+            return self._sizes[key]
         try:
             size = self.path(key).stat().st_size
         except FileNotFoundError:
@@ -69,7 +94,7 @@ class ModuleStore:
         self._sizes[key] = size
         return size
 
-    async def put(self, chunks: AsyncIterator[bytes]) -> StoredModule:
+    async def put(self, chunks: AsyncIterator[bytes], *, tenant: str) -> StoredModule:
         tmp = self.root / f".upload-{secrets.token_hex(8)}.tmp"
         digest = hashlib.sha256()
         size = 0
@@ -101,10 +126,11 @@ class ModuleStore:
             sha = ModuleHash(digest.hexdigest())
             final = self.path(sha)
             if final.exists():
-                return StoredModule(sha, size, created=False)
+                return StoredModule(sha, size, created=self._add_owner(sha, tenant))
             await asyncio.get_running_loop().run_in_executor(None, self._validate, tmp)
             os.replace(tmp, final)
             self._sizes[sha] = size
+            self._add_owner(sha, tenant)
         finally:
             tmp.unlink(missing_ok=True)
         self._precompile(sha, final)

@@ -39,7 +39,8 @@ class AgentLink:
                 self._ws = await self._session.ws_connect(
                     f"{self.endpoint}/link", autoping=False, heartbeat=None
                 )
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as e:
+            # RuntimeError: the session closed under us (poold is stopping)
             log.info("no link to the agent; nudging over plain HTTP", error=str(e))
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
@@ -79,7 +80,7 @@ class AgentLink:
 
     async def close(self) -> None:
         self._connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._connecting
         if self._ws is not None:
             with contextlib.suppress(aiohttp.ClientError, OSError, ConnectionError):

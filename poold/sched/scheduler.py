@@ -100,7 +100,7 @@ class Scheduler:
         pool.on_orphan = self._on_orphan
 
     def _on_ready(self, worker: Worker) -> None:
-        if self._http is not None and worker.endpoint is not None:
+        if self._http is not None and not self._http.closed and worker.endpoint is not None:
             worker.link = AgentLink(self._http, worker.endpoint)
         self._wake.set()
 

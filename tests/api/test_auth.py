@@ -272,3 +272,21 @@ async def test_job_ids_are_random_128_bits(alpha: Client) -> None:
     assert ids[0] != ids[1]
     # not a counter or a timestamp: already the first 32 bits differ
     assert ids[0][2:10] != ids[1][2:10], ids
+
+
+async def test_modules_are_private_to_the_tenant_that_uploaded_them(
+    alpha: Client, beta: Client
+) -> None:
+    wasm = with_custom_section(module("noop"), "private-to-alpha", b"x")
+    async with alpha.request("PUT", "/v1/modules", data=wasm) as r:
+        assert r.status == 201
+        sha = (await r.json())["sha256"]
+    async with beta.request("POST", "/v1/jobs", json={"module": sha}) as r:
+        assert r.status == 404, "beta must not learn that alpha uploaded this module"
+        assert "unknown module" in (await r.json())["error"]
+    async with beta.request("PUT", "/v1/modules", data=wasm) as r:
+        assert r.status == 201, "new for beta, although stored once"
+    async with beta.request("PUT", "/v1/modules", data=wasm) as r:
+        assert r.status == 200
+    job = await beta.submit(sha)
+    assert job["module"] == sha

@@ -337,16 +337,12 @@ async def test_job_bad_limits(alpha: Client, noop: str, limits: Any, field: str)
     await refused(alpha, "POST", "/v1/jobs", 400, field, json={"module": noop, "limits": limits})
 
 
-@pytest.mark.xfail(strict=True, reason="poold/api/bodies.py:12 LimitsRequest.timeout_s is lax "
-                   "(strict=False): JSON true becomes a 1 s timeout and \"10\" is accepted")
 @pytest.mark.parametrize("timeout", [True, "10"], ids=["bool", "string"])
 async def test_job_timeout_must_be_a_number(alpha: Client, noop: str, timeout: Any) -> None:
     await refused(alpha, "POST", "/v1/jobs", 400, "limits.timeout_s",
                   json={"module": noop, "limits": {"timeout_s": timeout}})
 
 
-@pytest.mark.xfail(strict=True, reason="poold/api/bodies.py describe(): an unknown field inside "
-                   "limits is answered with the top-level field list (module, args, ...)")
 async def test_job_unknown_limit_lists_the_allowed_limits(alpha: Client, noop: str) -> None:
     await refused(alpha, "POST", "/v1/jobs", 400, "limits.cpu", "timeout_s", "memory_mb", "fuel",
                   json={"module": noop, "limits": {"cpu": 2}})
@@ -372,9 +368,6 @@ async def client_errors(client: Client) -> dict[str, float]:
             for s in f.samples if s.name == "poold_http_client_errors_total"}
 
 
-@pytest.mark.xfail(strict=True, reason="poold/api/app.py _errors(): the JSON 404 that _job() "
-                   "raises as HTTPNotFound is re-raised before poold_http_client_errors_total "
-                   "is incremented")
 async def test_unknown_job_404_is_counted(alpha: Client) -> None:
     before = (await client_errors(alpha)).get("404", 0)
     await refused(alpha, "GET", "/v1/jobs/j-" + "0" * 32, 404, "no such job")
