@@ -193,8 +193,13 @@ class Daemon:
 
     async def expire_finished(self) -> int:
         """Remove every finished job older than the retention, everywhere it is kept."""
-        cutoff = utcnow() - timedelta(seconds=self.settings.retention.finished_jobs_s)
+        retention = self.settings.retention
+        cutoff = utcnow() - timedelta(seconds=retention.finished_jobs_s)
         expired = self.store.older_than(cutoff)
+        seen = {j.id for j in expired}
+        expired += [j for j in self.store.finished_beyond(retention.max_finished_jobs)
+                    if j.id not in seen]
+        self.store.forget_tombstones(retention.finished_jobs_s)
         for job in expired:
             assert self.files is not None
             await asyncio.to_thread(self.files.remove, job.id)

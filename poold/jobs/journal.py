@@ -19,7 +19,7 @@ import asyncio
 import json
 import os
 import threading
-from collections.abc import Iterable
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,10 @@ from poold.types import JobId, TenantName
 
 log = structlog.get_logger(__name__)
 
+COMPACT_MIN_LINES = 10_000
+"""The journal is rewritten once it holds this many lines, and three times more
+than there are live records."""
+
 
 class JournalJobStore(MemoryJobStore):
     def __init__(self, path: Path, *, fsync: bool = True) -> None:
@@ -39,7 +43,10 @@ class JournalJobStore(MemoryJobStore):
         self.path = path
         self._fsync = fsync
         self._fd: int | None = None
-        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._pending: list[tuple[bytes, asyncio.Future[None], bytes | None]] = []
+        self._lines: dict[JobId, bytes] = {}
+        """The latest serialized line of every record: compaction writes these."""
+        self._appended = 0
         self._lock = threading.Condition()
         self._writer: threading.Thread | None = None
         self._closing = False
@@ -49,10 +56,7 @@ class JournalJobStore(MemoryJobStore):
 
     def open(self) -> list[Job]:
         """Replay and compact the journal; returns the live records, oldest first."""
-        import time  # noqa: PLC0415
-
         started = time.perf_counter()
-        records: dict[str, dict[str, Any]] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         torn = 0
         if self.path.exists():
@@ -61,19 +65,20 @@ class JournalJobStore(MemoryJobStore):
                     try:
                         entry = json.loads(raw)
                     except json.JSONDecodeError:
-                        torn += 1
+                        torn += 1  # the tail of a write a crash interrupted
                         continue
-                    records[entry["id"]] = entry
+                    job_id = JobId(entry["id"])
+                    self._lines[job_id] = raw if raw.endswith(b"\n") else raw + b"\n"
+                    if entry.get("expired"):
+                        self.expired[job_id] = TenantName(entry["tenant"])
         jobs: list[Job] = []
-        for entry in records.values():
-            if entry.get("expired"):
-                self.expired[JobId(entry["id"])] = TenantName(entry["tenant"])
-            else:
-                jobs.append(from_record(entry))
+        for job_id, line in self._lines.items():
+            if job_id not in self.expired:
+                jobs.append(from_record(json.loads(line)))
         jobs.sort(key=lambda j: j.submitted_at)
         for job in jobs:
             self._remember(job)
-        self._compact(jobs)
+        self._write_snapshot(b"".join(self._lines.values()))
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._writer = threading.Thread(target=self._write_loop, name="journal", daemon=True)
         self._writer.start()
@@ -82,17 +87,14 @@ class JournalJobStore(MemoryJobStore):
                  torn_lines=torn, seconds=round(self.replay_seconds, 3))
         return jobs
 
-    def _compact(self, jobs: Iterable[Job]) -> None:
+    def _write_snapshot(self, data: bytes) -> None:
         tmp = self.path.with_suffix(".compact")
         with open(tmp, "wb") as f:
-            for job in jobs:
-                f.write(json.dumps(to_record(job), separators=(",", ":")).encode() + b"\n")
-            for job_id, tenant in self.expired.items():
-                f.write(json.dumps({"id": job_id, "tenant": tenant, "expired": True}).encode()
-                        + b"\n")
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        self._appended = 0
 
     def close(self) -> None:
         with self._lock:
@@ -100,6 +102,7 @@ class JournalJobStore(MemoryJobStore):
             self._lock.notify()
         if self._writer is not None:
             self._writer.join(5)
+            self._writer = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -115,12 +118,13 @@ class JournalJobStore(MemoryJobStore):
             order.append(job.id)
 
     async def put(self, job: Job) -> None:
-        await self._append(to_record(job))
+        await self._append(job.id, to_record(job))
         await super().put(job)
 
     async def expire(self, job: Job) -> None:
         """Forget a finished job for good, leaving a tombstone so a GET says 410."""
-        await self._append({"id": job.id, "tenant": job.tenant, "expired": True})
+        await self._append(job.id, {"id": job.id, "tenant": job.tenant, "expired": True,
+                                    "at": time.time()})
         self.expired[job.id] = job.tenant
         self._jobs.pop(job.id, None)
         if job.idempotency_key:
@@ -129,13 +133,22 @@ class JournalJobStore(MemoryJobStore):
         if order and job.id in order:
             order.remove(job.id)
 
-    async def _append(self, record: dict[str, Any]) -> None:
+    async def _append(self, job_id: JobId, record: dict[str, Any]) -> None:
         if self._fd is None:
             raise RuntimeError("the job journal is not open")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        self._lines[job_id] = line
+        self._appended += 1
+        snapshot = None
+        if self._appended > max(COMPACT_MIN_LINES, 3 * len(self._lines)):
+            # The journal holds mostly superseded versions: rewrite it. The
+            # snapshot includes this line, so the writer replaces the file with
+            # it instead of appending.
+            snapshot = b"".join(self._lines.values())
+            self._appended = 0
         with self._lock:
-            self._pending.append((line, future))
+            self._pending.append((line, future, snapshot))
             self._lock.notify()
         await future
 
@@ -149,24 +162,56 @@ class JournalJobStore(MemoryJobStore):
             if batch:
                 error: BaseException | None = None
                 try:
-                    assert self._fd is not None
-                    os.write(self._fd, b"".join(line for line, _ in batch))
-                    if self._fsync:
-                        os.fsync(self._fd)
+                    self._write_batch(batch)
                 except OSError as e:
                     error = e
-                for _, future in batch:
-                    loop = future.get_loop()
-                    if error is None:
-                        loop.call_soon_threadsafe(_resolve, future, None)
-                    else:
-                        loop.call_soon_threadsafe(_resolve, future, error)
+                for _, future, _ in batch:
+                    future.get_loop().call_soon_threadsafe(_resolve, future, error)
             if closing and not batch:
                 return
+
+    def _write_batch(self, batch: list[tuple[bytes, asyncio.Future[None], bytes | None]]) -> None:
+        assert self._fd is not None
+        chunk: list[bytes] = []
+        for line, _, snapshot in batch:
+            if snapshot is None:
+                chunk.append(line)
+                continue
+            # lines queued before the snapshot are in it; those after follow it
+            chunk = []
+            self._write_snapshot(snapshot)
+            os.close(self._fd)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            log.info("job journal compacted", records=snapshot.count(b"\n"))
+        if chunk:
+            os.write(self._fd, b"".join(chunk))
+            if self._fsync:
+                os.fsync(self._fd)
+
+    def forget_tombstones(self, older_than_s: float) -> int:
+        """Drop tombstones old enough that nobody asks any more; the next
+        compaction leaves them out of the file."""
+        cutoff = time.time() - older_than_s
+        dropped = 0
+        for job_id in list(self.expired):
+            line = self._lines.get(job_id)
+            if line is None or json.loads(line).get("at", 0) < cutoff:
+                self._lines.pop(job_id, None)
+                del self.expired[job_id]
+                dropped += 1
+        return dropped
 
     def older_than(self, cutoff: datetime) -> list[Job]:
         return [j for j in self._jobs.values()
                 if j.state.terminal and j.finished_at is not None and j.finished_at < cutoff]
+
+    def finished_beyond(self, keep: int) -> list[Job]:
+        """The oldest finished jobs beyond the newest ``keep`` (a bound on replay time)."""
+        done = [j for j in self._jobs.values() if j.state.terminal]
+        if len(done) <= keep:
+            return []
+        done.sort(key=lambda j: j.finished_at or j.submitted_at)
+        return done[: len(done) - keep]
 
 
 def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
