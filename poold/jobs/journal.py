@@ -59,6 +59,7 @@ class JournalJobStore(MemoryJobStore):
         started = time.perf_counter()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         torn = 0
+        entries: dict[JobId, dict[str, Any]] = {}
         if self.path.exists():
             with open(self.path, "rb") as f:
                 for raw in f:
@@ -68,13 +69,14 @@ class JournalJobStore(MemoryJobStore):
                         torn += 1  # the tail of a write a crash interrupted
                         continue
                     job_id = JobId(entry["id"])
+                    entries[job_id] = entry
                     self._lines[job_id] = raw if raw.endswith(b"\n") else raw + b"\n"
                     if entry.get("expired"):
                         self.expired[job_id] = TenantName(entry["tenant"])
         jobs: list[Job] = []
-        for job_id, line in self._lines.items():
+        for job_id, entry in entries.items():
             if job_id not in self.expired:
-                jobs.append(from_record(json.loads(line)))
+                jobs.append(from_record(entry))
         jobs.sort(key=lambda j: j.submitted_at)
         for job in jobs:
             self._remember(job)
