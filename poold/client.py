@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import aiohttp
 EXIT_PLATFORM_ERROR = 70
 EXIT_TIMED_OUT = 124
 EXIT_CANCELLED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 @dataclass
@@ -83,6 +85,10 @@ async def run_submit(options: SubmitOptions) -> int:
                 await asyncio.wait_for(logs, 10)
             async with session.get(base) as r:
                 job = await _check(r)
+    except BrokenPipeError:
+        # our reader went away (e.g. `| head`): stop quietly, as other tools do
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115, ASYNC230 - replaces the closed pipe
+        return EXIT_BROKEN_PIPE
     except (ApiError, aiohttp.ClientError, OSError) as e:
         print(f"poold submit: {e}", file=sys.stderr)
         return EXIT_PLATFORM_ERROR

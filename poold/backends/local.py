@@ -42,6 +42,7 @@ class LocalBackend:
         self._alive: set[PodName] = set()
         self._pids: dict[PodName, int] = {}
         self._hello = asyncio.Event()
+        self._stopping = False
         self._lock = asyncio.Lock()
 
     async def start(self, sink: EventSink) -> None:
@@ -68,6 +69,7 @@ class LocalBackend:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        self._stopping = True
         if proc.stdin is not None:
             proc.stdin.close()
         try:
@@ -108,7 +110,8 @@ class LocalBackend:
                 log.warning("unreadable line from the fork server", line=line[:200])
                 continue
             self._handle(event)
-        log.warning("the local fork server exited")
+        if not self._stopping:
+            log.warning("the local fork server exited")
         for pod in list(self._alive):
             self._gone(pod, "the local fork server exited")
 

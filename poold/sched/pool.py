@@ -91,6 +91,7 @@ class Pool:
         self._not_before = 0.0
         self._task: asyncio.Task[None] | None = None
         self._idle_changed = asyncio.Event()
+        self._stopping = False
         self.backend_ok = True
         """False while the backend refuses to create workers (submissions get 503)."""
 
@@ -131,6 +132,7 @@ class Pool:
         """Stop managing the pool. Workers are deleted unless ``delete_workers`` is
         False: pods a restarted daemon (or the other replica) will adopt."""
         task, self._task = self._task, None
+        self._stopping = True
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -258,10 +260,10 @@ class Pool:
             del self.workers[event.pod]
             worker.drop_link()
             Slot.of(self.slots_root, event.pod).remove()
-            if worker.state is WorkerState.STARTING:
+            if worker.state is WorkerState.STARTING and not self._stopping:
                 log.warning("worker died while starting", pod=event.pod, reason=event.reason)
                 self._note_failure("start_failed")
-            elif worker.state is WorkerState.IDLE:
+            elif worker.state is WorkerState.IDLE and not self._stopping:
                 log.warning("idle worker died", pod=event.pod, reason=event.reason)
                 self.metrics.worker_failures.labels("idle_lost").inc()
             elif worker.state is WorkerState.BUSY:

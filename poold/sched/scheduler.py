@@ -196,7 +196,7 @@ class Scheduler:
             if not self._delivered.pop(job.id, True) and job.attempts < 2:
                 await self.store.put(job.evolve(
                     state=JobState.QUEUED, pod=None, warm=None, assigned_at=None,
-                    input=None, output=None))
+                    input=None, output=None, delivering=False))
                 self.queue.push(job.tenant, job.id)
                 requeued += 1
             else:
