@@ -17,9 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from .fixtures import REPO, FixtureError, load_module
-from .report import machine, table, write_csv, write_json
+from .kubescale import KubeRun, run_kube_scale
+from .report import (
+    machine,
+    table,
+    write_csv,
+    write_json,
+    write_kube_csv,
+    write_pool_csv,
+)
 from .runner import ScenarioRun, run_scenario
-from .scenario import STANDARD, Scenario, ScenarioError, load, standard
+from .scenario import STANDARD, AnyScenario, KubeScale, Scenario, ScenarioError, load, standard
 from .stats import summarize, verdicts
 
 DEFAULT_RESULTS = REPO / "bench" / "results"
@@ -37,17 +45,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="shrink every scenario to a few jobs (quick_jobs, else at most 10)")
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS,
                    help="where the run's <UTC date-time>/ folder goes (default: %(default)s)")
+    p.add_argument("--only", metavar="NAME", action="append", default=[],
+                   help="run only the scenarios whose name starts with NAME (repeatable)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return p
 
 
-def _select(paths: Sequence[Path], quick: bool) -> list[Scenario]:
-    chosen = [load(p) for p in paths] if paths else standard()
+def _select(paths: Sequence[Path], quick: bool, only: Sequence[str] = ()) -> list[AnyScenario]:
+    chosen = [s for p in paths for s in load(p)] if paths else standard()
+    if only:
+        chosen = [s for s in chosen if any(s.name.startswith(o) for o in only)]
+        if not chosen:
+            raise ScenarioError(f"no scenario name starts with {', '.join(only)}")
     names = [s.name for s in chosen]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ScenarioError(f"scenario names must be unique in one run: {', '.join(twice)}")
     for s in chosen:
-        load_module(s.module, base=Path(s.source).parent if s.source else None)
+        if isinstance(s, Scenario):
+            load_module(s.module, base=Path(s.source).parent if s.source else None)
     return [s.quick() for s in chosen] if quick else chosen
 
 
@@ -62,14 +78,22 @@ def _out_dir(root: Path) -> Path:
     return out
 
 
-async def _run_all(scenarios: Sequence[Scenario], out: Path) -> list[ScenarioRun]:
-    return [await run_scenario(s, out / "logs") for s in scenarios]
+async def _run_all(scenarios: Sequence[AnyScenario], out: Path
+                   ) -> tuple[list[ScenarioRun], list[KubeRun]]:
+    runs: list[ScenarioRun] = []
+    kube: list[KubeRun] = []
+    for s in scenarios:
+        if isinstance(s, KubeScale):
+            kube.append(await run_kube_scale(s, out / "logs"))
+        else:
+            runs.append(await run_scenario(s, out / "logs"))
+    return runs, kube
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(argv) if argv is not None else None)
     try:
-        scenarios = _select(args.scenarios, args.quick)
+        scenarios = _select(args.scenarios, args.quick, args.only)
     except (ScenarioError, FixtureError) as e:
         print(f"bench: {e}", file=sys.stderr)
         return 2
@@ -78,10 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     host = machine()
     (out / "logs").mkdir()
-    runs = asyncio.run(_run_all(scenarios, out))
-    duration = time.monotonic() - began
+    runs, kube = asyncio.run(_run_all(scenarios, out))
+    measured_s = time.monotonic() - began
 
-    summaries = [summarize(r) for r in runs]
+    per_run = [summarize(r) for r in runs]
+    summaries = [s for group in per_run for s in group]
     checks = verdicts(summaries)
     header = (
         f"poold bench {started.strftime('%Y-%m-%d %H:%M:%S')} UTC"
@@ -90,11 +115,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wasmtime {host['wasmtime']}, {host['python']}; "
         f"commit {(host['git_commit'] or '?')[:12]}{' (dirty)' if host['git_dirty'] else ''}\n"
     )
-    text = table(summaries, checks, header)
-    text += f"\nrun time {duration:.1f} s; results in {out}\n"
-    print(text, end="")
+    text = table(summaries, checks, header, kube)
 
     write_csv(out / "jobs.csv", runs)
+    write_pool_csv(out / "pool.csv", runs)
+    if kube:
+        write_kube_csv(out / "kube-claims.csv", kube)
+    plots: list[str] = []
+    if not args.no_plots:
+        from .plots import draw_all  # noqa: PLC0415 - matplotlib is slow to import
+
+        plots = [p.name for p in draw_all(out, runs, summaries, kube)]
+    duration = time.monotonic() - began
+    text += (f"\nrun time {duration:.1f} s ({measured_s:.1f} s of scenarios); "
+             f"results in {out}\n")
+    print(text, end="")
     (out / "summary.txt").write_text(text, encoding="utf-8")
     results: dict[str, Any] = {
         "started_at": started.isoformat(),
@@ -110,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "percentiles": "nearest rank",
             "throughput": "succeeded jobs / client wall time from first POST to last "
                           "terminal record",
+            "start_ms": "record's started_at - assigned_at",
+            "pool_samples": "GET /v1/pool at 10 Hz; memory (RSS and PSS summed over poold's "
+                            "process tree, from /proc) on every 5th sample",
+            "times": "sent_s, done_s, t_s, phase bounds: seconds since poold answered ready",
         },
         "scenarios": [
             {
@@ -121,11 +160,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "wall_s": round(r.wall_s, 3),
                 "client_cpu_s": r.client_cpu_s,
                 "poold_cpu_s": r.poold_cpu_s,
-                "summary": s.as_dict(),
+                "phases": r.phases,
+                "summaries": [s.as_dict() for s in group],
+                "pool_samples": [sample.as_csv() for sample in r.samples],
+                "sampler_errors": r.sampler_errors,
             }
-            for r, s in zip(runs, summaries, strict=True)
+            for r, group in zip(runs, per_run, strict=True)
+        ],
+        "kube_scale": [
+            {
+                "definition": k.scale.describe(),
+                "wall_s": round(k.wall_s, 3),
+                "failure": k.failure,
+                "fake_api_server_cpu_s": k.server_cpu_s,
+                "api_requests": k.api_requests,
+                "pods_readied": k.pods_readied,
+                "daemon": k.result,
+            }
+            for k in kube
         ],
         "targets": [v.as_dict() for v in checks],
+        "plots": plots,
     }
     write_json(out / "results.json", results)
-    return 1 if any(r.failure for r in runs) else 0
+    return 1 if any(r.failure for r in runs) or any(k.failure for k in kube) else 0

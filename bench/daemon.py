@@ -110,6 +110,11 @@ class Poold:
     _proc: asyncio.subprocess.Process | None = None
 
     @property
+    def pid(self) -> int | None:
+        """poold's process id while it runs."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 

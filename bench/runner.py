@@ -7,19 +7,29 @@ Arrivals:
 - ``all_at_once``: every job is submitted as fast as the client can, with at
   most ``max_in_flight`` jobs open (submitted, end not yet seen) at a time;
 - ``even``: one job every ``1/rate`` s; ``poisson``: exponential gaps with
-  mean ``1/rate`` s (seeded). Both also respect ``max_in_flight``, so an
-  overloaded server delays arrivals rather than piling up connections.
+  mean ``1/rate`` s (seeded); ``ramp_up`` / ``ramp_down``: the rate moves
+  linearly from ``rate_from`` to ``rate_to`` over the phase (job ``i`` is due
+  when the expected count of arrivals reaches ``i``). All of them respect
+  ``max_in_flight``, so an overloaded server delays arrivals rather than
+  piling up connections.
+
+A scenario's phases, in order: ``warmup`` (optional, sequential), ``measure``
+(mode ``""``, or ``fresh``, or ``cold``/``hot`` jobs mixed), then with
+``aged_jobs`` an ``aging`` phase and a second ``measure`` (mode ``aged``).
+Every time (``sent_s``, ``done_s``, the pool samples, the phase bounds) is in
+seconds since one clock origin per scenario: when poold answered ready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,7 +38,8 @@ import aiohttp
 
 from .client import Api, Outcome, ms_between
 from .daemon import Poold
-from .fixtures import expected_output, input_records, load_module
+from .fixtures import expected_output, input_records, load_module, with_variant
+from .sampler import PoolSample, Sampler
 from .scenario import STUCK_AFTER, Scenario
 
 SUCCEEDED = "succeeded"
@@ -40,7 +51,10 @@ class JobRow:
 
     scenario: str
     phase: str
-    """``measure``, or ``warmup`` (kept in the CSV, left out of the statistics)."""
+    """``measure``, or ``warmup`` / ``aging`` (kept in the CSV, left out of the statistics)."""
+    mode: str
+    """What this measured job compares: ``fresh``/``aged`` daemon, compile cache
+    ``cold``/``hot``; ``""`` when the scenario has one mode."""
     seq: int
     tenant: str
     job_id: str | None
@@ -59,19 +73,25 @@ class JobRow:
     """submitted → started, from the record."""
     assign_ms: float | None
     """submitted → assigned, from the record's timestamps."""
+    start_ms: float | None
+    """assigned → started, from the record's timestamps."""
     run_ms: float | None
     e2e_ms: float | None
     """Client clock: just before POST /v1/jobs → terminal record received."""
     submit_ms: float | None
     """Client clock: the POST /v1/jobs round trip."""
     sent_s: float
-    """Client clock: when the POST was sent, seconds since the phase began."""
+    """Client clock: when the POST was sent, seconds since the scenario's origin."""
     done_s: float | None
-    """Client clock: when the terminal record arrived, seconds since the phase began."""
+    """Client clock: when the terminal record arrived, seconds since the scenario's origin."""
     output_ok: bool | None
     """Output matched the module's known transform of the input (None: not checked)."""
     follow_breaks: int
     """``output?follow=true`` responses poold cut off before their end."""
+    module: str | None
+    """sha256 of the module the job ran (differs per variant with ``new_module_every``)."""
+    upload_ms: float | None
+    """The ``PUT /v1/modules`` round trip of a fresh variant just before this job."""
     error: str | None
 
     @classmethod
@@ -101,13 +121,26 @@ class ScenarioRun:
     """CPU time of poold and the descendants it waited for (workers, broker), whole life."""
     failure: str | None = None
     """Set when the scenario could not run at all (poold did not start, ...)."""
+    origin: float = 0.0
+    """perf_counter() when poold answered ready: time zero of every ``*_s`` figure."""
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    """``{"phase", "mode", "start_s", "end_s"}`` per phase, in order."""
+    samples: list[PoolSample] = field(default_factory=list)
+    sampler_errors: int = 0
 
     @property
     def measured(self) -> list[JobRow]:
         return [r for r in self.rows if r.phase == "measure"]
 
+    def window(self, mode: str) -> tuple[float, float] | None:
+        """Start and end (s) of the measured phase of ``mode``."""
+        for p in self.phases:
+            if p["phase"] == "measure" and p["mode"] == mode:
+                return float(p["start_s"]), float(p["end_s"])
+        return None
 
-def _row(scenario: Scenario, phase: str, seq: int, tenant: str, outcome: Outcome,
+
+def _row(scenario: Scenario, phase: str, mode: str, seq: int, tenant: str, outcome: Outcome,
          t0: float, expected: list[str] | None) -> JobRow:
     record = outcome.record or {}
     state = str(record.get("state", ""))
@@ -124,25 +157,44 @@ def _row(scenario: Scenario, phase: str, seq: int, tenant: str, outcome: Outcome
         if not output_ok and error is None:
             error = f"output differs: got {outcome.output[:3]!r}..., want {expected[:3]!r}..."
     return JobRow(
-        scenario=scenario.name, phase=phase, seq=seq, tenant=tenant, job_id=outcome.job_id,
+        scenario=scenario.name, phase=phase, mode=mode, seq=seq, tenant=tenant,
+        job_id=outcome.job_id,
         state=state, exit_code=record.get("exit_code"), warm=record.get("warm"),
         pod=record.get("pod"), submitted_at=record.get("submitted_at"),
         assigned_at=record.get("assigned_at"), started_at=record.get("started_at"),
         finished_at=record.get("finished_at"), wait_ms=record.get("wait_ms"),
         assign_ms=ms_between(record.get("submitted_at"), record.get("assigned_at")),
+        start_ms=ms_between(record.get("assigned_at"), record.get("started_at")),
         run_ms=record.get("run_ms"),
         e2e_ms=None if outcome.done is None else round((outcome.done - outcome.sent) * 1000, 3),
         submit_ms=(None if outcome.accepted is None
                    else round((outcome.accepted - outcome.sent) * 1000, 3)),
         sent_s=round(outcome.sent - t0, 6),
         done_s=None if outcome.done is None else round(outcome.done - t0, 6),
-        output_ok=output_ok, follow_breaks=outcome.follow_breaks, error=error,
+        output_ok=output_ok, follow_breaks=outcome.follow_breaks,
+        module=record.get("module"), upload_ms=None, error=error,
     )
 
 
-def _arrival_times(scenario: Scenario) -> list[float]:
+def ramp_times(n: int, rate_from: float, rate_to: float) -> list[float]:
+    """Due times of ``n`` jobs whose rate moves linearly from ``rate_from`` to
+    ``rate_to`` jobs/s. The ramp lasts ``T = 2n / (a + b)`` s (so that ``n`` jobs
+    arrive in it); job ``i`` is due when ``a t + (b - a) t^2 / 2T`` reaches ``i``."""
+    a, b = rate_from, rate_to
+    span = 2 * n / (a + b)
+    k = (b - a) / (2 * span)
+    if abs(k) < 1e-12:
+        return [i / a for i in range(n)]
+    return [(-a + math.sqrt(max(0.0, a * a + 4 * k * i))) / (2 * k) for i in range(n)]
+
+
+def arrival_times(scenario: Scenario, n: int | None = None) -> list[float]:
     """Offsets (s) from the phase start at which each job is due."""
-    n = scenario.jobs
+    n = scenario.jobs if n is None else n
+    if scenario.arrival in ("ramp_up", "ramp_down"):
+        assert scenario.rate_from is not None
+        assert scenario.rate_to is not None
+        return ramp_times(n, scenario.rate_from, scenario.rate_to)
     if scenario.arrival in ("sequential", "all_at_once") or scenario.rate is None:
         return [0.0] * n
     if scenario.arrival == "even":
@@ -156,12 +208,14 @@ def _arrival_times(scenario: Scenario) -> list[float]:
 
 
 class Driver:
-    """Submits one phase's jobs against a running poold."""
+    """Submits one scenario's jobs against a running poold."""
 
-    def __init__(self, scenario: Scenario, apis: list[tuple[str, Api]], sha256: str) -> None:
+    def __init__(self, scenario: Scenario, apis: list[tuple[str, Api]], sha256: str,
+                 origin: float) -> None:
         self.scenario = scenario
         self.apis = apis
         self.sha256 = sha256
+        self.origin = origin
         self._stuck = 0
 
     def _body(self, seq: int) -> tuple[dict[str, Any], list[str] | None]:
@@ -174,12 +228,12 @@ class Driver:
             body["limits"] = {"timeout_s": s.job_timeout_s}
         return body, expected_output(s.module, records)
 
-    async def one(self, phase: str, seq: int, t0: float) -> JobRow:
+    async def one(self, phase: str, mode: str, seq: int) -> JobRow:
         tenant, api = self.apis[seq % len(self.apis)]
         body, expected = self._body(seq)
         outcome = await api.run(body, deadline_s=self.scenario.job_deadline_s,
                                 check_output=bool(expected))
-        row = _row(self.scenario, phase, seq, tenant, outcome, t0, expected)
+        row = _row(self.scenario, phase, mode, seq, tenant, outcome, self.origin, expected)
         self._stuck = self._stuck + 1 if outcome.timed_out else 0
         return row
 
@@ -188,53 +242,86 @@ class Driver:
         """``STUCK_AFTER`` jobs in a row were not seen ending: poold is stuck."""
         return self._stuck >= STUCK_AFTER
 
-    async def sequential(self, phase: str, first: int, count: int,
-                         progress: Callable[[int], None] = lambda _: None) -> list[JobRow]:
-        """One job at a time, until done, ``timeout_s`` has passed or poold is stuck."""
-        t0 = time.perf_counter()
-        deadline = t0 + self.scenario.timeout_s
+    async def sequential(self, phase: str, mode: str, first: int, count: int,
+                         progress: Callable[[int], None] = lambda _: None,
+                         before: Callable[[int], Awaitable[tuple[str, float | None]]]
+                         | None = None) -> list[JobRow]:
+        """One job at a time, until done, ``timeout_s`` has passed or poold is stuck.
+        ``before(i)``, if given, runs before job ``i`` and returns its mode and the
+        upload time of a fresh module variant (outside the job's clock)."""
+        deadline = time.perf_counter() + self.scenario.timeout_s
         rows: list[JobRow] = []
         for i in range(count):
             if time.perf_counter() > deadline or self.stuck:
-                rows.extend(self._not_run(phase, first + j, t0) for j in range(i, count))
+                rows.extend(self._not_run(phase, mode, first + j) for j in range(i, count))
                 break
-            rows.append(await self.one(phase, first + i, t0))
+            job_mode, upload_ms = mode, None
+            if before is not None:
+                job_mode, upload_ms = await before(i)
+            row = await self.one(phase, job_mode, first + i)
+            row.upload_ms = upload_ms
+            rows.append(row)
             progress(len(rows))
         return rows
 
-    async def measure(self, progress: Callable[[int], None]) -> list[JobRow]:
+    async def measure(self, mode: str, first: int,
+                      progress: Callable[[int], None]) -> list[JobRow]:
         s = self.scenario
+        if s.new_module_every:
+            return await self.sequential("measure", mode, first, s.jobs, progress,
+                                         before=self._variant)
         if s.arrival == "sequential":
-            return await self.sequential("measure", s.warmup_jobs, s.jobs, progress)
-        return await self._concurrent(s.warmup_jobs, progress)
+            return await self.sequential("measure", mode, first, s.jobs, progress)
+        return await self.concurrent("measure", mode, first, arrival_times(s),
+                                     s.max_in_flight, progress)
 
-    def _not_run(self, phase: str, seq: int, t0: float) -> JobRow:
+    async def _variant(self, i: int) -> tuple[str, float | None]:
+        """Before job ``i`` of a ``new_module_every`` scenario: every N-th job gets a
+        fresh module variant, uploaded now; it meets the compile cache cold."""
+        s = self.scenario
+        if i % s.new_module_every:
+            return "hot", None
+        base = load_module(s.module, base=Path(s.source).parent if s.source else None)
+        wasm = with_variant(base, f"{s.name}/{i}/{time.time_ns()}")
+        began = time.perf_counter()
+        sha = ""
+        for _, api in self.apis:
+            sha = await api.upload(wasm)
+        self.sha256 = sha
+        return "cold", round((time.perf_counter() - began) * 1000, 3)
+
+    def _not_run(self, phase: str, mode: str, seq: int) -> JobRow:
         tenant, _ = self.apis[seq % len(self.apis)]
         why = (f"{STUCK_AFTER} jobs in a row did not end within job_deadline_s" if self.stuck
                else f"the phase ran past timeout_s ({self.scenario.timeout_s:g} s)")
-        outcome = Outcome(job_id=None, record=None, output=None, sent=t0, accepted=None,
+        now = time.perf_counter()
+        outcome = Outcome(job_id=None, record=None, output=None, sent=now, accepted=None,
                           done=None, problem=f"not run or not finished: {why}")
-        row = _row(self.scenario, phase, seq, tenant, outcome, t0, None)
+        row = _row(self.scenario, phase, mode, seq, tenant, outcome, self.origin, None)
         row.state = "not_run"
         return row
 
-    async def _concurrent(self, first: int, progress: Callable[[int], None]) -> list[JobRow]:
+    async def concurrent(self, phase: str, mode: str, first: int, due: list[float],
+                         max_in_flight: int,
+                         progress: Callable[[int], None] = lambda _: None) -> list[JobRow]:
+        """Job ``i`` submitted ``due[i]`` s after the phase starts, at most
+        ``max_in_flight`` open at once."""
         s = self.scenario
-        gate = asyncio.Semaphore(s.max_in_flight)
+        gate = asyncio.Semaphore(max_in_flight)
         done: dict[int, JobRow] = {}
         tasks: set[asyncio.Task[None]] = set()
         t0 = time.perf_counter()
 
         async def job(seq: int) -> None:
             try:
-                done[seq] = await self.one("measure", seq, t0)
+                done[seq] = await self.one(phase, mode, seq)
                 progress(len(done))
             finally:
                 gate.release()
 
         async def submit_all() -> None:
-            for i, due in enumerate(_arrival_times(s)):
-                delay = t0 + due - time.perf_counter()
+            for i, offset in enumerate(due):
+                delay = t0 + offset - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await gate.acquire()
@@ -254,8 +341,8 @@ class Driver:
             for task in list(tasks):
                 task.cancel()
             await asyncio.gather(*list(tasks), return_exceptions=True)
-        return [done.get(first + i) or self._not_run("measure", first + i, t0)
-                for i in range(s.jobs)]
+        return [done.get(first + i) or self._not_run(phase, mode, first + i)
+                for i in range(len(due))]
 
 
 def _cpu(who: int) -> float:
@@ -289,34 +376,26 @@ async def run_scenario(scenario: Scenario, logs_dir: Path) -> ScenarioRun:
     with tempfile.TemporaryDirectory(prefix=f"poold-bench-{scenario.name}-") as tmp:
         poold = Poold(scenario, Path(tmp), logs_dir / f"{scenario.name}.poold.log")
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        sampler: Sampler | None = None
         try:
             async with poold, aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=scenario.max_in_flight * 3 + 16),
+                connector=aiohttp.TCPConnector(
+                    limit=max(scenario.max_in_flight, scenario.aged_max_in_flight) * 3 + 16),
                 timeout=timeout,
             ) as session:
+                run.origin = time.perf_counter()
                 run.config = poold.config_text()
                 apis = [(t.name, Api(session, poold.url, t.token)) for t in poold.tenants]
-                run.module_sha256 = await apis[0][1].upload(wasm)
-                for _, api in apis[1:]:
-                    await api.upload(wasm)
-                token = poold.tenants[0].token
-                await poold.wait_pool_settled(session, token)
-                driver = Driver(scenario, apis, run.module_sha256)
-                if scenario.warmup_jobs:
-                    run.rows.extend(await driver.sequential("warmup", 0, scenario.warmup_jobs))
-                    await poold.wait_pool_settled(session, token)
-                run.pool_before = await apis[0][1].pool()
-                print(f"{scenario.name}: poold ready in {poold.start_s or 0:.1f} s, pool "
-                      f"{run.pool_before}; {scenario.jobs} jobs, {scenario.arrival}",
-                      file=sys.stderr, flush=True)
-                cpu = _cpu(resource.RUSAGE_SELF)
-                run.rows.extend(await driver.measure(_progress(scenario.name, scenario.jobs)))
-                run.client_cpu_s = round(_cpu(resource.RUSAGE_SELF) - cpu, 3)
+                sampler = Sampler(scenario.name, apis[0][1], poold.pid, run.origin)
+                async with sampler:
+                    await _phases(run, poold, session, apis, wasm, sampler)
         except Exception as e:  # a broken scenario must not stop the others
             run.failure = f"{type(e).__name__}: {e}"
             print(f"{scenario.name}: FAILED: {run.failure}", file=sys.stderr, flush=True)
         finally:
             run.daemon = poold.report()
+            if sampler is not None:
+                run.samples, run.sampler_errors = sampler.samples, sampler.errors
         run.wall_s = time.monotonic() - began
     if poold.exit_code is not None:
         run.poold_cpu_s = round(_cpu(resource.RUSAGE_CHILDREN) - children, 3)
@@ -324,3 +403,61 @@ async def run_scenario(scenario: Scenario, logs_dir: Path) -> ScenarioRun:
         print(f"{scenario.name}: warning: slots left after poold stopped: "
               f"{poold.leftover_slots}", file=sys.stderr, flush=True)
     return run
+
+
+async def _phases(run: ScenarioRun, poold: Poold, session: aiohttp.ClientSession,
+                  apis: list[tuple[str, Api]], wasm: bytes, sampler: Sampler) -> None:
+    scenario = run.scenario
+    token = poold.tenants[0].token
+
+    def phase(name: str, mode: str = "") -> dict[str, Any]:
+        sampler.phase = name if not mode else f"{name}:{mode}"
+        entry = {"phase": name, "mode": mode,
+                 "start_s": round(time.perf_counter() - run.origin, 4), "end_s": None}
+        run.phases.append(entry)
+        return entry
+
+    def end(entry: dict[str, Any]) -> None:
+        entry["end_s"] = round(time.perf_counter() - run.origin, 4)
+        sampler.phase = "settle"
+
+    setup = phase("setup")
+    run.module_sha256 = await apis[0][1].upload(wasm)
+    for _, api in apis[1:]:
+        await api.upload(wasm)
+    await poold.wait_pool_settled(session, token)
+    end(setup)
+    driver = Driver(scenario, apis, run.module_sha256, run.origin)
+    seq = 0
+    if scenario.warmup_jobs:
+        entry = phase("warmup")
+        run.rows.extend(await driver.sequential("warmup", "", 0, scenario.warmup_jobs))
+        seq += scenario.warmup_jobs
+        end(entry)
+        await poold.wait_pool_settled(session, token)
+    run.pool_before = await apis[0][1].pool()
+    print(f"{scenario.name}: poold ready in {poold.start_s or 0:.1f} s, pool "
+          f"{run.pool_before}; {scenario.jobs} jobs, {scenario.arrival}",
+          file=sys.stderr, flush=True)
+    cpu = _cpu(resource.RUSAGE_SELF)
+    first_mode = "fresh" if scenario.aged_jobs else ""
+    entry = phase("measure", first_mode)
+    label = scenario.name + (f" [{first_mode}]" if first_mode else "")
+    run.rows.extend(await driver.measure(first_mode, seq, _progress(label, scenario.jobs)))
+    seq += scenario.jobs
+    end(entry)
+    if scenario.aged_jobs and not driver.stuck:
+        entry = phase("aging")
+        aging = await driver.concurrent(
+            "aging", "", seq, [0.0] * scenario.aged_jobs, scenario.aged_max_in_flight,
+            _progress(f"{scenario.name} aging", scenario.aged_jobs))
+        run.rows.extend(aging)
+        seq += scenario.aged_jobs
+        end(entry)
+        await poold.wait_pool_settled(session, token)
+        entry = phase("measure", "aged")
+        run.rows.extend(await driver.measure("aged", seq,
+                                             _progress(f"{scenario.name} [aged]",
+                                                       scenario.jobs)))
+        end(entry)
+    run.client_cpu_s = round(_cpu(resource.RUSAGE_SELF) - cpu, 3)

@@ -14,15 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-Arrival = Literal["sequential", "all_at_once", "even", "poisson"]
+Arrival = Literal["sequential", "all_at_once", "even", "poisson", "ramp_up", "ramp_down"]
 Role = Literal["warm", "cold", "throughput"]
 
-ARRIVALS: tuple[Arrival, ...] = ("sequential", "all_at_once", "even", "poisson")
+ARRIVALS: tuple[Arrival, ...] = (
+    "sequential", "all_at_once", "even", "poisson", "ramp_up", "ramp_down",
+)
+RAMPS: tuple[Arrival, ...] = ("ramp_up", "ramp_down")
 ROLES: tuple[Role, ...] = ("warm", "cold", "throughput")
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
-STANDARD = ("warm-sequential", "cold-sequential", "throughput", "upper-input")
-"""The standard set ``python -m bench`` runs, in this order."""
+STANDARD = (
+    "warm-sequential", "cold-sequential", "throughput", "upper-input",
+    "arrival-even", "arrival-ramp-up", "arrival-ramp-down",
+    "compile-small", "compile-large", "poisson-sizing", "kube-scale",
+)
+"""The standard set ``python -m bench`` runs, in this order (file stems; a file
+with a ``sweep`` becomes several scenarios)."""
 
 DEFAULT_MAX_IN_FLIGHT = 256
 STUCK_AFTER = 3
@@ -46,6 +54,38 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class KubeScale:
+    """The scale scenario (``kind = "kube_scale"``): poold's Kubernetes backend and
+    pool in a process of their own against the fake API server, whose pods an
+    "instant kubelet" marks Ready without running anything (see ``bench.kubescale``)."""
+
+    name: str
+    pods: int = 1000
+    """min_idle = max_pods = this: the pool is filled to it."""
+    claims: int = 500
+    """Sequential ``take_idle`` + ``claim`` (the fenced PATCH) after the fill."""
+    max_starting: int = 100
+    idle_s: float = 5.0
+    """Seconds the full pool is left alone to measure its idle CPU cost."""
+    quick_pods: int = 50
+    quick_claims: int = 20
+    timeout_s: float = 180.0
+    description: str = ""
+    source: str | None = None
+    kind: str = "kube_scale"
+
+    def quick(self) -> KubeScale:
+        return dataclasses.replace(
+            self, pods=min(self.pods, self.quick_pods),
+            claims=min(self.claims, self.quick_claims, self.quick_pods),
+            max_starting=min(self.max_starting, self.quick_pods), idle_s=min(self.idle_s, 1.0),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     jobs: int
@@ -55,10 +95,26 @@ class Scenario:
     tenants: int = 1
     rate: float | None = None
     """Jobs per second for ``even`` and ``poisson`` arrivals."""
+    rate_from: float | None = None
+    rate_to: float | None = None
+    """``ramp_up`` / ``ramp_down``: the arrival rate moves linearly from ``rate_from``
+    to ``rate_to`` jobs/s over the phase."""
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     """Most jobs the client has open at once (submitted, end not yet seen)."""
     warmup_jobs: int = 0
     quick_jobs: int | None = None
+    aged_jobs: int = 0
+    """After the measurement on the fresh daemon, run this many jobs (phase ``aging``,
+    ``aged_max_in_flight`` open at once), then measure the same jobs again on that
+    daemon (mode ``aged``; the first measurement is mode ``fresh``)."""
+    aged_max_in_flight: int = 64
+    quick_aged_jobs: int = 20
+    new_module_every: int = 0
+    """Every this many measured jobs a fresh variant of the module (its bytes made
+    unique by a custom section) is uploaded just before the next job is submitted:
+    that job meets the compile cache cold (mode ``cold``), the others hot (``hot``)."""
+    group: str | None = None
+    """The file a ``sweep`` expanded into several scenarios (the sizing table groups by it)."""
     role: Role | None = None
     description: str = ""
     seed: int = 1
@@ -75,11 +131,24 @@ class Scenario:
     poold: dict[str, Any] = field(default_factory=dict)
     """Any other poold configuration, merged into the generated config file."""
     source: str | None = None
+    kind: str = "jobs"
 
     def quick(self) -> Scenario:
         """The same scenario with few jobs, for smoke runs."""
         jobs = self.quick_jobs if self.quick_jobs is not None else min(self.jobs, QUICK_JOBS)
-        return dataclasses.replace(self, jobs=jobs, warmup_jobs=min(self.warmup_jobs, 1))
+        return dataclasses.replace(
+            self, jobs=jobs, warmup_jobs=min(self.warmup_jobs, 1),
+            aged_jobs=min(self.aged_jobs, self.quick_aged_jobs),
+            new_module_every=min(self.new_module_every, max(1, jobs // 2)),
+        )
+
+    def modes(self) -> tuple[str, ...]:
+        """The modes this scenario's measured rows carry (``""``: just one)."""
+        if self.aged_jobs:
+            return ("fresh", "aged")
+        if self.new_module_every:
+            return ("cold", "hot")
+        return ("",)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description (for results.json)."""
@@ -88,11 +157,19 @@ class Scenario:
         return out
 
 
+AnyScenario = Scenario | KubeScale
+
 _TOP_KEYS = {
     "name", "description", "role", "jobs", "quick_jobs", "warmup_jobs", "arrival", "rate",
-    "max_in_flight", "module", "input_records", "tenants", "seed", "timeout_s", "job_timeout_s",
-    "job_deadline_s", "pool", "tenant", "kafka", "poold",
+    "rate_from", "rate_to", "max_in_flight", "module", "input_records", "tenants", "seed",
+    "timeout_s", "job_timeout_s", "job_deadline_s", "pool", "tenant", "kafka", "poold",
+    "aged_jobs", "aged_max_in_flight", "quick_aged_jobs", "new_module_every", "sweep", "kind",
 }
+_KUBE_KEYS = {
+    "kind", "name", "description", "pods", "claims", "max_starting", "idle_s", "quick_pods",
+    "quick_claims", "timeout_s",
+}
+_SWEEP_KEYS = {"min_idle", "max_pods", "max_starting"}
 
 
 def _where(path: Path | None, key: str) -> str:
@@ -132,18 +209,93 @@ def _table(data: dict[str, Any], key: str, allowed: set[str], path: Path | None
     return cast(dict[str, Any], table)
 
 
-def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
-    """Validate one scenario's TOML data."""
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise ScenarioError(
-            f"{_where(path, unknown[0])}: unknown key; known: {', '.join(sorted(_TOP_KEYS))}"
-        )
+def _name(data: dict[str, Any], path: Path | None) -> str:
     name = data.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ScenarioError(
             f"{_where(path, 'name')}: needs 1-64 characters from A-Z a-z 0-9 _ . - (got {name!r})"
         )
+    return name
+
+
+def _description(data: dict[str, Any], path: Path | None) -> str:
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ScenarioError(f"{_where(path, 'description')}: must be a string")
+    return description
+
+
+def parse_kube(data: dict[str, Any], path: Path | None = None) -> KubeScale:
+    """Validate a ``kind = "kube_scale"`` scenario."""
+    unknown = sorted(set(data) - _KUBE_KEYS)
+    if unknown:
+        raise ScenarioError(
+            f"{_where(path, unknown[0])}: unknown key for kind \"kube_scale\"; known: "
+            f"{', '.join(sorted(_KUBE_KEYS))}"
+        )
+    d = KubeScale(name=_name(data, path))
+    scale = KubeScale(
+        name=d.name,
+        description=_description(data, path),
+        pods=_int(data, "pods", d.pods, path, minimum=1),
+        claims=_int(data, "claims", d.claims, path, minimum=0),
+        max_starting=_int(data, "max_starting", d.max_starting, path, minimum=1),
+        idle_s=_float(data, "idle_s", path) or d.idle_s,
+        quick_pods=_int(data, "quick_pods", d.quick_pods, path, minimum=1),
+        quick_claims=_int(data, "quick_claims", d.quick_claims, path, minimum=0),
+        timeout_s=_float(data, "timeout_s", path) or d.timeout_s,
+        source=str(path) if path else None,
+    )
+    if scale.claims > scale.pods:
+        raise ScenarioError(f"{_where(path, 'claims')}: exceeds pods ({scale.pods})")
+    return scale
+
+
+def parse_all(data: dict[str, Any], path: Path | None = None) -> list[AnyScenario]:
+    """One file's scenarios: a ``kube_scale`` scenario, one job scenario, or, with
+    ``sweep = [{min_idle = 0}, ...]``, one job scenario per entry, named
+    ``<name>-idle<min_idle>-max<max_pods>`` (``-start<max_starting>`` when set)."""
+    kind = data.get("kind", "jobs")
+    if kind == "kube_scale":
+        return [parse_kube(data, path)]
+    if kind != "jobs":
+        raise ScenarioError(f"{_where(path, 'kind')}: must be \"jobs\" or \"kube_scale\"")
+    sweep = data.get("sweep")
+    if sweep is None:
+        return [parse(data, path)]
+    if not isinstance(sweep, list) or not sweep or not all(isinstance(v, dict) for v in sweep):
+        raise ScenarioError(f"{_where(path, 'sweep')}: must be a non-empty list of tables, "
+                            "e.g. [{min_idle = 0}, {min_idle = 4, max_pods = 8}]")
+    base = _name(data, path)
+    out: list[AnyScenario] = []
+    for i, variant in enumerate(sweep):
+        unknown = sorted(set(variant) - _SWEEP_KEYS)
+        if unknown:
+            raise ScenarioError(f"{_where(path, f'sweep[{i}].{unknown[0]}')}: unknown key; "
+                                f"known: {', '.join(sorted(_SWEEP_KEYS))}")
+        base_pool = data.get("pool", {})
+        if not isinstance(base_pool, dict):
+            raise ScenarioError(f"{_where(path, 'pool')}: must be a table ([pool])")
+        pool = {**base_pool, **variant}
+        name = f"{base}-idle{pool.get('min_idle', 4)}-max{pool.get('max_pods', 16)}"
+        if "max_starting" in variant:
+            name += f"-start{variant['max_starting']}"
+        one = {k: v for k, v in data.items() if k != "sweep"}
+        one.update(name=name, pool=pool)
+        out.append(dataclasses.replace(parse(one, path), group=base))
+    return out
+
+
+def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
+    """Validate one job scenario's TOML data (no ``sweep``)."""
+    unknown = sorted(set(data) - _TOP_KEYS - {"sweep"})
+    if unknown:
+        raise ScenarioError(
+            f"{_where(path, unknown[0])}: unknown key; known: {', '.join(sorted(_TOP_KEYS))}"
+        )
+    name = _name(data, path)
+    if data.get("kind", "jobs") != "jobs":
+        raise ScenarioError(f"{_where(path, 'kind')}: must be \"jobs\" here")
     arrival = data.get("arrival", "sequential")
     if arrival not in ARRIVALS:
         raise ScenarioError(
@@ -152,15 +304,23 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
     rate = _float(data, "rate", path)
     if arrival in ("even", "poisson") and rate is None:
         raise ScenarioError(f"{_where(path, 'rate')}: arrival {arrival!r} needs a rate (jobs/s)")
+    rate_from, rate_to = _float(data, "rate_from", path), _float(data, "rate_to", path)
+    if arrival in RAMPS:
+        if rate_from is None or rate_to is None:
+            raise ScenarioError(f"{_where(path, 'rate_from')}: arrival {arrival!r} needs "
+                                "rate_from and rate_to (jobs/s)")
+        if (arrival == "ramp_up") != (rate_to > rate_from) or rate_to == rate_from:
+            raise ScenarioError(
+                f"{_where(path, 'rate_to')}: {arrival} needs rate_to "
+                f"{'above' if arrival == 'ramp_up' else 'below'} rate_from"
+            )
     role = data.get("role")
     if role is not None and role not in ROLES:
         raise ScenarioError(f"{_where(path, 'role')}: must be one of {', '.join(ROLES)}")
     module = data.get("module", "noop")
     if not isinstance(module, str) or not module:
         raise ScenarioError(f"{_where(path, 'module')}: must be a fixture name or a .wasm path")
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise ScenarioError(f"{_where(path, 'description')}: must be a string")
+    description = _description(data, path)
 
     pool_t = _table(data, "pool", {"min_idle", "max_pods", "max_starting"}, path)
     pool = PoolConfig(
@@ -195,6 +355,14 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
         quick_jobs = _int(data, "quick_jobs", None, path, minimum=1)
     timeout_s = _float(data, "timeout_s", path)
     job_deadline_s = _float(data, "job_deadline_s", path)
+    aged_jobs = _int(data, "aged_jobs", 0, path, minimum=0)
+    new_module_every = _int(data, "new_module_every", 0, path, minimum=0)
+    if aged_jobs and new_module_every:
+        raise ScenarioError(f"{_where(path, 'new_module_every')}: cannot be combined with "
+                            "aged_jobs in one scenario")
+    if new_module_every and arrival != "sequential":
+        raise ScenarioError(f"{_where(path, 'new_module_every')}: needs arrival "
+                            "\"sequential\" (the cold job must be the first on its module)")
     return Scenario(
         name=name,
         description=description,
@@ -204,6 +372,12 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
         warmup_jobs=_int(data, "warmup_jobs", 0, path, minimum=0),
         arrival=cast(Arrival, arrival),
         rate=rate,
+        rate_from=rate_from,
+        rate_to=rate_to,
+        aged_jobs=aged_jobs,
+        aged_max_in_flight=_int(data, "aged_max_in_flight", 64, path, minimum=1),
+        quick_aged_jobs=_int(data, "quick_aged_jobs", 20, path, minimum=0),
+        new_module_every=new_module_every,
         max_in_flight=(
             1 if arrival == "sequential"
             else _int(data, "max_in_flight", DEFAULT_MAX_IN_FLIGHT, path, minimum=1)
@@ -223,17 +397,17 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
     )
 
 
-def load(path: Path) -> Scenario:
-    """Read and validate one scenario file."""
+def load(path: Path) -> list[AnyScenario]:
+    """Read and validate one scenario file (several scenarios with a ``sweep``)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ScenarioError(f"{path}: no such scenario file") from e
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: not valid TOML: {e}") from e
-    return parse(data, path)
+    return parse_all(data, path)
 
 
-def standard() -> list[Scenario]:
+def standard() -> list[AnyScenario]:
     """The standard set, from ``bench/scenarios/<name>.toml``."""
-    return [load(SCENARIO_DIR / f"{name}.toml") for name in STANDARD]
+    return [s for name in STANDARD for s in load(SCENARIO_DIR / f"{name}.toml")]

@@ -4,6 +4,10 @@ Percentiles are nearest-rank (the smallest value with at least p % of the
 samples at or below it): no interpolation, so a p99 is always a latency some
 job really had. Throughput is succeeded jobs divided by the client's wall
 time from the first submission to the last terminal record.
+
+A scenario with two modes (``fresh``/``aged``, ``cold``/``hot``) gets one
+summary per mode, labelled ``<scenario> [<mode>]``. Pool and memory figures
+come from the sampler's readings inside the measured phase of that mode.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .runner import SUCCEEDED, ScenarioRun
+from .runner import SUCCEEDED, JobRow, ScenarioRun
 
 P50_TARGET_MS = 5.0
 P99_TARGET_MS = 25.0
@@ -29,10 +33,21 @@ def percentile(values: Sequence[float], p: float) -> float | None:
     return ordered[min(rank, len(ordered)) - 1]
 
 
+def _mean(values: Sequence[float]) -> float | None:
+    return round(sum(values) / len(values), 3) if values else None
+
+
 @dataclass
 class Summary:
     scenario: str
+    label: str
+    """``scenario``, or ``scenario [mode]`` when the scenario has several modes."""
+    mode: str
     role: str | None
+    group: str | None
+    """The sweep this scenario came from (the pool-sizing table), if any."""
+    min_idle: int
+    max_pods: int
     jobs: int
     errors: int
     bad_output: int
@@ -44,26 +59,80 @@ class Summary:
     wait_p99: float | None
     wait_max: float | None
     assign_p50: float | None
+    """submitted → assigned (queue, fair share, claiming a worker)."""
+    assign_p99: float | None
+    start_p50: float | None
+    """assigned → started (input to Kafka, delivery to the worker, the agent's start)."""
+    start_p99: float | None
     run_p50: float | None
+    run_p99: float | None
     e2e_p50: float | None
+    e2e_p90: float | None
     e2e_p99: float | None
+    e2e_max: float | None
+    upload_p50: float | None
+    """PUT /v1/modules of fresh variants (``new_module_every``)."""
     wall_s: float | None
     """Client clock, first submission to last terminal record."""
     throughput: float | None
     """Succeeded jobs per second over ``wall_s``."""
     states: dict[str, int]
     failure: str | None
+    workers_mean: float | None = None
+    """Mean idle + busy + starting workers (GET /v1/pool) during the measured phase."""
+    idle_mean: float | None = None
+    rss_mean_mib: float | None = None
+    """Sum of RSS over poold's process tree (poold, broker, fork server, workers)."""
+    rss_peak_mib: float | None = None
+    pss_mean_mib: float | None = None
+    """The same tree's PSS: shared pages split between their sharers (what it occupies)."""
+    pss_peak_mib: float | None = None
+    workers_pss_mean_mib: float | None = None
+    daemon_cpu_s: float | None = None
+    """CPU seconds the poold process itself (not workers, broker) used in the phase."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def summarize(run: ScenarioRun) -> Summary:
-    rows = run.measured
+def summarize(run: ScenarioRun) -> list[Summary]:
+    """One summary per mode of the scenario (a mode with no rows, e.g. ``aged`` when
+    the scenario stopped before it, is left out)."""
+    modes = run.scenario.modes()
+    return [_summarize(run, [r for r in run.measured if r.mode == m], m) for m in modes
+            if m == modes[0] or any(r.mode == m for r in run.measured)]
+
+
+def _pool_figures(run: ScenarioRun, mode: str) -> dict[str, float | None]:
+    # cold and hot jobs alternate within one measured phase (its mode is "")
+    window = run.window("" if mode in ("cold", "hot") else mode)
+    samples = [s for s in run.samples
+               if window is not None and window[0] <= s.t_s <= window[1]]
+    pool = [s for s in samples if s.idle is not None]
+    mem = [s for s in samples if s.rss_mib is not None]
+    pss = [s.pss_mib for s in mem if s.pss_mib is not None]
+    cpu = [s.daemon_cpu_s for s in mem if s.daemon_cpu_s is not None]
+    return {
+        "workers_mean": _mean([float((s.idle or 0) + (s.busy or 0) + (s.starting or 0))
+                               for s in pool]),
+        "idle_mean": _mean([float(s.idle or 0) for s in pool]),
+        "rss_mean_mib": _mean([s.rss_mib for s in mem if s.rss_mib is not None]),
+        "rss_peak_mib": max((s.rss_mib for s in mem if s.rss_mib is not None), default=None),
+        "pss_mean_mib": _mean(pss),
+        "pss_peak_mib": max(pss, default=None),
+        "workers_pss_mean_mib": _mean([s.workers_pss_mib for s in mem
+                                       if s.workers_pss_mib is not None]),
+        "daemon_cpu_s": round(cpu[-1] - cpu[0], 3) if len(cpu) >= 2 else None,
+    }
+
+
+def _summarize(run: ScenarioRun, rows: list[JobRow], mode: str) -> Summary:
     waits = [r.wait_ms for r in rows if r.wait_ms is not None]
     e2e = [r.e2e_ms for r in rows if r.e2e_ms is not None]
     assign = [r.assign_ms for r in rows if r.assign_ms is not None]
+    start = [r.start_ms for r in rows if r.start_ms is not None]
     runs = [r.run_ms for r in rows if r.run_ms is not None]
+    uploads = [r.upload_ms for r in rows if r.upload_ms is not None]
     succeeded = [r for r in rows if r.state == SUCCEEDED]
     states: dict[str, int] = {}
     for r in rows:
@@ -74,9 +143,15 @@ def summarize(run: ScenarioRun) -> Summary:
     if rows and ends:
         wall = max(ends) - min(r.sent_s for r in rows)
         throughput = len(succeeded) / wall if wall > 0 else None
+    sc = run.scenario
     return Summary(
-        scenario=run.scenario.name,
-        role=run.scenario.role,
+        scenario=sc.name,
+        label=sc.name + (f" [{mode}]" if mode else ""),
+        mode=mode,
+        role=sc.role if mode in ("", "fresh") else None,
+        group=sc.group,
+        min_idle=sc.pool.min_idle,
+        max_pods=sc.pool.max_pods,
         jobs=len(rows),
         errors=len(rows) - len(succeeded),
         bad_output=sum(1 for r in rows if r.output_ok is False),
@@ -87,13 +162,21 @@ def summarize(run: ScenarioRun) -> Summary:
         wait_p99=percentile(waits, 99),
         wait_max=max(waits) if waits else None,
         assign_p50=percentile(assign, 50),
+        assign_p99=percentile(assign, 99),
+        start_p50=percentile(start, 50),
+        start_p99=percentile(start, 99),
         run_p50=percentile(runs, 50),
+        run_p99=percentile(runs, 99),
         e2e_p50=percentile(e2e, 50),
+        e2e_p90=percentile(e2e, 90),
         e2e_p99=percentile(e2e, 99),
+        e2e_max=max(e2e) if e2e else None,
+        upload_p50=percentile(uploads, 50),
         wall_s=wall,
         throughput=throughput,
         states=states,
         failure=run.failure,
+        **_pool_figures(run, mode),
     )
 
 
@@ -144,13 +227,13 @@ def verdicts(summaries: Sequence[Summary]) -> list[Verdict]:
     p99 = warm.wait_p99 if warm else None
     tps = thr.throughput if thr else None
     return [
-        Verdict("warm submit-to-start p50", warm.scenario if warm else no_warm, p50,
+        Verdict("warm submit-to-start p50", warm.label if warm else no_warm, p50,
                 f"<= {P50_TARGET_MS:g}", "ms", at_most(p50, P50_TARGET_MS)),
-        Verdict("warm submit-to-start p99", warm.scenario if warm else no_warm, p99,
+        Verdict("warm submit-to-start p99", warm.label if warm else no_warm, p99,
                 f"<= {P99_TARGET_MS:g}", "ms", at_most(p99, P99_TARGET_MS)),
         Verdict("cold/warm p50 ratio",
-                f"{c.scenario}/{w.scenario}" if c and w else "no \"cold\" + \"warm\" pair run",
+                f"{c.label}/{w.label}" if c and w else "no \"cold\" + \"warm\" pair run",
                 value, f">= {RATIO_TARGET:g}", "x", at_least(value, RATIO_TARGET)),
-        Verdict("throughput", thr.scenario if thr else "no \"throughput\" scenario run",
+        Verdict("throughput", thr.label if thr else "no \"throughput\" scenario run",
                 tps, f">= {THROUGHPUT_TARGET:g}", "jobs/s", at_least(tps, THROUGHPUT_TARGET)),
     ]
