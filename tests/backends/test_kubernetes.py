@@ -4,8 +4,10 @@ kubelet running real agent processes), Kafka out."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
+import pytest
 from conftest import Client, wait_done
 from fakekube import FakeApiServer, FakeKubelet
 from wasm_fixtures import module
@@ -91,10 +93,15 @@ async def test_pod_deleted_under_a_running_job(
     await pool.wait_until(lambda: pool.figures()["idle"] == 2, 60)
 
 
+@pytest.mark.parametrize("trouble", ["never_ready", "image_pull_backoff"])
 async def test_pod_that_never_becomes_ready_is_replaced(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet
+    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet,
+    trouble: str,
 ) -> None:
-    kubelet.set_never_ready(lambda pod: True)
+    if trouble == "never_ready":
+        kubelet.set_never_ready(lambda pod: True)
+    else:
+        kubelet.set_pending_forever(lambda pod: True, reason="ImagePullBackOff")
     daemon = await start_kube_daemon(
         wait_idle=False, pool__min_idle=1, pool__start_timeout_s=5,
         pool__failure_backoff_s=0.1,
@@ -103,6 +110,7 @@ async def test_pod_that_never_becomes_ready_is_replaced(
     first = pod_names(fake_api)
     await fake_api.wait_until(lambda: not (first & pod_names(fake_api)), 30)
     kubelet.set_never_ready(None)
+    kubelet.set_pending_forever(None)
     pool = daemon.pool
     assert pool is not None
     await pool.wait_until(lambda: pool.figures()["idle"] == 1, 60)
@@ -213,3 +221,44 @@ async def test_only_the_leader_manages_pods_and_the_other_takes_over(
         assert job["state"] == "succeeded"
         async with session.get(follower.url + "/readyz") as r:
             assert r.status == 200
+
+
+async def test_restarted_daemon_follows_a_running_job_to_completion(
+    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, tmp_path: Any
+) -> None:
+    first = await start_kube_daemon()
+    async with aiohttp.ClientSession() as session:
+        client = Client(first, session, "alpha")
+        sha = await client.upload(module("ticker"))
+        job = await client.submit(sha, args=["30"])
+        async with client.request("GET", f"/v1/jobs/{job['id']}/output?follow=true") as r:
+            assert await r.content.readline() == b"tick 1\n"
+        pod = (await client.json("GET", f"/v1/jobs/{job['id']}", 200))["pod"]
+        await first.stop()  # a rolling update: the pod keeps running its job
+        assert pod in pod_names(fake_api)
+
+        second = await start_kube_daemon(
+            wait_idle=False, state__dir=str(first.settings.state.dir),
+            kafka__topic_prefix=first.settings.kafka.topic_prefix,
+        )
+        final = await wait_done(second, job["id"])
+        assert final.state.value == "succeeded", final
+        assert final.pod == pod, "followed on the same pod, not run again"
+        client = Client(second, session, "alpha")
+        out = await client.text(f"/v1/jobs/{job['id']}/output")
+        assert out.splitlines() == [f"tick {i}" for i in range(1, 31)]
+    await fake_api.wait_until(lambda: pod not in pod_names(fake_api), 30)
+
+
+async def test_oom_killed_idle_pod_is_replaced(
+    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet
+) -> None:
+    daemon = await start_kube_daemon()
+    pool = daemon.pool
+    assert pool is not None
+    victim = sorted(pod_names(fake_api))[0]
+    kubelet.oom_kill(victim)
+    await pool.wait_until(lambda: victim not in pool.workers, 30)
+    await pool.wait_until(lambda: pool.figures()["idle"] == 2, 60)
+    metrics = daemon.metrics.render().decode()
+    assert 'poold_worker_failures_total{reason="idle_lost"} 1.0' in metrics
