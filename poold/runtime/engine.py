@@ -9,9 +9,12 @@ it never read a half-written artifact.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import wasmtime
@@ -42,18 +45,42 @@ class CompileCache:
     def path(self, sha256: str, *, fuel: bool) -> Path:
         return self.root / flavour(fuel=fuel) / f"{sha256}.cwasm"
 
+    def _try_load(self, engine: wasmtime.Engine, cached: Path) -> wasmtime.Module | None:
+        if not cached.exists():
+            return None
+        try:
+            return wasmtime.Module.deserialize_file(engine, str(cached))
+        except wasmtime.WasmtimeError:
+            cached.unlink(missing_ok=True)  # stale or damaged: compile again
+            return None
+
+    @contextlib.contextmanager
+    def _compiling(self, cached: Path) -> Iterator[None]:
+        """One compiler per module at a time: the others wait, then load its result.
+        A 16 MB interpreter takes ~20 s to compile; four workers starting it at
+        once must not each pay that."""
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with open(cached.with_suffix(".lock"), "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
     def load(
         self, engine: wasmtime.Engine, sha256: str, wasm_path: Path, *, fuel: bool
     ) -> tuple[wasmtime.Module, bool]:
         """The compiled module and whether it came from the cache."""
         cached = self.path(sha256, fuel=fuel)
-        if cached.exists():
-            try:
-                return wasmtime.Module.deserialize_file(engine, str(cached)), True
-            except wasmtime.WasmtimeError:
-                cached.unlink(missing_ok=True)  # stale or damaged: compile again
-        module = wasmtime.Module.from_file(engine, str(wasm_path))
-        self._store(cached, bytes(module.serialize()))
+        module = self._try_load(engine, cached)
+        if module is not None:
+            return module, True
+        with self._compiling(cached):
+            module = self._try_load(engine, cached)
+            if module is not None:
+                return module, True
+            module = wasmtime.Module.from_file(engine, str(wasm_path))
+            self._store(cached, bytes(module.serialize()))
         return module, False
 
     def precompile(self, sha256: str, wasm_path: Path, *, fuel: bool = False) -> bool:
@@ -61,9 +88,12 @@ class CompileCache:
         cached = self.path(sha256, fuel=fuel)
         if cached.exists():
             return False
-        engine = make_engine(fuel=fuel)
-        module = wasmtime.Module.from_file(engine, str(wasm_path))
-        self._store(cached, bytes(module.serialize()))
+        with self._compiling(cached):
+            if cached.exists():
+                return False
+            engine = make_engine(fuel=fuel)
+            module = wasmtime.Module.from_file(engine, str(wasm_path))
+            self._store(cached, bytes(module.serialize()))
         return True
 
     @staticmethod

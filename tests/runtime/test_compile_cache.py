@@ -1,0 +1,81 @@
+"""The compiled-module cache: compiled once, shared, robust to damage."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+import wasmtime
+from wasm_fixtures import module
+
+from poold.runtime.engine import WASMTIME_VERSION, CompileCache, make_engine
+
+
+@pytest.fixture
+def upper(tmp_path: Path) -> tuple[Path, str]:
+    wasm = module("upper")
+    path = tmp_path / "upper.wasm"
+    path.write_bytes(wasm)
+    return path, hashlib.sha256(wasm).hexdigest()
+
+
+def count_compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = wasmtime.Module.from_file
+
+    def counting(engine: wasmtime.Engine, path: str) -> wasmtime.Module:
+        calls.append(path)
+        return real(engine, path)
+
+    monkeypatch.setattr(wasmtime.Module, "from_file", staticmethod(counting))
+    return calls
+
+
+def test_concurrent_workers_compile_once(
+    tmp_path: Path, upper: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, sha = upper
+    calls = count_compiles(monkeypatch)
+    cache = CompileCache(tmp_path / "cache")
+    results: list[bool] = []
+    barrier = threading.Barrier(4)
+
+    def worker() -> None:
+        barrier.wait()
+        _, cached = cache.load(make_engine(fuel=False), sha, path, fuel=False)
+        results.append(cached)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(calls) == 1
+    assert sorted(results) == [False, True, True, True]
+
+
+def test_key_has_version_and_flavour(tmp_path: Path, upper: tuple[Path, str]) -> None:
+    path, sha = upper
+    cache = CompileCache(tmp_path / "cache")
+    assert cache.precompile(sha, path) is True
+    assert cache.precompile(sha, path) is False
+    plain = cache.path(sha, fuel=False)
+    assert plain.is_file()
+    assert f"wasmtime-{WASMTIME_VERSION}" in str(plain)
+    assert cache.path(sha, fuel=True) != plain
+    _, cached = cache.load(make_engine(fuel=True), sha, path, fuel=True)
+    assert cached is False, "a fuel engine needs its own artifact"
+
+
+def test_damaged_artifact_is_recompiled(tmp_path: Path, upper: tuple[Path, str]) -> None:
+    path, sha = upper
+    cache = CompileCache(tmp_path / "cache")
+    cache.precompile(sha, path)
+    cache.path(sha, fuel=False).write_bytes(b"not a compiled module")
+    module_, cached = cache.load(make_engine(fuel=False), sha, path, fuel=False)
+    assert cached is False
+    assert isinstance(module_, wasmtime.Module)
+    _, again = cache.load(make_engine(fuel=False), sha, path, fuel=False)
+    assert again is True
