@@ -167,7 +167,6 @@ class Agent:
         if server is not None and server.sockets:
             self._port = server.sockets[0].getsockname()[1]
         try:
-            await self.data.start()
             await loop.run_in_executor(None, getattr(self.runner, "warm_up", lambda: None))
             self.state = "idle"
             self._announce_ready()
@@ -212,6 +211,7 @@ class Agent:
     async def _serve_one(self) -> None:
         raw = await self._wait_for_job()
         self.state = "busy"
+        self.data.prepare_output()
         doc = JobDocument.from_json(raw)
         structlog.contextvars.bind_contextvars(job_id=doc.job_id, pod=self.settings.pod)
         self.events.publish({"type": "accepted", "ts": time.time()})

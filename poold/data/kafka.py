@@ -367,41 +367,67 @@ async def _stop_quietly(consumer: AIOKafkaConsumer) -> None:
 
 
 class AgentData:
-    """The agent's side: read a job's input range, append its output lines."""
+    """The agent's side: read a job's input range, append its output lines.
+
+    Clients are made when first needed, not when the worker starts: a Kafka
+    client costs a connection and a metadata round trip (~5 ms of CPU each),
+    and a worker is made per job. A job without input never makes a consumer;
+    the producer is started when the job is read and is ready by the time the
+    module prints its first line.
+    """
 
     def __init__(self, bootstrap: str, *, request_timeout_s: float = 10.0) -> None:
         self.bootstrap = bootstrap
         self._timeout_ms = int(request_timeout_s * 1000)
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: asyncio.Task[AIOKafkaProducer] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._last: asyncio.Future[Any] | None = None
+        self._errors: list[BaseException] = []
         self.records = 0
 
-    async def start(self) -> None:
-        common: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap,
-            "request_timeout_ms": self._timeout_ms,
-        }
+    def _common(self) -> dict[str, Any]:
+        return {"bootstrap_servers": self.bootstrap, "request_timeout_ms": self._timeout_ms}
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(acks="all", linger_ms=2, **self._common())
         try:
-            self._producer = AIOKafkaProducer(acks="all", linger_ms=2, **common)
-            await self._producer.start()
-            self._consumer = AIOKafkaConsumer(enable_auto_commit=False, **common)
-            await self._consumer.start()
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    def prepare_output(self) -> None:
+        """Start connecting the producer now, in the background."""
+        if self._producer is None:
+            self._producer = asyncio.create_task(self._start_producer(), name="kafka-producer")
+
+    async def _producer_ready(self) -> AIOKafkaProducer:
+        self.prepare_output()
+        assert self._producer is not None
+        try:
+            return await asyncio.shield(self._producer)
         except (KafkaError, OSError) as e:
-            await self.stop()
             raise DataUnavailable(f"cannot reach Kafka at {self.bootstrap}: {e}") from e
 
     async def stop(self) -> None:
-        for client in (self._producer, self._consumer):
-            if client is not None:
-                await client.stop()
-        self._producer = self._consumer = None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            if not producer.done():
+                producer.cancel()
+            with contextlib.suppress(BaseException):
+                await (await producer).stop()
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await _stop_quietly(consumer)
 
     async def fetch(self, topic: str, partition: int, start: int, end: int) -> list[bytes]:
-        assert self._consumer is not None
         tp = TopicPartition(topic, partition)
         out: list[bytes] = []
         try:
+            if self._consumer is None:
+                self._consumer = AIOKafkaConsumer(enable_auto_commit=False, **self._common())
+                await self._consumer.start()
             self._consumer.assign([tp])
             self._consumer.seek(tp, start)
             while start + len(out) < end:
@@ -414,13 +440,18 @@ class AgentData:
         return out
 
     async def append(self, topic: str, partition: int, line: bytes) -> None:
-        assert self._producer is not None
+        producer = await self._producer_ready()
         try:
             for piece in split_line(line):
-                self._last = await self._producer.send(topic, piece, partition=partition)
+                self._last = await producer.send(topic, piece, partition=partition)
+                self._last.add_done_callback(self._check)
                 self.records += 1
         except (KafkaError, OSError) as e:
             raise DataUnavailable(f"cannot write output to {topic}/{partition}: {e}") from e
+
+    def _check(self, sent: asyncio.Future[Any]) -> None:
+        if not sent.cancelled() and sent.exception() is not None:
+            self._errors.append(sent.exception())  # type: ignore[arg-type]
 
     async def flush(self) -> int | None:
         """Wait for every output record; the offset after the last one, if any."""
@@ -430,4 +461,9 @@ class AgentData:
             meta = await self._last
         except (KafkaError, OSError) as e:
             raise DataUnavailable(f"output records were not acknowledged by Kafka: {e}") from e
+        if self._errors:
+            raise DataUnavailable(
+                f"{len(self._errors)} output records were not acknowledged by Kafka: "
+                f"{self._errors[0]}"
+            )
         return int(meta.offset) + 1
