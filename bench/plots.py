@@ -12,7 +12,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -201,8 +205,10 @@ def kube_scale(path: Path, run: KubeRun) -> Path | None:
     fill.set_xlabel("seconds since the pool started")
     fill.set_ylabel("pods")
     rss = fill.twinx()
-    rss.plot(t, [c[3] for c in curve], color="tab:purple", alpha=0.6, label="daemon RSS")
+    rss.plot(t, [c[3] for c in curve], color="tab:purple", alpha=0.6, linestyle=":",
+             label="daemon RSS (right axis)")
     rss.set_ylabel("daemon RSS (MiB)")
+    rss.legend(loc="lower right", fontsize=8)
     fill.set_title(f"filling the pool to {r.get('pods')} pods "
                    f"(max_starting {r.get('max_starting')})")
     fill.legend(loc="upper left", fontsize=8)
@@ -219,19 +225,28 @@ def kube_scale(path: Path, run: KubeRun) -> Path | None:
     return path
 
 
+def _draw(task: tuple[str, tuple[Any, ...]]) -> Path | None:
+    name, args = task
+    drawn: Path | None = globals()[name](*args)
+    return drawn
+
+
 def draw_all(out: Path, runs: Sequence[ScenarioRun], summaries: Sequence[Summary],
              kube: Sequence[KubeRun]) -> list[Path]:
-    """Every plot of the run, next to jobs.csv; returns the files written."""
-    written: list[Path] = []
+    """Every plot of the run, next to jobs.csv; returns the files written. The
+    figures are drawn in two forked processes (matplotlib is slow and the run is
+    over), or one after the other if that cannot be done."""
+    tasks: list[tuple[str, tuple[Any, ...]]] = []
     if any(run.measured for run in runs):
-        written.append(latency_cdf(out / "latency-cdf.png", runs))
-    written.extend(timeline(out / f"timeline-{run.scenario.name}.png", run)
-                   for run in runs if run.rows or run.samples)
-    sizing = pool_sizing(out / "pool-sizing.png", summaries)
-    if sizing is not None:
-        written.append(sizing)
-    for k in kube:
-        drawn = kube_scale(out / f"{k.scale.name}.png", k)
-        if drawn is not None:
-            written.append(drawn)
-    return written
+        tasks.append(("latency_cdf", (out / "latency-cdf.png", list(runs))))
+    tasks.extend(("timeline", (out / f"timeline-{run.scenario.name}.png", run))
+                 for run in runs if run.rows or run.samples)
+    tasks.append(("pool_sizing", (out / "pool-sizing.png", list(summaries))))
+    tasks.extend(("kube_scale", (out / f"{k.scale.name}.png", k)) for k in kube)
+    try:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+            drawn = list(pool.map(_draw, tasks))
+    except (OSError, ValueError, BrokenProcessPool, pickle.PicklingError):
+        drawn = [_draw(task) for task in tasks]
+    return [p for p in drawn if p is not None]

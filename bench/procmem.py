@@ -42,8 +42,8 @@ class TreeMemory:
     cpu_by_role: dict[str, float] = field(default_factory=dict)
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of ``pid``; None if it is gone."""
+def _stat(pid: int) -> tuple[int, float, str] | None:
+    """(parent pid, CPU seconds, state letter) of ``pid``; None if it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -51,9 +51,15 @@ def _stat(pid: int) -> tuple[int, float] | None:
     # the command may contain spaces and parentheses: split after the last ')'
     rest = text[text.rfind(")") + 2:].split()
     try:
-        return int(rest[1]), (int(rest[11]) + int(rest[12])) / CLOCK_TICKS
+        return int(rest[1]), (int(rest[11]) + int(rest[12])) / CLOCK_TICKS, rest[0]
     except (IndexError, ValueError):
         return None
+
+
+def _alive(pid: int) -> bool:
+    """Still there and not a zombie (an exited worker not yet reaped holds no memory)."""
+    stat = _stat(pid)
+    return stat is not None and stat[2] not in ("Z", "X")
 
 
 def descendants(root: int) -> list[int]:
@@ -116,8 +122,8 @@ def read_tree(root: int, *, pss: bool = True) -> TreeMemory:
         stat = _stat(pid)
         rss = _rss_kib(pid)
         pss_value = _pss_kib(pid) if pss_ok else None
-        if stat is None or rss is None or not os.path.exists(f"/proc/{pid}/stat"):
-            continue  # gone while being read: left out of every sum
+        if stat is None or rss is None or not _alive(pid):
+            continue  # gone (or a zombie) while being read: left out of every sum
         role = _role(pid, root, stat[0])
         out.procs += 1
         out.rss_kib += rss

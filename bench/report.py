@@ -167,7 +167,8 @@ def _modes(summaries: Sequence[Summary]) -> list[str]:
         if fa is not None:
             fresh, aged = fa
             lines.append(
-                f"fresh vs aged daemon ({name}): wait p50 {_ms(fresh.wait_p50)} -> "
+                f"fresh vs aged daemon ({name}, aged by {aged.aged_by} more jobs): "
+                f"wait p50 {_ms(fresh.wait_p50)} -> "
                 f"{_ms(aged.wait_p50)} ms, p99 {_ms(fresh.wait_p99)} -> {_ms(aged.wait_p99)} ms, "
                 f"e2e p50 {_ms(fresh.e2e_p50)} -> {_ms(aged.e2e_p50)} ms; "
                 f"tree PSS {_f(fresh.pss_mean_mib)} -> {_f(aged.pss_mean_mib)} MiB, "

@@ -303,14 +303,18 @@ class Driver:
 
     async def concurrent(self, phase: str, mode: str, first: int, due: list[float],
                          max_in_flight: int,
-                         progress: Callable[[int], None] = lambda _: None) -> list[JobRow]:
+                         progress: Callable[[int], None] = lambda _: None,
+                         budget_s: float | None = None) -> list[JobRow]:
         """Job ``i`` submitted ``due[i]`` s after the phase starts, at most
-        ``max_in_flight`` open at once."""
+        ``max_in_flight`` open at once. With ``budget_s``, no job is submitted after
+        that many seconds and the jobs never submitted are left out of the rows
+        (the open ones still finish)."""
         s = self.scenario
         gate = asyncio.Semaphore(max_in_flight)
         done: dict[int, JobRow] = {}
         tasks: set[asyncio.Task[None]] = set()
         t0 = time.perf_counter()
+        submitted = len(due)
 
         async def job(seq: int) -> None:
             try:
@@ -320,13 +324,17 @@ class Driver:
                 gate.release()
 
         async def submit_all() -> None:
+            nonlocal submitted
             for i, offset in enumerate(due):
                 delay = t0 + offset - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await gate.acquire()
-                if self.stuck:
+                if self.stuck or (budget_s is not None
+                                  and time.perf_counter() - t0 > budget_s):
                     gate.release()
+                    if budget_s is not None and not self.stuck:
+                        submitted = i
                     break
                 task = asyncio.create_task(job(first + i))
                 tasks.add(task)
@@ -342,7 +350,7 @@ class Driver:
                 task.cancel()
             await asyncio.gather(*list(tasks), return_exceptions=True)
         return [done.get(first + i) or self._not_run(phase, mode, first + i)
-                for i in range(len(due))]
+                for i in range(submitted)]
 
 
 def _cpu(who: int) -> float:
@@ -450,10 +458,16 @@ async def _phases(run: ScenarioRun, poold: Poold, session: aiohttp.ClientSession
         entry = phase("aging")
         aging = await driver.concurrent(
             "aging", "", seq, [0.0] * scenario.aged_jobs, scenario.aged_max_in_flight,
-            _progress(f"{scenario.name} aging", scenario.aged_jobs))
+            _progress(f"{scenario.name} aging", scenario.aged_jobs),
+            budget_s=scenario.aged_timeout_s)
         run.rows.extend(aging)
         seq += scenario.aged_jobs
         end(entry)
+        entry["jobs"] = len(aging)
+        entry["succeeded"] = sum(1 for r in aging if r.state == SUCCEEDED)
+        print(f"{scenario.name}: aged by {entry['succeeded']} jobs "
+              f"({len(aging)} submitted) in {entry['end_s'] - entry['start_s']:.1f} s",
+              file=sys.stderr, flush=True)
         await poold.wait_pool_settled(session, token)
         entry = phase("measure", "aged")
         run.rows.extend(await driver.measure("aged", seq,

@@ -108,6 +108,9 @@ class Scenario:
     ``aged_max_in_flight`` open at once), then measure the same jobs again on that
     daemon (mode ``aged``; the first measurement is mode ``fresh``)."""
     aged_max_in_flight: int = 64
+    aged_timeout_s: float | None = None
+    """A time budget for the aging phase: it stops submitting then (the jobs it ran
+    are counted and reported). None: ``timeout_s``."""
     quick_aged_jobs: int = 20
     new_module_every: int = 0
     """Every this many measured jobs a fresh variant of the module (its bytes made
@@ -163,7 +166,8 @@ _TOP_KEYS = {
     "name", "description", "role", "jobs", "quick_jobs", "warmup_jobs", "arrival", "rate",
     "rate_from", "rate_to", "max_in_flight", "module", "input_records", "tenants", "seed",
     "timeout_s", "job_timeout_s", "job_deadline_s", "pool", "tenant", "kafka", "poold",
-    "aged_jobs", "aged_max_in_flight", "quick_aged_jobs", "new_module_every", "sweep", "kind",
+    "aged_jobs", "aged_max_in_flight", "aged_timeout_s", "quick_aged_jobs", "new_module_every",
+    "sweep", "kind",
 }
 _KUBE_KEYS = {
     "kind", "name", "description", "pods", "claims", "max_starting", "idle_s", "quick_pods",
@@ -376,6 +380,7 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
         rate_to=rate_to,
         aged_jobs=aged_jobs,
         aged_max_in_flight=_int(data, "aged_max_in_flight", 64, path, minimum=1),
+        aged_timeout_s=_float(data, "aged_timeout_s", path),
         quick_aged_jobs=_int(data, "quick_aged_jobs", 20, path, minimum=0),
         new_module_every=new_module_every,
         max_in_flight=(

@@ -90,6 +90,8 @@ class Summary:
     workers_pss_mean_mib: float | None = None
     daemon_cpu_s: float | None = None
     """CPU seconds the poold process itself (not workers, broker) used in the phase."""
+    aged_by: int | None = None
+    """Mode ``aged``: the jobs that succeeded on this daemon between the two measurements."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,6 +178,8 @@ def _summarize(run: ScenarioRun, rows: list[JobRow], mode: str) -> Summary:
         throughput=throughput,
         states=states,
         failure=run.failure,
+        aged_by=(sum(1 for r in run.rows if r.phase == "aging" and r.state == SUCCEEDED)
+                 if mode == "aged" else None),
         **_pool_figures(run, mode),
     )
 

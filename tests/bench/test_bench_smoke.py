@@ -1,22 +1,19 @@
-"""The benchmark end to end on a tiny scenario: a real poold subprocess, 5 noop jobs.
+"""The benchmark end to end on a tiny scenario: a real poold subprocess, 5 noop jobs,
+the pool sampler, the tables and the plots.
 
-``tests/bench`` is itself a package named ``bench`` for pytest (``tests/`` is
-on ``sys.path``), so the real ``bench/`` package is loaded from its path
-under another name; its modules import each other relatively.
+The real ``bench/`` package is loaded from its path under another name (see
+``loader.py``).
 """
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from .loader import load_bench
 
 SCENARIO = """\
 name = "smoke-tiny"
@@ -40,24 +37,9 @@ partitions = 4
 """
 
 
-def _load_bench() -> ModuleType:
-    name = "poold_bench_under_test"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, REPO / "bench" / "__init__.py",
-        submodule_search_locations=[str(REPO / "bench")],
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.timeout(60)
 def test_tiny_scenario_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bench = _load_bench()
+    bench = load_bench()
     scenario = tmp_path / "smoke-tiny.toml"
     scenario.write_text(SCENARIO, encoding="utf-8")
     results = tmp_path / "results"
@@ -90,7 +72,27 @@ def test_tiny_scenario_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     data = json.loads((run / "results.json").read_text(encoding="utf-8"))
     (only,) = data["scenarios"]
     assert only["definition"]["name"] == "smoke-tiny"
-    assert only["summary"]["jobs"] == 5 and only["summary"]["errors"] == 0
+    assert only["summaries"][0]["jobs"] == 5 and only["summaries"][0]["errors"] == 0
     assert only["daemon"]["exit_code"] is not None
     assert data["machine"]["cores"] >= 1
     assert (run / "logs" / "smoke-tiny.poold.log").is_file()
+
+    # the pool over time: GET /v1/pool rows and memory rows, in results.json and pool.csv
+    samples = only["pool_samples"]
+    assert any(s["idle"] != "" for s in samples), samples
+    assert any(s["rss_mib"] != "" and float(s["rss_mib"]) > 0 for s in samples), samples
+    with (run / "pool.csv").open(newline="", encoding="utf-8") as f:
+        pool_rows = list(csv.DictReader(f))
+    assert len(pool_rows) == len(samples)
+    assert {r["scenario"] for r in pool_rows} == {"smoke-tiny"}
+    assert [p["phase"] for p in only["phases"]][:2] == ["setup", "measure"]
+    summary_row = only["summaries"][0]
+    assert summary_row["rss_mean_mib"] and summary_row["rss_mean_mib"] > 0
+    assert "where submit-to-start goes" in summary
+
+    # the plots, next to the CSV, real PNGs
+    for name in ("latency-cdf.png", "timeline-smoke-tiny.png"):
+        png = run / name
+        assert png.is_file(), f"{name} missing; plots: {data['plots']}"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(data["plots"]) >= {"latency-cdf.png", "timeline-smoke-tiny.png"}

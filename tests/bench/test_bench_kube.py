@@ -1,0 +1,54 @@
+"""The scale scenario, shrunk: poold's Kubernetes backend and pool in their own
+process against the fake API server and the bench's instant kubelet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fakekube import FakeApiServer
+from fakekube.resources import PODS
+
+from .loader import load_bench
+
+kubescale = load_bench("kubescale")
+scenario = load_bench("scenario")
+
+
+async def test_instant_kubelet_makes_pods_ready_without_processes() -> None:
+    async with FakeApiServer() as api, kubescale.InstantKubelet(api) as kubelet:
+        for i in range(3):
+            api.store.create(
+                PODS, "poold",
+                {"metadata": {"name": f"p{i}"},
+                 "spec": {"containers": [{"name": "agent", "image": "x"}]}},
+            )
+        await api.wait_until(lambda: kubelet.readied == 3, 5)
+        pods = api.pods("poold")
+        ips = {p["status"]["podIP"] for p in pods}
+        assert len(ips) == 3 and "127.0.0.1" not in ips
+        for pod in pods:
+            assert pod["status"]["phase"] == "Running"
+            assert pod["spec"]["nodeName"] == kubelet.node
+            ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+            assert ready["Ready"] == "True"
+        # a delete is finished at once (no process to stop)
+        api.store.delete(PODS, "poold", "p0", grace_period=5)
+        await api.wait_until(lambda: api.get_pod("poold", "p0") is None, 5)
+        assert kubelet.removed == 1
+
+
+@pytest.mark.timeout(90)
+async def test_scale_scenario_shrunk(tmp_path: Path) -> None:
+    scale = scenario.KubeScale(name="kube-tiny", pods=30, claims=10, max_starting=10,
+                               idle_s=0.5, timeout_s=60)
+    run = await kubescale.run_kube_scale(scale, tmp_path)
+    log = tmp_path / "kube-tiny.daemon.log"
+    assert run.failure is None, log.read_text(errors="replace")[-3000:]
+    r = run.result
+    assert r["figures_full"]["idle"] == 30
+    assert r["figures_end"]["busy"] == 10 and r["claims_lost"] == 0
+    assert len(r["claim_ms"]) == 10 and r["claim_p50_ms"] > 0
+    assert r["fill_s"] > 0 and r["rss_peak_mib"] > 10 and r["fill_cpu_s"] > 0
+    assert run.api_requests["create"] == 30 and run.api_requests["patch"] == 10
+    assert run.pods_readied == 30
