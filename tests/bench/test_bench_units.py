@@ -200,7 +200,7 @@ def test_one_summary_per_mode() -> None:
     assert fresh.start_p50 == 5.0
     report = load_bench("report")
     text = report.table([fresh, aged], stats.verdicts([fresh, aged]))
-    assert "fresh vs aged daemon (x, aged by 0 more jobs)" in text
+    assert "fresh vs aged daemon (x, aged by 3 more jobs)" in text
 
 
 def test_summary_without_the_aged_rows_leaves_the_mode_out(tmp_path: Path) -> None:
