@@ -211,7 +211,6 @@ class Agent:
     async def _serve_one(self) -> None:
         raw = await self._wait_for_job()
         self.state = "busy"
-        self.data.prepare_output()
         doc = JobDocument.from_json(raw)
         structlog.contextvars.bind_contextvars(job_id=doc.job_id, pod=self.settings.pod)
         self.events.publish({"type": "accepted", "ts": time.time()})
@@ -277,6 +276,8 @@ class Agent:
             now = time.time()
             started.append(now)
             loop.call_soon_threadsafe(self.events.publish, {"type": "started", "ts": now})
+            # connect for the output while the module runs, not before it starts
+            loop.call_soon_threadsafe(self.data.prepare_output)
 
         request = RunRequest(
             wasm_path=self.slot.module, sha256=doc.sha256, args=tuple(doc.args),

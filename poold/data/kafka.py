@@ -372,8 +372,8 @@ class AgentData:
     Clients are made when first needed, not when the worker starts: a Kafka
     client costs a connection and a metadata round trip (~5 ms of CPU each),
     and a worker is made per job. A job without input never makes a consumer;
-    the producer is started when the job is read and is ready by the time the
-    module prints its first line.
+    the producer connects while the module runs (its first line waits for it),
+    so neither delays the module's start.
     """
 
     def __init__(self, bootstrap: str, *, request_timeout_s: float = 10.0) -> None:

@@ -47,6 +47,8 @@ class JournalJobStore(MemoryJobStore):
         self._lines: dict[JobId, bytes] = {}
         """The latest serialized line of every record: compaction writes these."""
         self._appended = 0
+        self._queued = 0
+        """Lines handed to the writer thread and not yet written."""
         self._lock = threading.Condition()
         self._writer: threading.Thread | None = None
         self._closing = False
@@ -149,10 +151,20 @@ class JournalJobStore(MemoryJobStore):
             # it instead of appending.
             snapshot = b"".join(self._lines.values())
             self._appended = 0
+        if not self._fsync and snapshot is None and self._queued == 0:
+            # Nothing to wait for on the disk and nothing queued before this
+            # line: an append of a few hundred bytes is cheaper than a hop to
+            # the writer thread and back.
+            os.write(self._fd, line)
+            return
+        self._queued += 1
         with self._lock:
             self._pending.append((line, future, snapshot))
             self._lock.notify()
-        await future
+        try:
+            await future
+        finally:
+            self._queued -= 1
 
     def _write_loop(self) -> None:
         while True:
