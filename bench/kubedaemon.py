@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-FILL_SAMPLE_S = 0.05
+FILL_SAMPLE_S = 0.1
 MAX_FILL_SAMPLES = 4000
 
 
