@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ import wasmtime
 
 from poold.runtime.engine import CompileCache, make_engine
 from poold.runtime.runner import InterruptReason, RunRequest, RunResult, Sink
+from poold.slots import write_atomic
 
 PAGE = 64 * 1024
 WARM_UP_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
@@ -51,7 +53,15 @@ class WasmtimeRunner:
         path: the first store, WASI context and instance of a process are the
         slow ones."""
         engine = self.engine(fuel=False)
-        module = wasmtime.Module(engine, WARM_UP_WAT)
+        # through the cache, as a job's module would come: compiled once for
+        # all workers, then only loaded (compiling per worker costs CPU)
+        wasm = bytes(wasmtime.wat2wasm(WARM_UP_WAT))
+        sha = hashlib.sha256(wasm).hexdigest()
+        source = self._cache.root / "warm-up.wasm"
+        if not source.exists():
+            source.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(source, wasm, fsync=False)
+        module, _ = self._cache.load(engine, sha, source, fuel=False)
         store = wasmtime.Store(engine)
         store.set_limits(memory_size=PAGE * 4)
         store.set_epoch_deadline(1)
