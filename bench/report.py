@@ -110,9 +110,9 @@ def _f(value: float | None, fmt: str = ".1f") -> str:
 def _main_table(summaries: Sequence[Summary]) -> list[str]:
     cols = (f"{'scenario':<{W}} {'jobs':>5} {'errors':>6} {'warm':>5} "
             f"{'wait p50':>9} {'wait p90':>9} {'wait p99':>9} {'wait max':>9} "
-            f"{'e2e p50':>9} {'e2e p99':>9} {'jobs/s':>8}")
+            f"{'e2e p50':>9} {'e2e p99':>9} {'jobs/s':>8} {'load':>5}")
     lines = [cols, f"{'':<{W}} {'':>5} {'':>6} {'':>5} "
-             f"{'ms':>9} {'ms':>9} {'ms':>9} {'ms':>9} {'ms':>9} {'ms':>9} {'':>8}",
+             f"{'ms':>9} {'ms':>9} {'ms':>9} {'ms':>9} {'ms':>9} {'ms':>9} {'':>8} {'':>5}",
              "-" * len(cols)]
     for s in summaries:
         if s.failure is not None and s.jobs == 0:
@@ -122,8 +122,10 @@ def _main_table(summaries: Sequence[Summary]) -> list[str]:
             f"{s.label:<{W}} {s.jobs:>5} {s.errors:>6} {s.warm:>5} "
             f"{_ms(s.wait_p50):>9} {_ms(s.wait_p90):>9} {_ms(s.wait_p99):>9} "
             f"{_ms(s.wait_max):>9} {_ms(s.e2e_p50):>9} {_ms(s.e2e_p99):>9} "
-            f"{_f(s.throughput):>8}"
+            f"{_f(s.throughput):>8} {_f(s.load_avg[0] if s.load_avg else None):>5}"
         )
+    lines.append("(load: the machine's 1-minute load average when the measurement began; "
+                 "anything above the core count means other work competed for the CPU)")
     return lines
 
 

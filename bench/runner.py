@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import resource
 import sys
@@ -127,6 +128,9 @@ class ScenarioRun:
     """``{"phase", "mode", "start_s", "end_s"}`` per phase, in order."""
     samples: list[PoolSample] = field(default_factory=list)
     sampler_errors: int = 0
+    load_avg: list[float] = field(default_factory=list)
+    """The machine's 1-minute load average when the measurement began and ended
+    (other work on the machine shows up here, not in the figures' labels)."""
 
     @property
     def measured(self) -> list[JobRow]:
@@ -448,6 +452,7 @@ async def _phases(run: ScenarioRun, poold: Poold, session: aiohttp.ClientSession
           f"{run.pool_before}; {scenario.jobs} jobs, {scenario.arrival}",
           file=sys.stderr, flush=True)
     cpu = _cpu(resource.RUSAGE_SELF)
+    run.load_avg = [round(os.getloadavg()[0], 2)]
     first_mode = "fresh" if scenario.aged_jobs else ""
     entry = phase("measure", first_mode)
     label = scenario.name + (f" [{first_mode}]" if first_mode else "")
@@ -475,3 +480,4 @@ async def _phases(run: ScenarioRun, poold: Poold, session: aiohttp.ClientSession
                                                        scenario.jobs)))
         end(entry)
     run.client_cpu_s = round(_cpu(resource.RUSAGE_SELF) - cpu, 3)
+    run.load_avg.append(round(os.getloadavg()[0], 2))

@@ -90,6 +90,8 @@ class Summary:
     workers_pss_mean_mib: float | None = None
     daemon_cpu_s: float | None = None
     """CPU seconds the poold process itself (not workers, broker) used in the phase."""
+    load_avg: list[float] | None = None
+    """The machine's 1-minute load average at the start and the end of the measurement."""
     aged_by: int | None = None
     """Mode ``aged``: the jobs that succeeded on this daemon between the two measurements."""
 
@@ -112,6 +114,12 @@ def _pool_figures(run: ScenarioRun, mode: str) -> dict[str, float | None]:
                if window is not None and window[0] <= s.t_s <= window[1]]
     pool = [s for s in samples if s.idle is not None]
     mem = [s for s in samples if s.rss_mib is not None]
+    if not mem and window is not None:
+        # a phase shorter than the memory interval: the readings just before and after
+        every = [s for s in run.samples if s.rss_mib is not None]
+        before = [s for s in every if s.t_s < window[0]][-1:]
+        after = [s for s in every if s.t_s > window[1]][:1]
+        mem = before + after
     pss = [s.pss_mib for s in mem if s.pss_mib is not None]
     cpu = [s.daemon_cpu_s for s in mem if s.daemon_cpu_s is not None]
     return {
@@ -178,6 +186,7 @@ def _summarize(run: ScenarioRun, rows: list[JobRow], mode: str) -> Summary:
         throughput=throughput,
         states=states,
         failure=run.failure,
+        load_avg=run.load_avg or None,
         aged_by=(sum(1 for r in run.rows if r.phase == "aging" and r.state == SUCCEEDED)
                  if mode == "aged" else None),
         **_pool_figures(run, mode),
