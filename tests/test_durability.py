@@ -321,3 +321,24 @@ async def test_broker_outage_gives_503_and_recovers(
     finally:
         await broker.stop()
 
+
+
+async def test_full_queue_answers_429_and_stores_nothing(
+    start_daemon: DaemonFactory, session: aiohttp.ClientSession
+) -> None:
+    daemon = await start_daemon(pool__min_idle=1, pool__max_pods=1,
+                                tenants__alpha__max_queued_jobs=2)
+    client = Client(daemon, session, "alpha")
+    busy = await client.submit(await client.upload(module("ticker")), args=["1000"])
+    async with client.request("GET", f"/v1/jobs/{busy['id']}/output?follow=true") as r:
+        assert await r.content.readline() == b"tick 1\n"
+    sha = await client.upload(module("noop"))
+    for _ in range(2):
+        await client.submit(sha)
+    async with client.request("POST", "/v1/jobs", json={"module": sha}) as r:
+        assert r.status == 429
+        assert r.headers["Retry-After"]
+        assert "max_queued_jobs" in (await r.json())["error"]
+    listed = await client.json("GET", "/v1/jobs", 200)
+    assert len(listed["jobs"]) == 3, "the refused job was not stored"
+    await client.json("DELETE", f"/v1/jobs/{busy['id']}", 200)
