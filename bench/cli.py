@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="NAME", action="append", default=[],
                    help="run only the scenarios whose name starts with NAME (repeatable)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--profile", action="store_true",
+                   help="run each poold under cProfile: logs/<scenario>.poold.prof and "
+                        ".profile.txt (slows poold down: not for the figures)")
     return p
 
 
@@ -78,7 +81,7 @@ def _out_dir(root: Path) -> Path:
     return out
 
 
-async def _run_all(scenarios: Sequence[AnyScenario], out: Path
+async def _run_all(scenarios: Sequence[AnyScenario], out: Path, profile: bool = False
                    ) -> tuple[list[ScenarioRun], list[KubeRun]]:
     runs: list[ScenarioRun] = []
     kube: list[KubeRun] = []
@@ -86,7 +89,7 @@ async def _run_all(scenarios: Sequence[AnyScenario], out: Path
         if isinstance(s, KubeScale):
             kube.append(await run_kube_scale(s, out / "logs"))
         else:
-            runs.append(await run_scenario(s, out / "logs"))
+            runs.append(await run_scenario(s, out / "logs", profile=profile))
     return runs, kube
 
 
@@ -102,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     host = machine()
     (out / "logs").mkdir()
-    runs, kube = asyncio.run(_run_all(scenarios, out))
+    runs, kube = asyncio.run(_run_all(scenarios, out, args.profile))
     measured_s = time.monotonic() - began
 
     per_run = [summarize(r) for r in runs]
@@ -136,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "duration_s": round(duration, 3),
         "argv": list(argv) if argv is not None else sys.argv[1:],
         "quick": args.quick,
+        "profiled": args.profile,
         "machine": host,
         "method": {
             "wait_ms": "record's started_at - submitted_at (poold's clock)",

@@ -107,6 +107,9 @@ class Poold:
     stop_s: float | None = None
     start_s: float | None = None
     leftover_slots: list[str] = field(default_factory=list)
+    profile_path: Path | None = None
+    """If set, poold runs under cProfile and writes its profile here when it stops
+    (the poold process only: workers are forked processes of their own)."""
     _proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -133,8 +136,10 @@ class Poold:
                 "max_pods": s.pool.max_pods,
                 "max_starting": s.pool.max_starting,
             },
-            "slots": {"root": str(self.workdir / "slots")},
-            "state": {"dir": str(self.workdir / "state")},
+            # fsync as config/local.toml (the embedded default) has it: off on a local
+            # disk; a scenario's `fsync = true` measures the durable setting
+            "slots": {"root": str(self.workdir / "slots"), "fsync": s.fsync},
+            "state": {"dir": str(self.workdir / "state"), "fsync": s.fsync},
             "kafka": {"bootstrap": "embedded", "embedded_port": 0, "partitions": s.partitions},
         }
         config = _merge(config, s.poold)
@@ -163,8 +168,10 @@ class Poold:
         env = {k: v for k, v in os.environ.items() if not k.startswith("POOLD_")}
         began = time.monotonic()
         with self.log_path.open("wb") as log:
+            profiler = ([] if self.profile_path is None
+                        else ["-m", "cProfile", "-o", str(self.profile_path)])
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "poold", "serve", "--config", str(path),
+                sys.executable, *profiler, "-m", "poold", "serve", "--config", str(path),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
                 env=env, cwd=str(self.workdir), start_new_session=True,
             )

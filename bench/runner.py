@@ -23,8 +23,10 @@ seconds since one clock origin per scenario: when poold answered ready.
 from __future__ import annotations
 
 import asyncio
+import io
 import math
 import os
+import pstats
 import random
 import resource
 import sys
@@ -362,6 +364,15 @@ def _cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _profile_text(path: Path, top: int = 45) -> None:
+    """The heaviest functions of a cProfile file, by own time and by cumulative time."""
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    path.with_suffix(".profile.txt").write_text(out.getvalue(), encoding="utf-8")
+
+
 def _progress(name: str, total: int) -> Callable[[int], None]:
     step = max(1, total // 10)
     is_tty = sys.stderr.isatty()
@@ -374,10 +385,13 @@ def _progress(name: str, total: int) -> Callable[[int], None]:
     return report
 
 
-async def run_scenario(scenario: Scenario, logs_dir: Path) -> ScenarioRun:
+async def run_scenario(scenario: Scenario, logs_dir: Path, *, profile: bool = False
+                       ) -> ScenarioRun:
     """Start poold for ``scenario``, measure it, stop it. Never raises for poold trouble:
     a scenario that cannot run comes back with ``failure`` set. ``logs_dir`` (which
-    must exist) receives poold's log as ``<scenario>.poold.log``."""
+    must exist) receives poold's log as ``<scenario>.poold.log`` and, with ``profile``,
+    its cProfile data as ``<scenario>.poold.prof`` and the top of it as
+    ``<scenario>.poold.profile.txt``."""
     run = ScenarioRun(scenario)
     began = time.monotonic()
     base = Path(scenario.source).parent if scenario.source else None
@@ -386,7 +400,8 @@ async def run_scenario(scenario: Scenario, logs_dir: Path) -> ScenarioRun:
           f"max_pods {scenario.pool.max_pods}) ...", file=sys.stderr, flush=True)
     children = _cpu(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory(prefix=f"poold-bench-{scenario.name}-") as tmp:
-        poold = Poold(scenario, Path(tmp), logs_dir / f"{scenario.name}.poold.log")
+        poold = Poold(scenario, Path(tmp), logs_dir / f"{scenario.name}.poold.log",
+                      profile_path=logs_dir / f"{scenario.name}.poold.prof" if profile else None)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
         sampler: Sampler | None = None
         try:
@@ -411,6 +426,8 @@ async def run_scenario(scenario: Scenario, logs_dir: Path) -> ScenarioRun:
         run.wall_s = time.monotonic() - began
     if poold.exit_code is not None:
         run.poold_cpu_s = round(_cpu(resource.RUSAGE_CHILDREN) - children, 3)
+    if poold.profile_path is not None and poold.profile_path.exists():
+        _profile_text(poold.profile_path)
     if poold.leftover_slots:
         print(f"{scenario.name}: warning: slots left after poold stopped: "
               f"{poold.leftover_slots}", file=sys.stderr, flush=True)

@@ -25,7 +25,7 @@ ROLES: tuple[Role, ...] = ("warm", "cold", "throughput")
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 STANDARD = (
-    "warm-sequential", "cold-sequential", "throughput", "upper-input",
+    "warm-sequential", "warm-fsync", "cold-sequential", "throughput", "upper-input",
     "arrival-even", "arrival-ramp-up", "arrival-ramp-down",
     "compile-small", "compile-large", "poisson-sizing", "kube-scale",
 )
@@ -116,6 +116,8 @@ class Scenario:
     """Every this many measured jobs a fresh variant of the module (its bytes made
     unique by a custom section) is uploaded just before the next job is submitted:
     that job meets the compile cache cold (mode ``cold``), the others hot (``hot``)."""
+    fsync: bool = False
+    """poold's ``slots.fsync`` and ``state.fsync`` (``config/local.toml`` has both off)."""
     group: str | None = None
     """The file a ``sweep`` expanded into several scenarios (the sizing table groups by it)."""
     role: Role | None = None
@@ -167,7 +169,7 @@ _TOP_KEYS = {
     "rate_from", "rate_to", "max_in_flight", "module", "input_records", "tenants", "seed",
     "timeout_s", "job_timeout_s", "job_deadline_s", "pool", "tenant", "kafka", "poold",
     "aged_jobs", "aged_max_in_flight", "aged_timeout_s", "quick_aged_jobs", "new_module_every",
-    "sweep", "kind",
+    "sweep", "kind", "fsync",
 }
 _KUBE_KEYS = {
     "kind", "name", "description", "pods", "claims", "max_starting", "idle_s", "quick_pods",
@@ -199,6 +201,13 @@ def _float(data: dict[str, Any], key: str, path: Path | None) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ScenarioError(f"{_where(path, key)}: must be a positive number, not {value!r}")
     return float(value)
+
+
+def _bool(data: dict[str, Any], key: str, path: Path | None) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise ScenarioError(f"{_where(path, key)}: must be true or false, not {value!r}")
+    return value
 
 
 def _table(data: dict[str, Any], key: str, allowed: set[str], path: Path | None
@@ -381,6 +390,7 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
         aged_jobs=aged_jobs,
         aged_max_in_flight=_int(data, "aged_max_in_flight", 64, path, minimum=1),
         aged_timeout_s=_float(data, "aged_timeout_s", path),
+        fsync=_bool(data, "fsync", path),
         quick_aged_jobs=_int(data, "quick_aged_jobs", 20, path, minimum=0),
         new_module_every=new_module_every,
         max_in_flight=(
