@@ -132,10 +132,11 @@ def read_tree(root: int, *, pss: bool = True) -> TreeMemory:
         out.count_by_role[role] = out.count_by_role.get(role, 0) + 1
         out.cpu_by_role[role] = out.cpu_by_role.get(role, 0.0) + stat[1]
         if pss_ok:
-            if pss_value is None:
-                pss_ok = False  # unreadable (permissions, an old kernel): no PSS at all
-            else:
+            if pss_value is not None:
                 out.pss_by_role[role] = out.pss_by_role.get(role, 0) + pss_value
+            elif pid == root:
+                pss_ok = False  # unreadable (permissions, an old kernel): no PSS at all
+            # else: a process exiting while it was read (its memory is going away)
     if pss_ok and out.procs:
         out.pss_kib = sum(out.pss_by_role.values())
     else:
