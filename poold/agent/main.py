@@ -253,7 +253,8 @@ class Agent:
         if doc.input is not None and doc.input.end > doc.input.start:
             try:
                 records = await self.data.fetch(
-                    doc.input.topic, doc.input.partition, doc.input.start, doc.input.end
+                    doc.input.topic, doc.input.partition, doc.input.start, doc.input.end,
+                    key=doc.job_id.encode(),
                 )
             except DataUnavailable as e:
                 return result("error", f"the input records could not be read: {e}")
@@ -262,8 +263,12 @@ class Agent:
 
         out = doc.output
 
+        key = doc.job_id.encode()
+
         async def emit(line: bytes) -> None:
-            await self.data.append(out.topic, out.partition, line)
+            # keyed by the job: a reader skips strays a killed predecessor on
+            # this partition may still have had in flight
+            await self.data.append(out.topic, out.partition, line, key=key)
 
         pump = LinePump(loop, emit)
         logs = LogSink(

@@ -358,7 +358,8 @@ class Api:
                 finished = asyncio.ensure_future(self._final_end(job))
             try:
                 async for record in self.data.read(
-                    out.topic, out.partition, out.start, end, finished=finished
+                    out.topic, out.partition, out.start, end, finished=finished,
+                    key=job.id.encode(),
                 ):
                     await response.write(record + b"\n")
             finally:

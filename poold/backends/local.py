@@ -121,7 +121,6 @@ class LocalBackend:
         if kind == "hello":
             self._hello.set()
         elif kind == "spawned":
-            self._alive.add(pod)
             self._pids[pod] = int(str(event["pid"]))
         elif kind == "ready" and pod in self._alive:
             assert self._sink is not None
@@ -144,7 +143,14 @@ class LocalBackend:
     async def create(self, pod: PodName) -> None:
         env = dict(self._agent_env)
         env["POOLD_AGENT_SLOT"] = str(self._slots_root / pod)
-        await self._send({"op": "spawn", "pod": pod, "env": env})
+        # Alive from now on: the child announces "ready" on the pipe itself, and
+        # that line can overtake the fork server's own "spawned" line.
+        self._alive.add(pod)
+        try:
+            await self._send({"op": "spawn", "pod": pod, "env": env})
+        except BackendUnavailable:
+            self._alive.discard(pod)
+            raise
 
     async def claim(self, pod: PodName, job: JobId) -> bool:
         if pod not in self._alive or pod in self._claims:

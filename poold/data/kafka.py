@@ -198,7 +198,7 @@ class DataPlane:
                     self._offsets.assign([tp])
                     self._offsets.seek(tp, end)
                     while True:
-                        batch = await self._offsets.getmany(tp, timeout_ms=50)
+                        batch = await self._offsets.getmany(tp, timeout_ms=100)
                         records = batch.get(tp, [])
                         if not records:
                             break
@@ -217,7 +217,7 @@ class DataPlane:
             self._next[(topic, partition)] = end
 
     async def produce(
-        self, topic: str, partition: int, records: Sequence[bytes]
+        self, topic: str, partition: int, records: Sequence[bytes], *, key: bytes | None = None
     ) -> tuple[int, int]:
         """Append ``records`` contiguously; returns their offsets ``[start, end)``.
 
@@ -230,7 +230,7 @@ class DataPlane:
         try:
             async for attempt in self._retrying():
                 with attempt:
-                    start, end = await self._produce_once(topic, partition, pieces)
+                    start, end = await self._produce_once(topic, partition, pieces, key)
                     self._next[(topic, partition)] = end
                     return start, end
         except (KafkaError, OSError, TimeoutError) as e:
@@ -238,7 +238,7 @@ class DataPlane:
         raise AssertionError("unreachable")
 
     async def _produce_once(
-        self, topic: str, partition: int, records: Sequence[bytes]
+        self, topic: str, partition: int, records: Sequence[bytes], key: bytes | None
     ) -> tuple[int, int]:
         assert self._producer is not None
         start: int | None = None
@@ -248,7 +248,7 @@ class DataPlane:
             batch = self._producer.create_batch()
             n = 0
             while i < len(records):
-                if batch.append(key=None, value=records[i], timestamp=None) is None:
+                if batch.append(key=key, value=records[i], timestamp=None) is None:
                     if n == 0:
                         raise DataUnavailable("an input record is larger than a Kafka batch")
                     break
@@ -302,8 +302,9 @@ class DataPlane:
         end: int | None,
         *,
         finished: asyncio.Future[int] | None = None,
+        key: bytes | None = None,
     ) -> AsyncIterator[bytes]:
-        """Records of one job's range ``[start, end)``.
+        """Records of one job's range ``[start, end)`` (only those keyed ``key``).
 
         ``end`` None: what is there now (the job still writes), or, with
         ``finished``, everything as it arrives until ``finished`` yields the
@@ -346,7 +347,8 @@ class DataPlane:
                         reusable = True
                         return
                     position = message.offset + 1
-                    yield message.value
+                    if key is None or message.key == key:
+                        yield message.value
             reusable = True
         except (KafkaError, OSError) as e:
             raise DataUnavailable(f"cannot read {topic}/{partition}: {e}") from e
@@ -421,29 +423,35 @@ class AgentData:
         if consumer is not None:
             await _stop_quietly(consumer)
 
-    async def fetch(self, topic: str, partition: int, start: int, end: int) -> list[bytes]:
+    async def fetch(
+        self, topic: str, partition: int, start: int, end: int, *, key: bytes | None = None
+    ) -> list[bytes]:
         tp = TopicPartition(topic, partition)
         out: list[bytes] = []
+        position = start
         try:
             if self._consumer is None:
                 self._consumer = AIOKafkaConsumer(enable_auto_commit=False, **self._common())
                 await self._consumer.start()
             self._consumer.assign([tp])
             self._consumer.seek(tp, start)
-            while start + len(out) < end:
+            while position < end:
                 batch = await self._consumer.getmany(tp, timeout_ms=1000)
-                out.extend(
-                    m.value for m in batch.get(tp, []) if start <= m.offset < end
-                )
+                for m in batch.get(tp, []):
+                    if start <= m.offset < end and (key is None or m.key == key):
+                        out.append(m.value)
+                    position = max(position, m.offset + 1)
         except (KafkaError, OSError) as e:
             raise DataUnavailable(f"cannot read input from {topic}/{partition}: {e}") from e
         return out
 
-    async def append(self, topic: str, partition: int, line: bytes) -> None:
+    async def append(
+        self, topic: str, partition: int, line: bytes, *, key: bytes | None = None
+    ) -> None:
         producer = await self._producer_ready()
         try:
             for piece in split_line(line):
-                self._last = await producer.send(topic, piece, partition=partition)
+                self._last = await producer.send(topic, piece, key=key, partition=partition)
                 self._last.add_done_callback(self._check)
                 self.records += 1
         except (KafkaError, OSError) as e:

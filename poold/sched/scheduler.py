@@ -282,6 +282,9 @@ class Scheduler:
                 self.queue.push_front(tenant, job_id)
                 break
             self.active[tenant] = self.active.get(tenant, 0) + 1
+            # in `running` from the moment it leaves the queue, so a cancel can
+            # always find it
+            self.running[job_id] = Running(job_id, worker, asyncio.Event())
             self._spawn(self._run_job(job_id, worker), f"job-{job_id}")
         self.metrics.queued.set(len(self.queue))
         self.pool.poke()
@@ -294,7 +297,11 @@ class Scheduler:
         structlog.contextvars.bind_contextvars(job_id=job_id, pod=worker.pod, tenant=job.tenant)
         if not await self.pool.claim(worker, job_id):
             self.active[job.tenant] -= 1
-            self.queue.push_front(job.tenant, job_id)
+            running = self.running.pop(job_id)
+            if running.cancel.is_set():
+                await self._finish(job, JobState.CANCELLED, error="cancelled before it started")
+            else:
+                self.queue.push_front(job.tenant, job_id)
             self._wake.set()
             return
         partition: int | None = None
@@ -345,16 +352,15 @@ class Scheduler:
         warm = worker.ready_at is not None and worker.ready_at <= _monotonic_of(job.submitted_at)
         assigned_at = utcnow()
         self.metrics.queue_wait.observe((assigned_at - job.submitted_at).total_seconds())
-        cancel = asyncio.Event()
-        self.running[job.id] = Running(job.id, worker, cancel)
-
+        cancel = self.running[job.id].cancel
         records = self._inputs.pop(job.id, None)
         if records is None:
             records = await asyncio.to_thread(self.files.load_input, job.id)
         try:
             in_range: OffsetRange | None = None
             if records:
-                start, end = await self.data.produce(in_topic, partition, records)
+                start, end = await self.data.produce(
+                    in_topic, partition, records, key=job.id.encode())
                 in_range = OffsetRange(in_topic, partition, start, end)
             out_start = await self.data.end_offset(out_topic, partition)
         except DataUnavailable as e:
@@ -379,6 +385,8 @@ class Scheduler:
             output=PartitionRef(out_topic, partition, out_start),
         )
         slot = Slot.of(self.settings.slots.root, worker.pod)
+        if cancel.is_set():
+            return await self._finish(job, JobState.CANCELLED, error="cancelled before it started")
         await self._deliver(slot, job, document)
         crash_point("delivered")
         result = await self._follow(job, worker, slot, cancel)
