@@ -2,9 +2,13 @@
 
 It starts a real ``poold serve`` subprocess per scenario (its own config,
 temp state and slot dirs, free port, embedded broker), waits until the pool
-is warm, drives it over the public HTTP API only, and writes per-job rows
-(``jobs.csv``), the run's description (``results.json``) and the summary
-table (``summary.txt``) under ``bench/results/<UTC date-time>/``.
+is warm, drives it over the public HTTP API only while sampling the pool
+(``GET /v1/pool``) and poold's memory (/proc), and writes per-job rows
+(``jobs.csv``), the pool over time (``pool.csv``), the run's description
+(``results.json``), the summary tables (``summary.txt``) and PNG plots under
+``bench/results/<UTC date-time>/``. The scale scenario (``kind =
+"kube_scale"``) runs poold's Kubernetes backend and pool against the fake API
+server in ``tests/fakekube`` instead (``bench.kubescale``).
 
 Scenarios are TOML files in ``bench/scenarios/`` (see
 ``bench/scenarios/README.md`` for every key). The summary compares the run
