@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="NAME", action="append", default=[],
                    help="run only the scenarios whose name starts with NAME (repeatable)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--budget-s", type=float, default=540.0,
+                   help="time budget of the whole run in seconds (default %(default)s, so that "
+                        "make bench ends within 10 minutes even on a busy machine): a scenario "
+                        "still measuring when its share runs out stops, and its unfinished "
+                        "jobs are reported as not_run; 0 = no budget")
     p.add_argument("--profile", action="store_true",
                    help="run each poold under cProfile: logs/<scenario>.poold.prof and "
                         ".profile.txt (slows poold down: not for the figures)")
@@ -81,15 +86,27 @@ def _out_dir(root: Path) -> Path:
     return out
 
 
-async def _run_all(scenarios: Sequence[AnyScenario], out: Path, profile: bool = False
-                   ) -> tuple[list[ScenarioRun], list[KubeRun]]:
+PLOT_RESERVE_S = 45.0
+"""Kept from the budget for drawing the plots at the end."""
+SCENARIO_RESERVE_S = 12.0
+"""Kept from the budget for each scenario still to come (start, settle, stop)."""
+
+
+async def _run_all(scenarios: Sequence[AnyScenario], out: Path, profile: bool = False,
+                   budget_s: float = 0.0) -> tuple[list[ScenarioRun], list[KubeRun]]:
     runs: list[ScenarioRun] = []
     kube: list[KubeRun] = []
-    for s in scenarios:
+    began = time.perf_counter()
+    for i, s in enumerate(scenarios):
+        deadline = None
+        if budget_s > 0:
+            later = len(scenarios) - i - 1
+            deadline = began + budget_s - PLOT_RESERVE_S - SCENARIO_RESERVE_S * later
         if isinstance(s, KubeScale):
-            kube.append(await run_kube_scale(s, out / "logs"))
+            kube.append(await run_kube_scale(s, out / "logs", deadline=deadline))
         else:
-            runs.append(await run_scenario(s, out / "logs", profile=profile))
+            runs.append(await run_scenario(s, out / "logs", profile=profile,
+                                           deadline=deadline))
     return runs, kube
 
 
@@ -105,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     host = machine()
     (out / "logs").mkdir()
-    runs, kube = asyncio.run(_run_all(scenarios, out, args.profile))
+    runs, kube = asyncio.run(_run_all(scenarios, out, args.profile, args.budget_s))
     measured_s = time.monotonic() - began
 
     per_run = [summarize(r) for r in runs]
@@ -140,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "argv": list(argv) if argv is not None else sys.argv[1:],
         "quick": args.quick,
         "profiled": args.profile,
+        "budget_s": args.budget_s,
         "machine": host,
         "method": {
             "wait_ms": "record's started_at - submitted_at (poold's clock)",

@@ -152,8 +152,10 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def run_kube_scale(scale: KubeScale, logs_dir: Path) -> KubeRun:
-    """Run the scale scenario; never raises for trouble in it (``failure`` is set)."""
+async def run_kube_scale(scale: KubeScale, logs_dir: Path, *, deadline: float | None = None
+                         ) -> KubeRun:
+    """Run the scale scenario; never raises for trouble in it (``failure`` is set).
+    ``deadline`` (perf_counter) shortens the daemon's time limit to the run's budget."""
     run = KubeRun(scale)
     began = time.monotonic()
     print(f"{scale.name}: fake API server, {scale.pods} pods, {scale.claims} claims ...",
@@ -164,7 +166,10 @@ async def run_kube_scale(scale: KubeScale, logs_dir: Path) -> KubeRun:
             with tempfile.TemporaryDirectory(prefix="poold-bench-kube-") as tmp:
                 out = Path(tmp) / "result.json"
                 cpu = _cpu()
-                await _daemon(scale, api.url, Path(tmp), out, logs_dir)
+                timeout = scale.timeout_s
+                if deadline is not None:
+                    timeout = max(10.0, min(timeout, (deadline - time.perf_counter()) / 2))
+                await _daemon(scale, api.url, Path(tmp), out, logs_dir, limit_s=timeout)
                 run.server_cpu_s = round(_cpu() - cpu, 3)
                 run.api_requests = dict(api.verb_counts)
                 run.pods_readied = kubelet.readied
@@ -183,7 +188,8 @@ async def run_kube_scale(scale: KubeScale, logs_dir: Path) -> KubeRun:
     return run
 
 
-async def _daemon(scale: KubeScale, url: str, tmp: Path, out: Path, logs_dir: Path) -> None:
+async def _daemon(scale: KubeScale, url: str, tmp: Path, out: Path, logs_dir: Path, *,
+                  limit_s: float) -> None:
     slots = tmp / "slots"
     slots.mkdir()
     log = logs_dir / f"{scale.name}.daemon.log"
@@ -191,13 +197,13 @@ async def _daemon(scale: KubeScale, url: str, tmp: Path, out: Path, logs_dir: Pa
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(DAEMON), "--api", url, "--pods", str(scale.pods),
             "--claims", str(scale.claims), "--max-starting", str(scale.max_starting),
-            "--idle-s", str(scale.idle_s), "--timeout", str(scale.timeout_s),
+            "--idle-s", str(scale.idle_s), "--timeout", str(limit_s),
             "--template", str(TEMPLATE), "--slots", str(slots), "--out", str(out),
             stdin=asyncio.subprocess.DEVNULL, stdout=f, stderr=asyncio.subprocess.STDOUT,
             cwd=str(tmp),
         )
         try:
-            async with asyncio.timeout(scale.timeout_s * 2 + 60):
+            async with asyncio.timeout(limit_s * 2 + 60):
                 code = await proc.wait()
         except TimeoutError:
             proc.kill()

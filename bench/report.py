@@ -256,7 +256,8 @@ def table(summaries: Sequence[Summary], verdicts: Sequence[Verdict],
         if s.errors:
             states = ", ".join(f"{k} {v}" for k, v in sorted(s.states.items())
                                if k != "succeeded")
-            notes.append(f"{s.label}: {s.errors} not succeeded ({states})")
+            why = " - stopped by the run's time budget (--budget-s)" if s.budget_cut else ""
+            notes.append(f"{s.label}: {s.errors} not succeeded ({states}){why}")
         if s.bad_output:
             notes.append(f"{s.label}: {s.bad_output} jobs with wrong output")
         if s.follow_breaks:

@@ -217,12 +217,24 @@ class Driver:
     """Submits one scenario's jobs against a running poold."""
 
     def __init__(self, scenario: Scenario, apis: list[tuple[str, Api]], sha256: str,
-                 origin: float) -> None:
+                 origin: float, run_deadline: float | None = None) -> None:
         self.scenario = scenario
         self.apis = apis
         self.sha256 = sha256
         self.origin = origin
+        self.run_deadline = run_deadline
+        """perf_counter() by which this scenario must be done (the run's time budget)."""
         self._stuck = 0
+
+    def _phase_deadline(self) -> float:
+        """When the phase starting now must stop: ``timeout_s``, or earlier if the
+        run's time budget says so."""
+        deadline = time.perf_counter() + self.scenario.timeout_s
+        return deadline if self.run_deadline is None else min(deadline, self.run_deadline)
+
+    @property
+    def out_of_budget(self) -> bool:
+        return self.run_deadline is not None and time.perf_counter() >= self.run_deadline
 
     def _body(self, seq: int) -> tuple[dict[str, Any], list[str] | None]:
         s = self.scenario
@@ -255,7 +267,7 @@ class Driver:
         """One job at a time, until done, ``timeout_s`` has passed or poold is stuck.
         ``before(i)``, if given, runs before job ``i`` and returns its mode and the
         upload time of a fresh module variant (outside the job's clock)."""
-        deadline = time.perf_counter() + self.scenario.timeout_s
+        deadline = self._phase_deadline()
         rows: list[JobRow] = []
         for i in range(count):
             if time.perf_counter() > deadline or self.stuck:
@@ -299,6 +311,7 @@ class Driver:
     def _not_run(self, phase: str, mode: str, seq: int) -> JobRow:
         tenant, _ = self.apis[seq % len(self.apis)]
         why = (f"{STUCK_AFTER} jobs in a row did not end within job_deadline_s" if self.stuck
+               else "the run's time budget (--budget-s) ran out" if self.out_of_budget
                else f"the phase ran past timeout_s ({self.scenario.timeout_s:g} s)")
         now = time.perf_counter()
         outcome = Outcome(job_id=None, record=None, output=None, sent=now, accepted=None,
@@ -315,7 +328,6 @@ class Driver:
         ``max_in_flight`` open at once. With ``budget_s``, no job is submitted after
         that many seconds and the jobs never submitted are left out of the rows
         (the open ones still finish)."""
-        s = self.scenario
         gate = asyncio.Semaphore(max_in_flight)
         done: dict[int, JobRow] = {}
         tasks: set[asyncio.Task[None]] = set()
@@ -349,7 +361,7 @@ class Driver:
                 await asyncio.gather(*list(tasks))
 
         try:
-            async with asyncio.timeout(s.timeout_s):
+            async with asyncio.timeout(max(0.0, self._phase_deadline() - time.perf_counter())):
                 await submit_all()
         except TimeoutError:
             for task in list(tasks):
@@ -385,13 +397,14 @@ def _progress(name: str, total: int) -> Callable[[int], None]:
     return report
 
 
-async def run_scenario(scenario: Scenario, logs_dir: Path, *, profile: bool = False
-                       ) -> ScenarioRun:
+async def run_scenario(scenario: Scenario, logs_dir: Path, *, profile: bool = False,
+                       deadline: float | None = None) -> ScenarioRun:
     """Start poold for ``scenario``, measure it, stop it. Never raises for poold trouble:
     a scenario that cannot run comes back with ``failure`` set. ``logs_dir`` (which
     must exist) receives poold's log as ``<scenario>.poold.log`` and, with ``profile``,
     its cProfile data as ``<scenario>.poold.prof`` and the top of it as
-    ``<scenario>.poold.profile.txt``."""
+    ``<scenario>.poold.profile.txt``. ``deadline`` (perf_counter) cuts the
+    measured phases short when the run's time budget runs out."""
     run = ScenarioRun(scenario)
     began = time.monotonic()
     base = Path(scenario.source).parent if scenario.source else None
@@ -415,7 +428,7 @@ async def run_scenario(scenario: Scenario, logs_dir: Path, *, profile: bool = Fa
                 apis = [(t.name, Api(session, poold.url, t.token)) for t in poold.tenants]
                 sampler = Sampler(scenario.name, apis[0][1], poold.pid, run.origin)
                 async with sampler:
-                    await _phases(run, poold, session, apis, wasm, sampler)
+                    await _phases(run, poold, session, apis, wasm, sampler, deadline)
         except Exception as e:  # a broken scenario must not stop the others
             run.failure = f"{type(e).__name__}: {e}"
             print(f"{scenario.name}: FAILED: {run.failure}", file=sys.stderr, flush=True)
@@ -435,7 +448,8 @@ async def run_scenario(scenario: Scenario, logs_dir: Path, *, profile: bool = Fa
 
 
 async def _phases(run: ScenarioRun, poold: Poold, session: aiohttp.ClientSession,
-                  apis: list[tuple[str, Api]], wasm: bytes, sampler: Sampler) -> None:
+                  apis: list[tuple[str, Api]], wasm: bytes, sampler: Sampler,
+                  deadline: float | None = None) -> None:
     scenario = run.scenario
     token = poold.tenants[0].token
 
@@ -456,7 +470,7 @@ async def _phases(run: ScenarioRun, poold: Poold, session: aiohttp.ClientSession
         await api.upload(wasm)
     await poold.wait_pool_settled(session, token)
     end(setup)
-    driver = Driver(scenario, apis, run.module_sha256, run.origin)
+    driver = Driver(scenario, apis, run.module_sha256, run.origin, deadline)
     seq = 0
     if scenario.warmup_jobs:
         entry = phase("warmup")
@@ -476,12 +490,15 @@ async def _phases(run: ScenarioRun, poold: Poold, session: aiohttp.ClientSession
     run.rows.extend(await driver.measure(first_mode, seq, _progress(label, scenario.jobs)))
     seq += scenario.jobs
     end(entry)
-    if scenario.aged_jobs and not driver.stuck:
+    if scenario.aged_jobs and not driver.stuck and not driver.out_of_budget:
         entry = phase("aging")
+        budget = scenario.aged_timeout_s or scenario.timeout_s
+        if deadline is not None:  # leave the aged measurement its share of the budget
+            budget = min(budget, (deadline - time.perf_counter()) / 2)
         aging = await driver.concurrent(
             "aging", "", seq, [0.0] * scenario.aged_jobs, scenario.aged_max_in_flight,
             _progress(f"{scenario.name} aging", scenario.aged_jobs),
-            budget_s=scenario.aged_timeout_s)
+            budget_s=max(1.0, budget))
         run.rows.extend(aging)
         seq += scenario.aged_jobs
         end(entry)

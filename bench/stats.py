@@ -90,6 +90,8 @@ class Summary:
     workers_pss_mean_mib: float | None = None
     daemon_cpu_s: float | None = None
     """CPU seconds the poold process itself (not workers, broker) used in the phase."""
+    budget_cut: bool = False
+    """The run's time budget (``--budget-s``) stopped this measurement early."""
     load_avg: list[float] | None = None
     """The machine's 1-minute load average at the start and the end of the measurement."""
     aged_by: int | None = None
@@ -187,6 +189,7 @@ def _summarize(run: ScenarioRun, rows: list[JobRow], mode: str) -> Summary:
         states=states,
         failure=run.failure,
         load_avg=run.load_avg or None,
+        budget_cut=any(r.state == "not_run" and "time budget" in (r.error or "") for r in rows),
         aged_by=(sum(1 for r in run.rows if r.phase == "aging" and r.state == SUCCEEDED)
                  if mode == "aged" else None),
         **_pool_figures(run, mode),
