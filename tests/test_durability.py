@@ -95,16 +95,17 @@ def _env(tmp: Path, broker: str, **extra: str) -> dict[str, str]:
 
 
 def _agents_using(root: Path) -> list[int]:
-    """Agent processes whose slot is under ``root`` (none may outlive their poold)."""
+    """Agent processes whose slot is under ``root`` (none may outlive their poold).
+    A local worker runs with its slot as its working directory."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            environ = (entry / "environ").read_bytes()
+            cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if f"POOLD_AGENT_SLOT={root}".encode() in environ:
+        if cwd.startswith(str(root)):
             found.append(int(entry.name))
     return found
 
@@ -342,3 +343,9 @@ async def test_full_queue_answers_429_and_stores_nothing(
     listed = await client.json("GET", "/v1/jobs", 200)
     assert len(listed["jobs"]) == 3, "the refused job was not stored"
     await client.json("DELETE", f"/v1/jobs/{busy['id']}", 200)
+
+
+async def test_agents_can_be_found_by_their_slot(daemon: Any) -> None:
+    """The leftover check above must be able to see a live worker."""
+    root = daemon.settings.slots.root.resolve()
+    assert len(_agents_using(root)) >= daemon.settings.pool.min_idle

@@ -53,6 +53,9 @@ def _child(pod: str, env: dict[str, str], proto_fd: int) -> None:
         os.dup2(devnull, 0)
         os.close(devnull)
         os.environ.update(env)
+        # Work from the slot: its path then shows as the process's cwd, so the
+        # operator (and the tests) can tell which worker serves which slot.
+        os.chdir(env["POOLD_AGENT_SLOT"])
         os.environ["POOLD_AGENT_READY_FD"] = str(proto_fd)
         os.environ["POOLD_AGENT_POD"] = pod
         import asyncio  # noqa: PLC0415

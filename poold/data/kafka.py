@@ -74,6 +74,7 @@ class DataPlane:
         self._admin: AIOKafkaAdminClient | None = None
         self._next: dict[tuple[str, int], int] = {}
         self._healthy_until = 0.0
+        self._checking: asyncio.Future[bool] | None = None
         self._idle_consumers: list[AIOKafkaConsumer] = []
         self._wanted: tuple[list[str], int] = ([], 1)
 
@@ -126,16 +127,23 @@ class DataPlane:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def check(self, timeout_s: float = 2.0) -> bool:
-        """Is the broker answering? A metadata round trip, bounded in time, and
-        trusted for a second so a burst of submissions costs one check."""
+    async def check(self) -> bool:
+        """Is the broker answering? A metadata round trip within the request
+        timeout (a refused connection fails at once), trusted for a second; a
+        burst of submissions shares one check in flight."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._healthy_until:
             return True
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.ensure_future(self._probe())
+        return await asyncio.shield(self._checking)
+
+    async def _probe(self) -> bool:
+        loop = asyncio.get_running_loop()
         if self._admin is None:
             return False
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(self._timeout_ms / 1000):
                 topics = set(await self._admin.list_topics())
                 wanted, partitions = self._wanted
                 if not set(wanted) <= topics:
