@@ -456,7 +456,8 @@ async def _phases(run: ScenarioRun, poold: Poold, session: aiohttp.ClientSession
     def phase(name: str, mode: str = "") -> dict[str, Any]:
         sampler.phase = name if not mode else f"{name}:{mode}"
         entry = {"phase": name, "mode": mode,
-                 "start_s": round(time.perf_counter() - run.origin, 4), "end_s": None}
+                 "start_s": round(time.perf_counter() - run.origin, 4), "end_s": None,
+                 "load1": round(os.getloadavg()[0], 2)}
         run.phases.append(entry)
         return entry
 

@@ -93,7 +93,7 @@ class Summary:
     budget_cut: bool = False
     """The run's time budget (``--budget-s``) stopped this measurement early."""
     load_avg: list[float] | None = None
-    """The machine's 1-minute load average at the start and the end of the measurement."""
+    """The machine's 1-minute load average when this mode's measured phase began."""
     aged_by: int | None = None
     """Mode ``aged``: the jobs that succeeded on this daemon between the two measurements."""
 
@@ -136,6 +136,15 @@ def _pool_figures(run: ScenarioRun, mode: str) -> dict[str, float | None]:
                                        if s.workers_pss_mib is not None]),
         "daemon_cpu_s": round(cpu[-1] - cpu[0], 3) if len(cpu) >= 2 else None,
     }
+
+
+def _phase_load(run: ScenarioRun, mode: str) -> list[float]:
+    """The 1-minute load average when the measured phase of ``mode`` began."""
+    key = "" if mode in ("cold", "hot") else mode
+    for p in run.phases:
+        if p["phase"] == "measure" and p["mode"] == key and "load1" in p:
+            return [float(p["load1"])]
+    return []
 
 
 def _summarize(run: ScenarioRun, rows: list[JobRow], mode: str) -> Summary:
@@ -188,7 +197,7 @@ def _summarize(run: ScenarioRun, rows: list[JobRow], mode: str) -> Summary:
         throughput=throughput,
         states=states,
         failure=run.failure,
-        load_avg=run.load_avg or None,
+        load_avg=_phase_load(run, mode) or run.load_avg or None,
         budget_cut=any(r.state == "not_run" and "time budget" in (r.error or "") for r in rows),
         aged_by=(sum(1 for r in run.rows if r.phase == "aging" and r.state == SUCCEEDED)
                  if mode == "aged" else None),
