@@ -52,6 +52,20 @@ def agent() -> None:
     asyncio.run(run_agent(settings))
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Run the benchmarks (bench/scenarios) from a checkout; same as `make bench`."""
+    import subprocess  # noqa: PLC0415
+
+    root = Path.cwd()
+    if not (root / "bench" / "__main__.py").is_file():
+        raise click.ClickException(
+            "run `poold bench` from the root of a poold checkout (it needs bench/)"
+        )
+    sys.exit(subprocess.call([sys.executable, "-m", "bench", *args], cwd=root))
+
+
 @main.command()
 def token() -> None:
     """Make a new bearer token and print it with the sha256 for [tenants.NAME]."""

@@ -74,6 +74,7 @@ class DataPlane:
         self._admin: AIOKafkaAdminClient | None = None
         self._next: dict[tuple[str, int], int] = {}
         self._healthy_until = 0.0
+        self._offsets_lock = asyncio.Lock()
         self._checking: asyncio.Future[bool] | None = None
         self._idle_consumers: list[AIOKafkaConsumer] = []
         self._wanted: tuple[list[str], int] = ([], 1)
@@ -194,6 +195,13 @@ class DataPlane:
         broker and checked by reading forward, because a broker may report the
         high watermark of a batch rather than of its last record (Tansu does).
         """
+        known = self._next.get((topic, partition))
+        if known is not None:
+            return known
+        async with self._offsets_lock:  # one shared consumer: one assignment at a time
+            return await self._find_end(topic, partition)
+
+    async def _find_end(self, topic: str, partition: int) -> int:
         known = self._next.get((topic, partition))
         if known is not None:
             return known
