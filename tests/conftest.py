@@ -8,6 +8,7 @@ worker process behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -187,6 +188,21 @@ async def wait_done(daemon: Daemon, job_id: str, timeout: float = 60) -> Job:
         while not job.state.terminal:
             job = await daemon.store.wait_change(job.id, job)
     return job
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession]]:
+    """A started daemon with its pool filled, and an HTTP session; stopped after."""
+    daemon = Daemon(settings)
+    try:
+        await daemon.start()
+        pool = daemon.pool
+        assert pool is not None
+        await pool.wait_until(lambda: pool.figures()["idle"] >= settings.pool.min_idle, 30)
+        async with aiohttp.ClientSession() as session:
+            yield daemon, session
+    finally:
+        await daemon.stop()
 
 
 @pytest.fixture

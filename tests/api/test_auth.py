@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import TOKENS, Client, make_settings, wait_done
+from conftest import TOKENS, Client, make_settings, serving, wait_done
 from wasm_fixtures import module, with_custom_section
 
 from poold.daemon import Daemon
@@ -34,17 +34,8 @@ UNKNOWN_JOB = "j-" + "5" * 32
 async def served(
     tmp_path_factory: pytest.TempPathFactory, broker: str
 ) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession]]:
-    settings = make_settings(tmp_path_factory.mktemp("auth"), broker)
-    daemon = Daemon(settings)
-    try:
-        await daemon.start()
-        assert daemon.pool is not None
-        pool = daemon.pool
-        await pool.wait_until(lambda: pool.figures()["idle"] >= settings.pool.min_idle, 30)
-        async with aiohttp.ClientSession() as session:
-            yield daemon, session
-    finally:
-        await daemon.stop()
+    async with serving(make_settings(tmp_path_factory.mktemp("auth"), broker)) as served_:
+        yield served_
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import wasmtime
-from conftest import Client, make_settings, wait_done
+from conftest import Client, make_settings, serving, wait_done
 from prometheus_client.parser import text_string_to_metric_families
 from wasm_fixtures import module, truncated, with_custom_section
 
@@ -41,16 +41,8 @@ async def served(
 ) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession]]:
     settings = make_settings(tmp_path_factory.mktemp("bad-input"), broker,
                              server__max_upload_mb=MAX_UPLOAD_MB)
-    daemon = Daemon(settings)
-    try:
-        await daemon.start()
-        assert daemon.pool is not None
-        pool = daemon.pool
-        await pool.wait_until(lambda: pool.figures()["idle"] >= settings.pool.min_idle, 30)
-        async with aiohttp.ClientSession() as session:
-            yield daemon, session
-    finally:
-        await daemon.stop()
+    async with serving(settings) as served_:
+        yield served_
 
 
 @pytest.fixture(scope="module")
