@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import secrets
 import sys
@@ -117,6 +116,3 @@ def submit(
     code = asyncio.run(run_submit(options))
     sys.exit(code)
 
-
-def _dump(obj: object) -> str:
-    return json.dumps(obj, indent=2)

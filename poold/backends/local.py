@@ -82,12 +82,6 @@ class LocalBackend:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
 
-    async def __aenter__(self) -> LocalBackend:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     async def _send(self, command: dict[str, object]) -> None:
         proc = self._proc
         if proc is None or proc.stdin is None or proc.returncode is not None:

@@ -7,7 +7,6 @@ daemon on a module-scoped event loop.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -19,11 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import TOKENS, Client, make_settings, serving, wait_done
+from conftest import TOKENS, Client, make_settings, serving
 from wasm_fixtures import module, with_custom_section
 
+from api.helpers import finish, still_serving
 from poold.daemon import Daemon
-from poold.types import JobId
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
@@ -64,22 +63,6 @@ async def raw(client: Client, method: str, path: str, **kw: Any) -> tuple[int, A
     async with client.session.request(method, client.base + path, **kw) as r:
         body = await r.read()
         return r.status, r.headers, body
-
-
-async def finish(client: Client, *job_ids: str) -> list[dict[str, Any]]:
-    """Wait until the jobs end; on a timeout fail with their records and the pool figures."""
-    try:
-        await asyncio.gather(*(wait_done(client.daemon, i, timeout=30) for i in job_ids))
-    except TimeoutError:
-        records = [client.daemon.store.get(JobId(i)) for i in job_ids]
-        pool = client.daemon.pool.figures() if client.daemon.pool else None
-        pytest.fail(f"jobs did not end within 30 s: {records}; pool: {pool}")
-    return [await client.json("GET", f"/v1/jobs/{i}", 200) for i in job_ids]
-
-
-async def still_serving(client: Client) -> None:
-    async with client.session.get(client.base + "/healthz") as r:
-        assert r.status == 200
 
 
 # -- authentication ------------------------------------------------------------------

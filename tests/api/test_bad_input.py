@@ -8,7 +8,6 @@ about a second each.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
@@ -21,12 +20,12 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import wasmtime
-from conftest import Client, make_settings, serving, wait_done
+from conftest import Client, make_settings, serving
 from prometheus_client.parser import text_string_to_metric_families
 from wasm_fixtures import module, truncated, with_custom_section
 
+from api.helpers import finish, still_serving
 from poold.daemon import Daemon
-from poold.types import JobId
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
@@ -55,23 +54,6 @@ def alpha(served: tuple[Daemon, aiohttp.ClientSession]) -> Client:
 async def noop(alpha: Client) -> str:
     """sha256 of the uploaded ``noop`` module."""
     return await alpha.upload(module("noop"))
-
-
-async def finish(client: Client, *job_ids: str) -> list[dict[str, Any]]:
-    """Wait until the jobs end; on a timeout fail with their records and the pool figures."""
-    try:
-        await asyncio.gather(*(wait_done(client.daemon, i, timeout=30) for i in job_ids))
-    except TimeoutError:
-        records = [client.daemon.store.get(JobId(i)) for i in job_ids]
-        pool = client.daemon.pool.figures() if client.daemon.pool else None
-        pytest.fail(f"jobs did not end within 30 s: {records}; pool: {pool}")
-    return [await client.json("GET", f"/v1/jobs/{i}", 200) for i in job_ids]
-
-
-async def still_serving(client: Client) -> None:
-    async with client.session.get(client.base + "/healthz") as r:
-        assert r.status == 200
-        assert await r.json() == {"status": "ok"}
 
 
 async def refused(
