@@ -1,0 +1,64 @@
+"""A job's files on poold's disk: an artifact name never leads out of the job's artifacts.
+
+The API checks names against the job's listing too (``tests/api/test_artifact_paths.py``);
+this is the file store's own check, on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from poold.jobs.files import JobFiles
+from poold.types import JobId
+
+MINE = JobId("j-" + "1" * 32)
+OTHER = JobId("j-" + "2" * 32)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> JobFiles:
+    """Two finished jobs with an artifact each, a log, and a queued job's saved input."""
+    store = JobFiles(tmp_path / "jobs", fsync=False)
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "hello.txt").write_text("hello\n")
+    (out / "sub" / "args.txt").write_text("mine\n")
+    assert store.collect(MINE, out, limit=1 << 20) == [("hello.txt", 6), ("sub/args.txt", 5)]
+    (out / "sub" / "args.txt").write_text("other's secret\n")
+    store.collect(OTHER, out, limit=1 << 20)
+    store.append_log(MINE, b"my log\n")
+    store.save_input(OTHER, [b"queued secret"])
+    (tmp_path / "host-secret").write_text("host\n")
+    return store
+
+
+def test_listed_artifacts_are_found(files: JobFiles) -> None:
+    found = files.artifact(MINE, "sub/args.txt")
+    assert found is not None and found.read_text() == "mine\n"
+    assert files.artifact(MINE, "missing.txt") is None
+    assert files.artifact(MINE, "sub") is None, "a folder is not an artifact"
+
+
+@pytest.mark.parametrize("name", [
+    "../stderr.log",
+    "../../" + MINE + "/stderr.log",
+    "../../" + OTHER + "/artifacts/sub/args.txt",
+    "../../" + OTHER + "/input.json",
+    "sub/../../stderr.log",
+    "../../../host-secret",
+    "/etc/passwd",
+])
+def test_a_name_outside_the_artifacts_is_refused(files: JobFiles, name: str) -> None:
+    target = (files.artifact_dir(MINE) / name).resolve()
+    assert target.is_file(), f"{name} must name a real file for this test to mean anything"
+    assert files.artifact(MINE, name) is None
+
+
+def test_a_symlink_out_of_the_artifacts_is_refused(files: JobFiles, tmp_path: Path) -> None:
+    """A link placed in the artifacts (collect never copies one) leads nowhere either."""
+    link = files.artifact_dir(MINE) / "link.txt"
+    os.symlink(tmp_path / "host-secret", link)
+    assert files.artifact(MINE, "link.txt") is None
