@@ -85,6 +85,9 @@ BAD_CREDENTIALS: dict[str, str | None] = {
     "empty-bearer": "Bearer ",
     "stored-hash-as-token": "Bearer " + hashlib.sha256(TOKENS["alpha"].encode()).hexdigest(),
     "other-case-token": "Bearer " + TOKENS["alpha"].upper(),
+    # the whole token counts: not a prefix of it, nor it with anything after
+    "token-plus-suffix": "Bearer " + TOKENS["alpha"] + "x",
+    "token-minus-last-char": "Bearer " + TOKENS["alpha"][:-1],
 }
 
 
