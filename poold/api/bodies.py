@@ -30,6 +30,24 @@ class JobRequest(BaseModel):
     input: list[StrictStr] = []
     limits: LimitsRequest = LimitsRequest()
 
+    @field_validator("args")
+    @classmethod
+    def _no_nul_in_args(cls, args: list[str]) -> list[str]:
+        for i, arg in enumerate(args):
+            if "\x00" in arg:
+                raise ValueError(f"argument {i} contains a NUL character, which ends a "
+                                 "program's argument: the module would see less than was sent")
+        return args
+
+    @field_validator("env")
+    @classmethod
+    def _no_nul_in_env_values(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if "\x00" in value:
+                raise ValueError(f"the value of {key} contains a NUL character, which ends an "
+                                 "environment variable: the module would see less than was sent")
+        return env
+
     @field_validator("input")
     @classmethod
     def _one_line_each(cls, records: list[str]) -> list[str]:

@@ -273,6 +273,29 @@ async def test_job_env_with_non_string_value(alpha: Client, noop: str, env: Any)
     await refused(alpha, "POST", "/v1/jobs", 400, "env", json={"module": noop, "env": env})
 
 
+@pytest.mark.parametrize(("field", "value"), [("args", ["ok", "a\x00b"]), ("env", {"A": "x\x00y"})],
+                         ids=["arg", "env-value"])
+async def test_job_nul_in_args_or_env_values(
+    alpha: Client, noop: str, field: str, value: Any
+) -> None:
+    """A C string ends at NUL: the module would see a shorter argument than was sent."""
+    before = await alpha.json("GET", "/v1/jobs?limit=1", 200)
+    await refused(alpha, "POST", "/v1/jobs", 400, field, json={"module": noop, field: value})
+    assert await alpha.json("GET", "/v1/jobs?limit=1", 200) == before, "the job was stored"
+
+
+@pytest.mark.parametrize("env", [{"A\x00B": "1"}, {"\x00": "1"}, {"A=B": "1"}, {"": "1"}],
+                         ids=["nul-inside", "nul-only", "equals", "empty"])
+async def test_job_env_key_a_process_environment_cannot_hold(
+    alpha: Client, noop: str, env: dict[str, str]
+) -> None:
+    """A NUL or '=' in a name, or an empty name, would be cut or split by the module's
+    environment: refused before the job is stored, never silently changed."""
+    before = await alpha.json("GET", "/v1/jobs?limit=1", 200)
+    await refused(alpha, "POST", "/v1/jobs", 400, "env", json={"module": noop, "env": env})
+    assert await alpha.json("GET", "/v1/jobs?limit=1", 200) == before, "the job was stored"
+
+
 @pytest.mark.parametrize("records", [["a\nb"], [1], "line"], ids=["newline", "int", "string"])
 async def test_job_bad_input_records(alpha: Client, noop: str, records: Any) -> None:
     await refused(alpha, "POST", "/v1/jobs", 400, "input", json={"module": noop, "input": records})
