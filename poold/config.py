@@ -39,6 +39,24 @@ class ServerSettings(_Section):
     """Largest module accepted, in MiB. Interpreters compiled to WASI are tens of MB."""
     max_input_mb: Annotated[int, Field(ge=1, le=1024)] = 16
     """Largest JSON job submission (mostly input records), in MiB."""
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """A connection must deliver a complete request head (request line and headers)
+    within this many seconds of opening or of its previous response, else it is
+    closed; idle keep-alive connections are closed after it too. Real clients send
+    a head in milliseconds; a slowloris client trickles one to hold the socket."""
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    """Longest pause while a request body (a module, a job) arrives, in seconds; the
+    request then gets 408 and its connection is closed."""
+    min_upload_rate_kib_s: Annotated[float, Field(ge=0)] = 64.0
+    """Slowest average rate a request body may arrive at, in KiB/s, measured from the
+    start of the body once ``body_timeout_s`` has passed (0 = no minimum). 64 KiB/s
+    moves a 128 MiB module in 34 minutes; a client below it gets 408."""
+    max_uploads: Annotated[int, Field(ge=1)] = 8
+    """Module uploads in progress at once, all tenants together; beyond it 429.
+    Each holds a temporary file and, while it is validated, a thread."""
+    max_uploads_per_tenant: Annotated[int, Field(ge=1)] = 2
+    """Module uploads in progress at once per tenant, so one tenant cannot take
+    every upload slot; beyond it 429."""
     page_size: Annotated[int, Field(ge=1, le=1000)] = 50
     """Default number of jobs per page of ``GET /v1/jobs``."""
     drain_timeout_s: Annotated[float, Field(ge=0)] = 20.0

@@ -61,6 +61,7 @@ class Daemon:
         self.elector: LeaseElector | None = None
         self.active = asyncio.Event()
         self.draining = False
+        self.api: Api | None = None
         self.files: JobFiles | None = None
         """Set once this daemon manages workers (at once, or when it leads)."""
 
@@ -108,6 +109,7 @@ class Daemon:
             ready=lambda: self._ready,
             accepting=lambda: not self.draining,
         )
+        self.api = api
         self._runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.server.host, s.server.port)

@@ -65,6 +65,10 @@ class Metrics:
             "poold_module_uploads_rejected_total", "Module uploads refused, by reason.",
             ["reason"], registry=r,
         )
+        self.uploads_in_progress = Gauge(
+            "poold_module_uploads_in_progress", "Module uploads being received or validated.",
+            registry=r,
+        )
         self.http_errors = Counter(
             "poold_http_client_errors_total", "4xx answers, by status.", ["status"], registry=r
         )

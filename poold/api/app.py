@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -19,6 +19,16 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from poold.api.bodies import JobRequest, describe
+from poold.api.guard import (
+    BodyRules,
+    BodyTooLarge,
+    SlowBody,
+    TooManyUploads,
+    UploadSlots,
+    body_chunks,
+    cut_off,
+    read_body,
+)
 from poold.config import Settings
 from poold.data.kafka import DataPlane, DataUnavailable
 from poold.jobs.files import JobFiles
@@ -70,11 +80,19 @@ class Api:
         self._module_keys: dict[tuple[TenantName, str], tuple[int, dict[str, Any]]] = {}
         self._submitting: dict[tuple[TenantName, str], asyncio.Future[web.Response]] = {}
         self._tokens = {t.token_sha256: TenantName(name) for name, t in settings.tenants.items()}
+        self.body_rules = BodyRules.from_settings(settings.server)
+        self.uploads = UploadSlots(total=settings.server.max_uploads,
+                                   per_tenant=settings.server.max_uploads_per_tenant,
+                                   gauge=metrics.uploads_in_progress)
 
     def app(self) -> web.Application:
         app = web.Application(
             middlewares=[self._errors, self._auth],
             client_max_size=self.settings.server.max_input_mb * 1024 * 1024,
+            # aiohttp arms this timer when a connection opens and after each response,
+            # and closes the connection if no complete request head has arrived when it
+            # fires: the header timeout against slowloris (and the idle keep-alive one)
+            handler_args={"keepalive_timeout": self.settings.server.header_timeout_s},
         )
         r = app.router
         r.add_get("/healthz", self.healthz)
@@ -109,6 +127,13 @@ class Api:
                 }.get(e.status, e.reason)
                 return error(e.status, text)
             raise
+        except SlowBody as e:
+            self.metrics.http_errors.labels("408").inc()
+            log.info("request body too slow; connection closed", path=request.path,
+                     error=str(e))
+            return await cut_off(request, str(e))
+        except BodyTooLarge as e:
+            response = error(413, str(e))
         except DataUnavailable as e:
             log.warning("kafka unavailable", error=str(e))
             response = error(503, f"Kafka is unavailable right now; retry shortly ({e})",
@@ -178,7 +203,11 @@ class Api:
             if seen is not None:
                 return web.json_response(seen[1], status=seen[0],
                                          headers={"Idempotent-Replayed": "true"})
-        response = await self._put_module(request)
+        try:
+            with self.uploads.hold(request[TENANT]):
+                response = await self._put_module(request)
+        except TooManyUploads as e:
+            return error(429, str(e), **{"Retry-After": "1"})
         if key and response.status in (200, 201) and response.body is not None:
             self._module_keys[(request[TENANT], key)] = (
                 response.status, json.loads(bytes(response.body)))  # type: ignore[arg-type]
@@ -192,12 +221,9 @@ class Api:
             return error(413, f"the module is {length} bytes; the upload limit is "
                          f"{limit // (1024 * 1024)} MiB (server.max_upload_mb)")
 
-        async def chunks() -> AsyncIterator[bytes]:
-            async for chunk in request.content.iter_chunked(256 * 1024):
-                yield chunk
-
         try:
-            stored = await self.modules.put(chunks(), tenant=request[TENANT])
+            stored = await self.modules.put(body_chunks(request, self.body_rules),
+                                            tenant=request[TENANT])
         except ModuleRejected as e:
             self.metrics.uploads_rejected.labels(e.reason).inc()
             status = 413 if e.reason == "too_large" else 400
@@ -266,8 +292,11 @@ class Api:
         tenant = request[TENANT]
         if not request.can_read_body:
             return error(400, "send the job as a JSON object, e.g. {\"module\": \"<sha256>\"}")
+        data = await read_body(request, self.body_rules,
+                               max_bytes=self.settings.server.max_input_mb * 1024 * 1024,
+                               key="server.max_input_mb")
         try:
-            raw = await request.json()
+            raw = json.loads(data)
         except json.JSONDecodeError as e:
             return error(400, f"the body is not valid JSON: {e}")
         try:
