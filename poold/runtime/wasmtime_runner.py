@@ -5,20 +5,58 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
 
 from poold.runtime.engine import CompileCache, make_engine
+from poold.runtime.inspect import MAX_MEMORIES, MAX_TABLES
 from poold.runtime.runner import InterruptReason, RunRequest, RunResult, Sink
 from poold.slots import write_atomic
 
 PAGE = 64 * 1024
+MIB = 1024 * 1024
+TABLE_ELEMENT_BYTES = 8
+"""What wasmtime spends per table element (its documented figure)."""
+TABLE_SHARE = 16
+"""1/16 of a job's memory cap is set aside for table elements, the rest is linear memory."""
 WARM_UP_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
 
 
 def _discard(_: bytes) -> None:
     return None
+
+
+@dataclass(frozen=True)
+class StoreBudget:
+    """How ``limits.memory_mb`` is split inside one wasmtime store.
+
+    wasmtime's store limits apply per memory and per table, never to their
+    sum, so the sum is bounded by the counts: at most one linear memory
+    (which gets 15/16 of the cap) and :data:`MAX_TABLES` tables that share the
+    last 1/16. Whatever a module does, its memories and tables together stay
+    within ``memory_mb``.
+    """
+
+    memory_bytes: int
+    table_elements: int
+    """Per table."""
+
+    @classmethod
+    def of(cls, memory_mb: int) -> StoreBudget:
+        total = memory_mb * MIB
+        per_table = total // TABLE_SHARE // MAX_TABLES // TABLE_ELEMENT_BYTES
+        return cls(
+            memory_bytes=total - per_table * MAX_TABLES * TABLE_ELEMENT_BYTES,
+            table_elements=per_table,
+        )
+
+    def apply(self, store: wasmtime.Store) -> None:
+        store.set_limits(
+            memory_size=self.memory_bytes, table_elements=self.table_elements,
+            instances=1, tables=MAX_TABLES, memories=MAX_MEMORIES,
+        )
 
 
 class WasmtimeRunner:
@@ -95,8 +133,9 @@ class WasmtimeRunner:
             return RunResult("error", None, f"the module could not be compiled: {_first_line(e)}")
 
         store = wasmtime.Store(engine)
-        limit = request.memory_mb * 1024 * 1024
-        store.set_limits(memory_size=limit)
+        budget = StoreBudget.of(request.memory_mb)
+        budget.apply(store)
+        limit = budget.memory_bytes
         store.set_epoch_deadline(1)
         if request.fuel is not None:
             store.set_fuel(request.fuel)
@@ -120,7 +159,7 @@ class WasmtimeRunner:
                 )
         except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
             return RunResult(
-                "failed", None, f"the module could not start: {_first_line(e)}", cached
+                "failed", None, _start_failure(e, budget, request), cached
             )
 
         timer = threading.Timer(request.timeout_s, self.interrupt, args=("timeout",))
@@ -152,7 +191,7 @@ class WasmtimeRunner:
                     "the module exited with a status outside 0..125, which WASI cannot report",
                     cached,
                 )
-            return RunResult("failed", None, f"the module failed: {text}", cached)
+            return RunResult("failed", None, f"the module failed: {_reason(e)}", cached)
         finally:
             timer.cancel()
         return RunResult("succeeded", 0, None, cached)
@@ -181,7 +220,7 @@ class WasmtimeRunner:
             return RunResult(
                 "failed", None, f"the module ran out of fuel (limit {request.fuel})", cached
             )
-        message = f"the module trapped: {_first_line(trap)}"
+        message = f"the module trapped: {_reason(trap)}{_where(trap)}"
         return RunResult(
             "failed", None, _with_memory_note(message, instance, store, limit, request), cached
         )
@@ -210,6 +249,41 @@ def _with_memory_note(
             f"{request.memory_mb} MiB in use (raise limits.memory_mb if it needs more)"
         )
     return message
+
+
+def _start_failure(error: BaseException, budget: StoreBudget, request: RunRequest) -> str:
+    reason = _reason(error)
+    if "resource limit exceeded" in reason or "exceeds memory limits" in reason:
+        return (
+            f"the module could not start within its memory limit of {request.memory_mb} MiB "
+            f"(at most {MAX_MEMORIES} linear memory of {budget.memory_bytes / MIB:.2f} MiB, "
+            f"{MAX_TABLES} tables of {budget.table_elements} elements): {reason}; raise "
+            "limits.memory_mb if it needs more"
+        )
+    return f"the module could not start: {reason}"
+
+
+def _reason(error: BaseException) -> str:
+    """What went wrong, from wasmtime's message: the "Caused by" part when there is
+    one (the first line is only "error while executing at wasm backtrace:")."""
+    text = str(error).strip()
+    _, _, cause = text.partition("Caused by:")
+    causes = [line.strip() for line in cause.splitlines() if line.strip()]
+    if not causes:
+        return _first_line(error)
+    parts = [c.split(":", 1)[1].strip() if c[:2].isdigit() and ":" in c else c
+             for c in causes]
+    parts = [p.removeprefix("wasm trap: ") for p in parts]
+    return ": ".join(parts)
+
+
+def _where(trap: wasmtime.Trap) -> str:
+    frames = trap.frames
+    if not frames:
+        return ""
+    top = frames[0]
+    name = top.func_name or f"function {top.func_index}"
+    return f" (in {name}, at module offset {top.module_offset:#x})"
 
 
 def _first_line(error: BaseException) -> str:
