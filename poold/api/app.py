@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from poold.api.bodies import JobRequest, describe
+from poold.api.bodies import JobRequest, describe, lone_surrogate
 from poold.api.guard import (
     BodyRules,
     BodyTooLarge,
@@ -296,9 +296,20 @@ class Api:
                                max_bytes=self.settings.server.max_input_mb * 1024 * 1024,
                                key="server.max_input_mb")
         try:
-            raw = json.loads(data)
+            raw = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            return error(400, f"the body is not UTF-8 text (byte {e.start} is not); send the "
+                         "JSON encoded as UTF-8")
         except json.JSONDecodeError as e:
             return error(400, f"the body is not valid JSON: {e}")
+        except RecursionError:
+            return error(400, "the JSON is nested too deeply; a job is an object of strings, "
+                         "lists of strings and one level of objects")
+        where = lone_surrogate(raw)
+        if where is not None:
+            return error(400, f"invalid job: {where}: contains an unpaired UTF-16 surrogate "
+                         "(a \\uD800-\\uDFFF escape without its partner), which is not a "
+                         "character; send valid Unicode text")
         try:
             body = JobRequest.model_validate(raw)
         except ValidationError as e:

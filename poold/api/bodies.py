@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -19,7 +20,8 @@ class LimitsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)] | None = None
     memory_mb: Annotated[StrictInt, Field(ge=1)] | None = None
-    fuel: Annotated[StrictInt, Field(ge=1)] | None = None
+    fuel: Annotated[StrictInt, Field(ge=1, le=2**64 - 1)] | None = None
+    """wasmtime counts fuel in an unsigned 64-bit integer; a larger value would wrap."""
 
 
 class JobRequest(BaseModel):
@@ -74,3 +76,28 @@ def describe(error: ValidationError) -> str:
             message = "must be a JSON object"
         parts.append(f"{where}: {message}")
     return "invalid job: " + "; ".join(parts[:5])
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(body: Any) -> str | None:
+    """Where the parsed JSON holds half of a UTF-16 surrogate pair, if anywhere.
+
+    JSON's ``\\uD800`` escapes can spell one half of a pair, which is no character
+    at all: Python keeps it in the string, but it cannot be encoded as UTF-8 for the
+    module's args, env or stdin. Walks with a stack, not recursion."""
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return where or "body"
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if _SURROGATE.search(key):
+                    return f"{where or 'body'}: a name"
+                stack.append((f"{where}.{key}" if where else key, value))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", value) for i, value in enumerate(item))
+    return None

@@ -418,3 +418,68 @@ async def test_good_job_still_runs_after_bad_input(alpha: Client) -> None:
     [done] = await finish(alpha, (await alpha.submit(await alpha.upload(module("noop"))))["id"])
     assert done["state"] == "succeeded", done
     assert done["exit_code"] == 0, done
+
+
+# -- JSON that Python parses but a job cannot carry ------------------------------------
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"a": ' * 100_000,
+                                 b'{"module": "x", "env": {"A": ' + b"[" * 50_000 + b"}}"],
+                         ids=["arrays", "objects", "inside-a-field"])
+async def test_job_deeply_nested_json(alpha: Client, raw: bytes) -> None:
+    await refused(alpha, "POST", "/v1/jobs", 400, "nested", data=raw,
+                  headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("raw", [b'{"module": "\xff\xfe"}', b'{"module": "caf\xe9"}',
+                                 '{"module": "x"}'.encode("utf-16")],
+                         ids=["invalid-bytes", "latin-1", "utf-16"])
+async def test_job_body_not_utf8(alpha: Client, raw: bytes) -> None:
+    await refused(alpha, "POST", "/v1/jobs", 400, "UTF-8", data=raw,
+                  headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("field", "template"),
+    [("args", '"args": ["ESC"]'), ("env", '"env": {"A": "ESC"}'), ("env", '"env": {"ESC": "v"}'),
+     ("input", '"input": ["ok", "ESC"]')],
+    ids=["arg", "env-value", "env-name", "input-record"],
+)
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "a\\udc80b"],
+                         ids=["high", "low", "low-inside"])
+async def test_job_lone_surrogate_is_refused(alpha: Client, noop: str, field: str,
+                                             template: str, escape: str) -> None:
+    """JSON escapes can spell half of a UTF-16 pair, which is no character at all: it
+    cannot be encoded as UTF-8 for the module's args, env or stdin."""
+    raw = ('{"module": "' + noop + '", ' + template.replace("ESC", escape) + "}").encode()
+    await refused(alpha, "POST", "/v1/jobs", 400, field, "surrogate", data=raw,
+                  headers={"Content-Type": "application/json"})
+
+
+async def test_job_paired_surrogates_are_one_character(alpha: Client) -> None:
+    """The escape pair for U+1F600 is a valid character and reaches the module intact."""
+    echoenv = await alpha.upload(module("echoenv"))
+    pair = "\\ud83d\\ude00"
+    raw = ('{"module": "' + echoenv + f'", "args": ["{pair}"], "env": {{"FACE": "{pair}"}}}}'
+           ).encode()
+    job = await alpha.json("POST", "/v1/jobs", 202, data=raw,
+                           headers={"Content-Type": "application/json"})
+    [done] = await finish(alpha, job["id"])
+    assert done["state"] == "succeeded", done
+    assert done["args"] == ["\U0001f600"] and done["env"] == {"FACE": "\U0001f600"}, done
+    output = await alpha.text(f"/v1/jobs/{job['id']}/output")
+    assert "arg: \U0001f600\n" in output and "env: FACE=\U0001f600\n" in output, output
+
+
+@pytest.mark.parametrize("fuel", [2**64, 2**64 + 1, 2**70], ids=["2^64", "2^64+1", "2^70"])
+async def test_job_fuel_beyond_64_bits(alpha: Client, noop: str, fuel: int) -> None:
+    """wasmtime counts fuel in an unsigned 64-bit integer: a larger value would wrap."""
+    await refused(alpha, "POST", "/v1/jobs", 400, "limits.fuel",
+                  json={"module": noop, "limits": {"fuel": fuel}})
+
+
+async def test_job_largest_fuel_is_accepted(alpha: Client, noop: str) -> None:
+    job = await alpha.submit(noop, limits={"fuel": 2**64 - 1})
+    assert job["limits"]["fuel"] == 2**64 - 1, job
+    [done] = await finish(alpha, job["id"])
+    assert done["state"] == "succeeded", done
