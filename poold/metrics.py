@@ -5,10 +5,21 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from poold.protocol import Usage
+
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 )
 RUN_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+CPU_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1, 2.5, 5, 10, 30, 60, 120, 300, 600,
+)
+"""0.1 ms (a trivial module on a hot worker) to 10 min of CPU."""
+MEMORY_BUCKETS = tuple(float(64 * 1024 * 4**i) for i in range(9))
+"""64 KiB (one wasm page) to 4 GiB (wasm32's ceiling), in steps of 4."""
+RSS_BUCKETS = tuple(float(2**20 * 2**i) for i in range(3, 13))
+"""8 MiB to 4 GiB in steps of 2: a worker's resident memory starts at tens of MiB."""
 
 
 class Metrics:
@@ -72,6 +83,52 @@ class Metrics:
         self.http_errors = Counter(
             "poold_http_client_errors_total", "4xx answers, by status.", ["status"], registry=r
         )
+        self.job_cpu = Histogram(
+            "poold_job_cpu_seconds", "CPU time of each job's module run, by final state.",
+            ["tenant", "state"], buckets=CPU_BUCKETS, registry=r,
+        )
+        self.job_memory = Histogram(
+            "poold_job_memory_peak_bytes", "Each job's peak wasm linear memory.",
+            ["tenant"], buckets=MEMORY_BUCKETS, registry=r,
+        )
+        self.job_rss = Histogram(
+            "poold_job_rss_peak_bytes", "Each job's worker's peak resident memory.",
+            ["tenant"], buckets=RSS_BUCKETS, registry=r,
+        )
+        self.job_fuel = Counter(
+            "poold_job_fuel_consumed_total", "Fuel burnt by jobs that set limits.fuel.",
+            ["tenant"], registry=r,
+        )
+        self.job_records = Counter(
+            "poold_job_records_total", "Records fed to stdin (in) and produced from stdout (out).",
+            ["tenant", "direction"], registry=r,
+        )
+        self.job_bytes = Counter(
+            "poold_job_bytes_total",
+            "Bytes fed to jobs' stdin and written by them to stdout, stderr and /out.",
+            ["tenant", "stream"], registry=r,
+        )
+
+    def observe_usage(self, tenant: str, state: str, usage: Usage | None) -> None:
+        """Count one terminal job's usage; figures that were not measured are skipped."""
+        if usage is None:
+            return
+        if usage.cpu_ms is not None:
+            self.job_cpu.labels(tenant, state).observe(usage.cpu_ms / 1000)
+        if usage.memory_peak_bytes is not None:
+            self.job_memory.labels(tenant).observe(usage.memory_peak_bytes)
+        if usage.rss_peak_bytes is not None:
+            self.job_rss.labels(tenant).observe(usage.rss_peak_bytes)
+        if usage.fuel_consumed is not None:
+            self.job_fuel.labels(tenant).inc(usage.fuel_consumed)
+        for direction, records in (("in", usage.stdin_records), ("out", usage.stdout_records)):
+            if records is not None:
+                self.job_records.labels(tenant, direction).inc(records)
+        for stream, size in (("stdin", usage.stdin_bytes), ("stdout", usage.stdout_bytes),
+                             ("stderr", usage.stderr_bytes),
+                             ("artifacts", usage.artifacts_bytes)):
+            if size is not None:
+                self.job_bytes.labels(tenant, stream).inc(size)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

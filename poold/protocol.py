@@ -6,7 +6,7 @@ agent's event stream repeats the result so poold learns it without polling.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
@@ -43,6 +43,44 @@ class JobDocument:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What one job consumed, as its worker measured it (``docs/metrics.md`` says how).
+
+    ``None`` means "not measured" (the module never ran, its worker died, or the
+    runtime cannot see it), never "zero".
+    """
+
+    cpu_ms: float | None = None
+    """CPU time (user + system) of the module's run only: not start-up, not idling."""
+    memory_peak_bytes: int | None = None
+    """The module's linear memory at its largest (wasm pages x 64 KiB)."""
+    rss_peak_bytes: int | None = None
+    """The worker's peak resident memory during the job."""
+    fuel_consumed: int | None = None
+    """Fuel the module burnt; only when the job set ``limits.fuel``."""
+    stdin_records: int | None = None
+    stdin_bytes: int | None = None
+    stdout_records: int | None = None
+    stdout_bytes: int | None = None
+    stderr_bytes: int | None = None
+    """What the module wrote to stderr, before the log's size cap."""
+    artifacts_bytes: int | None = None
+    """Regular files the module left under ``/out``."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Usage:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass(frozen=True)
 class ResultDocument:
     job_id: str
     state: str
@@ -53,10 +91,13 @@ class ResultDocument:
     output_end: int | None
     output_records: int
     cached: bool = False
+    usage: Usage | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ResultDocument:
-        return cls(**data)
+        fields_ = dict(data)
+        usage = fields_.pop("usage", None)
+        return cls(**fields_, usage=Usage.from_json(usage) if usage is not None else None)

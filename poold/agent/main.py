@@ -28,6 +28,7 @@ from aiohttp import web
 from poold.agent.runtimes import make_runner
 from poold.agent.settings import AgentSettings
 from poold.agent.streams import LinePump, LogSink
+from poold.agent.usage import Meter
 from poold.data.kafka import AgentData, DataUnavailable
 from poold.protocol import JobDocument, ResultDocument
 from poold.runtime.runner import Runner, RunRequest, RunResult
@@ -230,6 +231,7 @@ class Agent:
 
     async def _execute(self, doc: JobDocument) -> ResultDocument:
         started: list[float] = []
+        meter = Meter(rss_source=self.settings.rss_source)
 
         def result(state: str, error: str | None, *, code: int | None = None,
                    end: int | None = None, cached: bool = False) -> ResultDocument:
@@ -237,6 +239,8 @@ class Agent:
                 job_id=doc.job_id, state=state, exit_code=code, error=error,
                 started_at=started[0] if started else None, finished_at=time.time(),
                 output_end=end, output_records=self.data.records, cached=cached,
+                usage=meter.usage(runner=self.runner, stdout_records=self.data.records,
+                                  out_dir=self.slot.artifacts),
             )
 
         loop = asyncio.get_running_loop()
@@ -259,6 +263,7 @@ class Agent:
             except DataUnavailable as e:
                 return result("error", f"the input records could not be read: {e}")
             write_atomic(self.slot.stdin, b"".join(r + b"\n" for r in records), fsync=False)
+            meter.feeds(records)
             stdin = self.slot.stdin
 
         out = doc.output
@@ -278,6 +283,7 @@ class Agent:
         )
 
         def on_start() -> None:
+            meter.begin()
             now = time.time()
             started.append(now)
             loop.call_soon_threadsafe(self.events.publish, {"type": "started", "ts": now})
@@ -293,9 +299,11 @@ class Agent:
 
         def work() -> RunResult:
             try:
-                return self.runner.run(request, stdout=pump.write, stderr=logs.write,
-                                       on_start=on_start)
+                return self.runner.run(
+                    request, stdout=meter.counting(pump.write, stream="stdout"),
+                    stderr=meter.counting(logs.write, stream="stderr"), on_start=on_start)
             finally:
+                meter.end()
                 pump.close()
 
         pump_task = asyncio.create_task(pump.run(), name="agent-stdout")

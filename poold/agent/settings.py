@@ -34,6 +34,9 @@ class AgentSettings:
     pod: str = ""
     fsync: bool = True
     """fsync result files before renaming them (needed on NFS)."""
+    rss_source: str = "proc"
+    """Where a job's peak resident memory is read: ``proc`` (this process, from
+    /proc) or ``cgroup`` (the container's cgroup v2 ``memory.peak``; runner pods)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AgentSettings:
@@ -60,6 +63,14 @@ class AgentSettings:
                 ready_fd=int(ready_fd) if ready_fd else None,
                 pod=env.get("POOLD_AGENT_POD", env.get("POD_NAME", "")),
                 fsync=env.get("POOLD_AGENT_FSYNC", "1") not in {"0", "false", "no"},
+                rss_source=_choice(env, "POOLD_AGENT_RSS", ("proc", "cgroup")),
             )
         except ValueError as e:
             raise AgentConfigError(f"bad agent setting in the environment: {e}") from e
+
+
+def _choice(env: Mapping[str, str], key: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(key, allowed[0])
+    if value not in allowed:
+        raise AgentConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    return value

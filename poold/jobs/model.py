@@ -8,7 +8,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from poold.protocol import Usage
 from poold.types import JobId, ModuleHash, PodName, TenantName
+
+NOT_MEASURED = Usage()
+"""The usage of a terminal job whose worker reported none (it never ran the module,
+or died): every figure null, never zero."""
 
 
 class JobState(StrEnum):
@@ -94,6 +99,8 @@ class Job:
     attempts: int = 0
     """Times the job was handed to a worker; a job is re-queued at most once."""
     idempotency_key: str | None = None
+    usage: Usage | None = None
+    """What the job consumed, as its worker reported it with the result."""
 
     def evolve(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)
@@ -133,7 +140,12 @@ class Job:
             "finished_at": rfc3339(self.finished_at),
             "wait_ms": self.wait_ms,
             "run_ms": self.run_ms,
+            "usage": self.measured().to_json() if self.state.terminal else None,
         }
+
+    def measured(self) -> Usage:
+        """The job's usage; all null when nothing was measured."""
+        return self.usage if self.usage is not None else NOT_MEASURED
 
 
 def _when(text: str | None) -> datetime | None:
@@ -159,6 +171,7 @@ def to_record(job: Job) -> dict[str, Any]:
         "started_at": rfc3339(job.started_at), "finished_at": rfc3339(job.finished_at),
         "delivering": job.delivering, "attempts": job.attempts,
         "idempotency_key": job.idempotency_key,
+        "usage": job.usage.to_json() if job.usage is not None else None,
     }
 
 
@@ -178,6 +191,7 @@ def from_record(data: dict[str, Any]) -> Job:
         started_at=_when(data["started_at"]), finished_at=_when(data["finished_at"]),
         delivering=bool(data["delivering"]), attempts=int(data["attempts"]),
         idempotency_key=data.get("idempotency_key"),
+        usage=Usage.from_json(data["usage"]) if data.get("usage") is not None else None,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 Outcome = Literal["succeeded", "failed", "timed_out", "cancelled", "error"]
 InterruptReason = Literal["timeout", "cancel"]
@@ -46,3 +46,18 @@ class Runner(Protocol):
     ) -> RunResult: ...
 
     def interrupt(self, reason: InterruptReason) -> None: ...
+
+
+@dataclass(frozen=True)
+class RuntimeUsage:
+    """What only the runtime can see of the last run; ``None`` where it cannot."""
+
+    memory_peak_bytes: int | None = None
+    fuel_consumed: int | None = None
+
+
+@runtime_checkable
+class Measuring(Protocol):
+    """A runner that reports what its last run consumed (the agent measures the rest)."""
+
+    def runtime_usage(self) -> RuntimeUsage: ...

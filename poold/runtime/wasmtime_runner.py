@@ -12,7 +12,7 @@ import wasmtime
 
 from poold.runtime.engine import CompileCache, make_engine
 from poold.runtime.inspect import MAX_MEMORIES, MAX_TABLES
-from poold.runtime.runner import InterruptReason, RunRequest, RunResult, Sink
+from poold.runtime.runner import InterruptReason, RunRequest, RunResult, RuntimeUsage, Sink
 from poold.slots import write_atomic
 
 PAGE = 64 * 1024
@@ -69,6 +69,8 @@ class WasmtimeRunner:
         self._lock = threading.Lock()
         self._reason: InterruptReason | None = None
         self._engine: wasmtime.Engine | None = None
+        self._measured: tuple[wasmtime.Store, wasmtime.Instance, int | None] | None = None
+        """The last run's store, instance and fuel limit, for :meth:`runtime_usage`."""
 
     def engine(self, *, fuel: bool) -> wasmtime.Engine:
         with self._lock:
@@ -151,6 +153,7 @@ class WasmtimeRunner:
         linker = self.linker(engine, fuel=fuel)
         try:
             instance = linker.instantiate(store, module)
+            self._measured = (store, instance, request.fuel)
             start = instance.exports(store).get("_start")
             if not isinstance(start, wasmtime.Func):
                 return RunResult(
@@ -195,6 +198,19 @@ class WasmtimeRunner:
         finally:
             timer.cancel()
         return RunResult("succeeded", 0, None, cached)
+
+    def runtime_usage(self) -> RuntimeUsage:
+        """Linear memory never shrinks, so its size after the run is its peak."""
+        if self._measured is None:
+            return RuntimeUsage()
+        store, instance, fuel = self._measured
+        exports = instance.exports(store)
+        memories = [m for m in (exports[n] for n in exports) if isinstance(m, wasmtime.Memory)]
+        peak = sum(m.data_len(store) for m in memories) if memories else None
+        consumed = None
+        if fuel is not None:
+            consumed = fuel - store.get_fuel()
+        return RuntimeUsage(memory_peak_bytes=peak, fuel_consumed=consumed)
 
     def _trap(
         self,

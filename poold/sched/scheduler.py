@@ -514,7 +514,7 @@ class Scheduler:
             end = result.output_end if result.output_end is not None else output.start
             self._output_ends[job.id] = end
             output = OffsetRange(output.topic, output.partition, output.start, end)
-        job = job.evolve(output=output, artifacts=tuple(artifacts))
+        job = job.evolve(output=output, artifacts=tuple(artifacts), usage=result.usage)
         crash_point("result")
         return await self._finish(
             job, JobState(result.state), error=result.error, exit_code=result.exit_code,
@@ -540,10 +540,13 @@ class Scheduler:
         self.metrics.jobs_finished.labels(job.tenant, state.value).inc()
         if job.run_ms is not None:
             self.metrics.run_time.observe(job.run_ms / 1000)
+        self.metrics.observe_usage(job.tenant, state.value, job.usage)
         log.info(
             "job finished", job_id=job.id, tenant=job.tenant, state=state.value,
             exit_code=exit_code, pod=job.pod, warm=job.warm, wait_ms=job.wait_ms,
             run_ms=job.run_ms, error=error,
+            cpu_ms=job.usage.cpu_ms if job.usage else None,
+            rss_peak_bytes=job.usage.rss_peak_bytes if job.usage else None,
         )
         return job
 
