@@ -59,6 +59,10 @@ class ServerSettings(_Section):
     every upload slot; beyond it 429."""
     page_size: Annotated[int, Field(ge=1, le=1000)] = 50
     """Default number of jobs per page of ``GET /v1/jobs``."""
+    max_page_kb: Annotated[int, Field(ge=1)] = 1024
+    """Largest page of ``GET /v1/jobs``, in KiB of JSON: a page ends early (its ``next``
+    link continues) rather than grow past it, whatever ``limit`` asks for. A page
+    always holds at least one job."""
     drain_timeout_s: Annotated[float, Field(ge=0)] = 20.0
     """On SIGTERM, how long running jobs may take to finish before poold exits.
     Keep it below the pod's terminationGracePeriodSeconds (30 in deploy/)."""

@@ -367,10 +367,22 @@ class Api:
         before = request.query.get("before")
         jobs = self.store.list(request[TENANT], limit=limit + 1,
                                before=JobId(before) if before else None)
-        page, more = jobs[:limit], len(jobs) > limit
-        body: dict[str, Any] = {"jobs": [j.public() for j in page]}
-        body["next"] = f"/v1/jobs?limit={limit}&before={page[-1].id}" if more else None
-        return web.json_response(body)
+        # a page ends at its byte budget too (always holding one job), so neither many
+        # jobs nor big records (long args) make a response of unbounded size
+        budget = self.settings.server.max_page_kb * 1024 - 200  # room for the envelope
+        parts: list[str] = []
+        used = 0
+        for job in jobs[:limit]:
+            text = json.dumps(listed(job))
+            if parts and used + len(text) + 2 > budget:
+                break
+            parts.append(text)
+            used += len(text) + 2
+        more = len(jobs) > len(parts)
+        last = jobs[len(parts) - 1].id if parts else None
+        link = f"/v1/jobs?limit={limit}&before={last}" if more and last else None
+        return web.Response(text=f'{{"jobs": [{", ".join(parts)}], "next": {json.dumps(link)}}}',
+                            content_type="application/json")
 
     async def get_job(self, request: web.Request) -> web.Response:
         return web.json_response(self._job(request).public())
@@ -454,3 +466,11 @@ class Api:
             return error(404, f"the job has no artifact named {name!r}")
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
+
+def listed(job: Job) -> dict[str, Any]:
+    """A job as ``GET /v1/jobs`` shows it: its artifacts as a count and a link, since
+    a job may leave many files and a page holds many jobs."""
+    record = job.public()
+    record["artifact_count"] = len(record.pop("artifacts"))
+    record["artifacts_url"] = f"/v1/jobs/{job.id}/artifacts"
+    return record
