@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 
 run: install
 	@echo "poold: starting the embedded default (local workers, embedded Kafka) on http://127.0.0.1:8080"
+	@echo "  web console: http://127.0.0.1:8080/console/  (sign in with the demo tenant token)"
 	@echo "  demo tenant token: poold-local-demo-token"
 	@echo "  try:  export POOLD_TOKEN=poold-local-demo-token"
 	@echo "        $(BIN)/poold submit tests/fixtures/wasm/upper.wasm --input README.md"

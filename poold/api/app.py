@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from poold.api.bodies import JobRequest, describe, lone_surrogate
+from poold.api.console import ModuleListing, add_console_routes
 from poold.api.guard import (
     BodyRules,
     BodyTooLarge,
@@ -99,6 +100,9 @@ class Api:
         r.add_get("/readyz", self.readyz)
         r.add_get("/metrics", self.metrics_text)
         r.add_put("/v1/modules", self.put_module)
+        r.add_get("/v1/modules", ModuleListing(modules=self.modules, jobs=self.store,
+                                               tenant=lambda request: request[TENANT]).get)
+        add_console_routes(r)
         r.add_post("/v1/jobs", self.post_job)
         r.add_get("/v1/jobs", self.list_jobs)
         r.add_get("/v1/jobs/{id}", self.get_job)

@@ -16,6 +16,7 @@ import secrets
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -39,6 +40,15 @@ class StoredModule:
     created: bool
 
 
+@dataclass(frozen=True)
+class OwnedModule:
+    """A module as one tenant sees it (``GET /v1/modules``)."""
+
+    sha256: ModuleHash
+    size: int
+    uploaded_at: datetime
+
+
 class ModuleStore:
     def __init__(self, root: Path, *, cache: CompileCache | None, max_bytes: int) -> None:
         self.root = root
@@ -47,7 +57,7 @@ class ModuleStore:
         self._validator = make_engine(fuel=False)
         self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompile")
         self._sizes: dict[ModuleHash, int] = {}
-        self._owners: dict[ModuleHash, set[str]] = {}
+        self._owners: dict[ModuleHash, dict[str, datetime]] = {}
         root.mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
@@ -56,27 +66,64 @@ class ModuleStore:
     def path(self, sha256: ModuleHash) -> Path:
         return self.root / f"{sha256}.wasm"
 
-    def owners(self, sha256: ModuleHash) -> set[str]:
-        """Tenants that uploaded this module. Modules are stored once, but each
-        tenant sees only what it uploaded itself: otherwise a hash would tell
-        one tenant what another runs."""
+    def owners(self, sha256: ModuleHash) -> dict[str, datetime]:
+        """Tenants that uploaded this module, with when each first did. Modules
+        are stored once, but each tenant sees only what it uploaded itself:
+        otherwise a hash would tell one tenant what another runs.
+
+        ``<sha>.owners`` has a line ``tenant<TAB>RFC 3339 time`` per tenant (a
+        line without a time, from before times were kept, counts as uploaded
+        when the module's file was written)."""
         found = self._owners.get(sha256)
         if found is None:
+            found = {}
             try:
-                found = set(self.path(sha256).with_suffix(".owners").read_text().split())
+                text = self.path(sha256).with_suffix(".owners").read_text()
             except FileNotFoundError:
-                found = set()
+                text = ""
+            for line in text.splitlines():
+                tenant, _, when = line.strip().partition("\t")
+                if tenant and tenant not in found:
+                    found[tenant] = self._parse_time(sha256, when)
             self._owners[sha256] = found
         return found
+
+    def _parse_time(self, sha256: ModuleHash, when: str) -> datetime:
+        try:
+            return datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError:
+            try:
+                return datetime.fromtimestamp(self.path(sha256).stat().st_mtime, UTC)
+            except FileNotFoundError:
+                return datetime.fromtimestamp(0, UTC)
 
     def _add_owner(self, sha256: ModuleHash, tenant: str) -> bool:
         owners = self.owners(sha256)
         if tenant in owners:
             return False
+        now = datetime.now(UTC)
         with open(self.path(sha256).with_suffix(".owners"), "a") as f:
-            f.write(tenant + "\n")
-        owners.add(tenant)
+            f.write(f"{tenant}\t{now.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}\n")
+        owners[tenant] = now
         return True
+
+    def owned(self, tenant: str) -> list[OwnedModule]:
+        """The modules this tenant uploaded, newest upload first; never another
+        tenant's. One directory scan, so it costs a little per stored module."""
+        found: list[OwnedModule] = []
+        for entry in os.scandir(self.root):
+            name = entry.name
+            if not name.endswith(".owners") or len(name) != 64 + len(".owners"):
+                continue
+            sha = ModuleHash(name[:64])
+            uploaded = self.owners(sha).get(tenant)
+            if uploaded is None:
+                continue
+            size = self.size(sha, tenant=tenant)
+            if size is not None:
+                found.append(OwnedModule(sha256=sha, size=size, uploaded_at=uploaded))
+        found.sort(key=lambda m: (m.uploaded_at, m.sha256), reverse=True)
+        return found
 
     def size(self, sha256: str, *, tenant: str) -> int | None:
         """The module's size if this tenant uploaded it, else None."""

@@ -75,6 +75,7 @@ ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", f"/v1/jobs/{UNKNOWN_JOB}", {}),
     ("DELETE", f"/v1/jobs/{UNKNOWN_JOB}", {}),
     ("GET", "/v1/pool", {}),
+    ("GET", "/v1/modules", {}),
 ]
 
 BAD_CREDENTIALS: dict[str, str | None] = {
@@ -93,7 +94,7 @@ BAD_CREDENTIALS: dict[str, str | None] = {
 
 @pytest.mark.parametrize("credentials", list(BAD_CREDENTIALS), ids=list(BAD_CREDENTIALS))
 @pytest.mark.parametrize(("method", "path", "kw"), ROUTES,
-                         ids=["list", "submit", "upload", "get", "cancel", "pool"])
+                         ids=["list", "submit", "upload", "get", "cancel", "pool", "modules"])
 async def test_bad_credentials_get_401(
     alpha: Client, credentials: str, method: str, path: str, kw: dict[str, Any]
 ) -> None:

@@ -1,0 +1,1 @@
+"""The web console: static pages served at /console/ (see poold/api/console.py)."""

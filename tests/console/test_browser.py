@@ -1,0 +1,297 @@
+"""The console in a real browser: Debian's Chromium driven by Playwright.
+
+Never ``playwright install``: the browser is Debian's ``/usr/bin/chromium``
+(``.ci/run`` installs it). Without it these tests skip, except under ``CI``,
+where they fail. Each test gets a fresh browser context and checks, at the
+end, that the page logged no console error, opened no dialog and sent no
+request anywhere but the daemon on 127.0.0.1. Tests wait on what the page
+shows (Playwright's ``expect`` polls the DOM), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from conftest import TOKENS, Client, make_settings, serving
+from wasm_fixtures import module, with_custom_section
+
+from poold.daemon import Daemon
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+try:
+    from playwright.async_api import Browser, Page, async_playwright, expect
+except ImportError:  # pragma: no cover - the dev extras bring it
+    async_playwright = None  # type: ignore[assignment]
+
+if async_playwright is None or not CHROMIUM.exists():
+    reason = ("needs Debian's chromium (/usr/bin/chromium; apt-get install chromium) and the "
+              "playwright package (pip install -e '.[dev]')")
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI is set, so the browser tests must run: {reason}")
+    pytest.skip(reason, allow_module_level=True)
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
+
+WAIT_MS = 30_000
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def served(
+    tmp_path_factory: pytest.TempPathFactory, broker: str
+) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession]]:
+    settings = make_settings(tmp_path_factory.mktemp("console"), broker)
+    async with serving(settings) as served_:
+        yield served_
+
+
+@pytest.fixture(scope="module")
+def alpha(served: tuple[Daemon, aiohttp.ClientSession]) -> Client:
+    return Client(served[0], served[1], "alpha")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    # launch() gives every browser a fresh, temporary user-data dir of its own
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                          headless=True)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@dataclass
+class Watched:
+    """A page and what it did: console errors, dialogs, every request's URL."""
+
+    page: Page
+    base: str
+    errors: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)
+    expected_errors: list[str] = field(default_factory=list)
+
+    async def sign_in(self, token: str = TOKENS["alpha"]) -> None:
+        page = self.page
+        await page.goto(self.base + "/")
+        await page.get_by_test_id("token-input").fill(token)
+        await page.get_by_test_id("sign-in").click()
+        await expect(page.get_by_test_id("pool-idle")).to_have_text(re.compile(r"^\d+$"))
+
+    async def upload(self, name: str, wasm: bytes) -> None:
+        page = self.page
+        await page.get_by_test_id("upload-input").set_input_files(
+            files=[{"name": f"{name}.wasm", "mimeType": "application/wasm", "buffer": wasm}])
+        sha = hashlib.sha256(wasm).hexdigest()
+        await expect(page.locator("#upload-status")).to_contain_text(sha)
+        await expect(page.locator("#module-select")).to_have_value(sha)
+
+    async def submit(self, *, args: Sequence[str] = (), input_lines: Sequence[str] = ()) -> str:
+        page = self.page
+        await page.get_by_test_id("args-input").fill("\n".join(args))
+        await page.get_by_test_id("input-text").fill("\n".join(input_lines))
+        before = page.url
+        await page.get_by_test_id("submit-job").click()
+        await page.wait_for_url(lambda url: url != before and "#/job/j-" in url)
+        return page.url.rsplit("/", 1)[1]
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def watched(
+    browser: Browser, served: tuple[Daemon, aiohttp.ClientSession]
+) -> AsyncIterator[Watched]:
+    daemon, _ = served
+    context = await browser.new_context(accept_downloads=True)
+    context.set_default_timeout(WAIT_MS)
+    page = await context.new_page()
+    w = Watched(page=page, base=daemon.url)
+    host = urlsplit(daemon.url).hostname
+    assert host == "127.0.0.1"
+
+    async def refuse(route: Any) -> None:
+        w.outside.append(route.request.url)
+        await route.abort()
+
+    await context.route(lambda url: urlsplit(url).hostname != host, refuse)
+    page.on("console", lambda m: w.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: w.errors.append(f"uncaught: {e}"))
+    page.on("request", lambda r: w.requests.append(r.url))
+
+    async def dialog(d: Any) -> None:
+        w.dialogs.append(d.message)
+        await d.dismiss()
+
+    page.on("dialog", dialog)
+    try:
+        yield w
+    finally:
+        await context.close()
+    unexpected = [e for e in w.errors if not any(x in e for x in w.expected_errors)]
+    assert not unexpected, f"console errors: {unexpected}"
+    assert not w.dialogs, f"dialogs opened: {w.dialogs}"
+    assert not w.outside, f"requests that left 127.0.0.1: {w.outside}"
+    strays = [u for u in w.requests
+              if not (u.startswith(daemon.url + "/") or u.startswith("blob:"))]
+    assert not strays, f"requests not to the daemon: {strays}"
+    assert not any(TOKENS["alpha"] in u for u in w.requests), "the token went into a URL"
+
+
+def unique(name: str) -> bytes:
+    return with_custom_section(module(name), f"b-{secrets.token_hex(6)}", b"")
+
+
+# -- sign in -------------------------------------------------------------------------
+
+
+async def test_wrong_token_shows_error_and_right_one_signs_in(watched: Watched) -> None:
+    page = watched.page
+    watched.expected_errors.append("status of 401")
+    await page.goto(watched.base + "/")
+    assert page.url == watched.base + "/console/"
+    await page.get_by_test_id("token-input").fill("not-a-token-" + "x" * 20)
+    await page.get_by_test_id("sign-in").click()
+    await expect(page.get_by_test_id("error")).to_be_visible()
+    await expect(page.get_by_test_id("error")).to_contain_text("not valid")
+    await expect(page.get_by_test_id("pool-idle")).to_be_hidden()
+    assert await page.evaluate("sessionStorage.length") == 0
+
+    await watched.sign_in()
+    await expect(page.get_by_test_id("error")).to_be_hidden()
+    await expect(page.get_by_test_id("pool-busy")).to_have_text(re.compile(r"^\d+$"))
+    assert TOKENS["alpha"] not in await page.content()
+    assert await page.evaluate("Object.values(sessionStorage)") == [TOKENS["alpha"]]
+
+
+async def test_signed_in_tab_survives_a_reload(watched: Watched) -> None:
+    await watched.sign_in()
+    await watched.page.reload()
+    await expect(watched.page.get_by_test_id("pool-idle")).to_have_text(re.compile(r"^\d+$"))
+
+
+# -- upload, submit, watch ------------------------------------------------------------
+
+
+async def test_upload_and_submit_with_input(watched: Watched) -> None:
+    page = watched.page
+    await watched.sign_in()
+    wasm = unique("upper")
+    await watched.upload("upper", wasm)
+    job_id = await watched.submit(input_lines=["hello", "world"])
+    await expect(page.get_by_test_id("job-state")).to_have_text("succeeded")
+    await expect(page.get_by_test_id("job-output")).to_have_text("HELLO\nWORLD\n")
+    await expect(page.get_by_test_id("job-log")).to_contain_text("processed 2 lines")
+    row = page.get_by_test_id("jobs-list").locator(f"tr[data-job-id='{job_id}']")
+    await expect(row).to_contain_text("succeeded")
+    await expect(page.get_by_test_id("modules-list")).to_contain_text(
+        hashlib.sha256(wasm).hexdigest()[:12])
+
+
+async def test_output_appears_while_the_job_runs(watched: Watched) -> None:
+    page = watched.page
+    await watched.sign_in()
+    await watched.upload("slowprint", module("slowprint"))
+    await watched.submit(args=["5"])
+    output = page.get_by_test_id("job-output")
+    await expect(output).to_contain_text("before sleep")
+    # the first line is on the page; the module is still asleep
+    assert "after sleep" not in await output.text_content()
+    await expect(page.get_by_test_id("job-state")).to_have_text("running")
+    await expect(page.get_by_test_id("job-log")).to_contain_text("slowprint: sleeping")
+    await expect(page.get_by_test_id("cancel-job")).to_be_visible()
+
+    await expect(page.get_by_test_id("job-state")).to_have_text("succeeded")
+    await expect(output).to_have_text("before sleep\nafter sleep\n")
+    await expect(page.get_by_test_id("job-log")).to_contain_text("slowprint: done")
+    await expect(page.get_by_test_id("cancel-job")).to_be_hidden()
+
+
+async def test_artifact_downloads(watched: Watched, tmp_path: Path) -> None:
+    page = watched.page
+    await watched.sign_in()
+    await watched.upload("artifacts", unique("artifacts"))
+    await watched.submit(args=["from", "the", "browser"])
+    await expect(page.get_by_test_id("job-state")).to_have_text("succeeded")
+    artifacts = page.get_by_test_id("job-artifacts")
+    async with page.expect_download() as info:
+        await artifacts.get_by_role("button", name="sub/args.txt").click()
+    download = await info.value
+    assert download.suggested_filename == "args.txt"
+    saved = tmp_path / "args.txt"
+    await download.save_as(saved)
+    assert saved.read_text() == "from the browser\n"
+    async with page.expect_download() as info:
+        await artifacts.get_by_role("button", name="hello.txt").click()
+    await (await info.value).save_as(tmp_path / "hello.txt")
+    assert (tmp_path / "hello.txt").read_text() == "hello from wasm\n"
+
+
+async def test_cancel_a_long_job(watched: Watched) -> None:
+    page = watched.page
+    await watched.sign_in()
+    await watched.upload("slowprint", module("slowprint"))
+    await watched.submit(args=["300"])
+    await expect(page.get_by_test_id("job-output")).to_contain_text("before sleep")
+    await page.get_by_test_id("cancel-job").click()
+    await expect(page.get_by_test_id("job-state")).to_have_text("cancelled")
+    await expect(page.get_by_test_id("cancel-job")).to_be_hidden()
+    assert "after sleep" not in await page.get_by_test_id("job-output").text_content()
+
+
+async def test_run_again_submits_the_same_job(watched: Watched) -> None:
+    page = watched.page
+    await watched.sign_in()
+    await watched.upload("upper", unique("upper"))
+    first = await watched.submit(args=["x"], input_lines=["again"])
+    await expect(page.get_by_test_id("job-state")).to_have_text("succeeded")
+    await page.get_by_test_id("run-again").click()
+    await page.wait_for_url(lambda url: "#/job/j-" in url and not url.endswith(first))
+    await expect(page.get_by_test_id("job-state")).to_have_text("succeeded")
+    await expect(page.get_by_test_id("job-output")).to_have_text("AGAIN\n")
+    await expect(page.locator("#job-fields")).to_contain_text('["x"]')
+
+
+async def test_refused_upload_shows_the_servers_reason(watched: Watched) -> None:
+    page = watched.page
+    watched.expected_errors.append("status of 400")
+    await watched.sign_in()
+    await page.get_by_test_id("upload-input").set_input_files(
+        files=[{"name": "notes.wasm", "mimeType": "application/wasm", "buffer": b"hello"}])
+    await expect(page.get_by_test_id("error")).to_contain_text("not a WebAssembly")
+
+
+# -- untrusted text -------------------------------------------------------------------
+
+XSS = ["<img src=x onerror=alert(1)>", "<script>alert(2)</script>", "<b>bold</b>"]
+
+
+async def test_printed_markup_is_shown_as_text(watched: Watched) -> None:
+    page = watched.page
+    await watched.sign_in()
+    await watched.upload("echoenv", unique("echoenv"))
+    await watched.submit(args=XSS)
+    await expect(page.get_by_test_id("job-state")).to_have_text("succeeded")
+    output = page.get_by_test_id("job-output")
+    for text in XSS:
+        await expect(output).to_contain_text(f"arg: {text}")
+    assert await page.locator("img, b, #job-output script").count() == 0
+    fields = page.locator("#job-fields")
+    await expect(fields).to_contain_text(XSS[0])
+    assert watched.dialogs == []
