@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+from typing import Any
 
 import pytest
 from conftest import Client, wait_done
+from prometheus_client.parser import text_string_to_metric_families
 from wasm_fixtures import module
 
 from poold.daemon import Daemon
@@ -96,6 +99,12 @@ async def test_memory_cap_ends_the_job_with_a_reason(alpha: Client, name: str) -
     job = await alpha.run(module(name), limits={"memory_mb": 16})
     assert job["state"] == "failed", job
     assert "memory limit of 16 MiB" in job["error"]
+    if name == "hog":
+        # what the module itself reached (a message alone would pass with no cap at all)
+        log = await alpha.text(f"/v1/jobs/{job['id']}/logs")
+        reached = re.search(r"hog: allocation failed after ([0-9]+) MiB", log)
+        assert reached is not None, log
+        assert int(reached.group(1)) < 16, log
 
 
 async def test_fuel_limit(alpha: Client) -> None:
@@ -192,6 +201,67 @@ async def test_metrics_count_jobs(alpha: Client) -> None:
     assert 'poold_job_starts_total{kind="warm"} 1.0' in text
     assert "poold_submit_to_start_seconds_bucket" in text
     assert 'poold_pool_workers{state="idle"}' in text
+
+
+def _finished_counts(text: str, tenant: str) -> dict[str, float]:
+    return {s.labels["state"]: s.value for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "poold_jobs_finished_total" and s.labels["tenant"] == tenant}
+
+
+async def test_every_way_a_job_ends_frees_the_tenants_slot_and_is_counted(
+    start_daemon, session  # type: ignore[no-untyped-def]
+) -> None:
+    """With ``max_concurrent_jobs = 1``, a job that is cancelled, fails, times out or
+    loses its worker gives the tenant's slot back: the next job runs. And
+    ``poold_jobs_finished_total`` counts each terminal state."""
+    import signal
+
+    daemon = await start_daemon(tenants__alpha__max_concurrent_jobs=1)
+    client = Client(daemon, session, "alpha")
+    assert daemon.backend is not None
+    noop = await client.upload(module("noop"))
+    ticker = await client.upload(module("ticker"))
+
+    async def running_ticker() -> dict[str, Any]:
+        job = await client.submit(ticker, limits={"timeout_s": 60})
+        async with client.request("GET", f"/v1/jobs/{job['id']}/output?follow=true") as r:
+            assert await r.content.readline() == b"tick 1\n"
+        return await client.json("GET", f"/v1/jobs/{job['id']}", 200)  # type: ignore[no-any-return]
+
+    async def next_job_runs(after: str) -> None:
+        job = await client.submit(noop)
+        try:
+            final = await wait_done(daemon, job["id"], timeout=30)
+        except TimeoutError:
+            pytest.fail(f"after a job that ended {after}, the tenant's next job did not run: "
+                        f"{daemon.store.get(job['id'])}")
+        assert final.state.value == "succeeded", final
+
+    ended: dict[str, dict[str, Any]] = {}
+    job = await running_ticker()
+    await client.json("DELETE", f"/v1/jobs/{job['id']}", 200)
+    ended["cancelled"] = await client.json("GET", f"/v1/jobs/{job['id']}", 200)
+    await next_job_runs("cancelled")
+
+    ended["failed"] = await client.run(module("exitcode"), args=["3"])
+    await next_job_runs("failed")
+
+    ended["timed_out"] = await client.run(module("spin"), limits={"timeout_s": 0.5})
+    await next_job_runs("timed_out")
+
+    job = await running_ticker()
+    pid = daemon.backend.pid_of(PodName(job["pod"]))  # type: ignore[attr-defined]
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    ended["error"] = (await wait_done(daemon, job["id"])).public()
+    await next_job_runs("error")
+
+    assert {state: job["state"] for state, job in ended.items()} == {
+        state: state for state in ended}, ended
+    counts = _finished_counts(await client.text("/metrics"), "alpha")
+    assert counts == {"succeeded": 4, "failed": 1, "timed_out": 1, "cancelled": 1,
+                      "error": 1}, counts
 
 
 async def test_worker_dying_under_a_job_ends_it_as_error(alpha: Client, daemon: Daemon) -> None:

@@ -97,6 +97,8 @@ async def test_a_real_prometheus_scrapes_poold(
 ) -> None:
     job = await alpha.run(module("noop"))
     assert job["state"] == "succeeded", job
+    job = await alpha.run(module("exitcode"), args=["3"])
+    assert job["state"] == "failed", job
 
     target = urlsplit(daemon.url).netloc
     config = tmp_path / "prometheus.yml"
@@ -143,13 +145,14 @@ async def test_a_real_prometheus_scrapes_poold(
         up = await _poll(f"the poold target {target} to be up", target_up, proc, log, deadline)
         assert up is not None and up["scrapeUrl"] == f"http://{target}/metrics", up
 
-        finished = 'poold_jobs_finished_total{tenant="alpha",state="succeeded"}'
+        for state in ("succeeded", "failed"):
+            finished = f'poold_jobs_finished_total{{tenant="alpha",state="{state}"}}'
 
-        async def one_finished() -> tuple[bool, float | None]:
-            value = await query(finished)
-            return value == 1, value
+            async def one_finished(expr: str = finished) -> tuple[bool, float | None]:
+                value = await query(expr)
+                return value == 1, value
 
-        assert await _poll(f"{finished} == 1", one_finished, proc, log, deadline) == 1
+            assert await _poll(f"{finished} == 1", one_finished, proc, log, deadline) == 1
 
         idle = 'poold_pool_workers{state="idle"}'
 
