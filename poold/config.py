@@ -170,18 +170,25 @@ class LimitSettings(_Section):
 
 
 class KubernetesSettings(_Section):
-    namespace: str = "poold"
-    """Namespace of the runner pods."""
+    namespace: str | None = None
+    """Namespace of the runner pods (and of the leader Lease). Unset: poold's own namespace
+    when it runs in a pod (``POD_NAMESPACE``, else the service account's namespace file),
+    else the kubeconfig context's namespace, else ``poold`` -- as kubectl chooses."""
     pod_template: Path = Path("deploy/runner/pod-template.yaml")
     """Runner pod template, the same file that ships in ``deploy/``."""
     kubeconfig: Path | None = None
-    """A kubeconfig file; unset = the in-cluster service account (poold in a pod)."""
+    """A kubeconfig file (relative: to this config file's folder). Unset: kubectl's order,
+    ``$KUBECONFIG``, then ``~/.kube/config``, then the in-cluster service account."""
     pool_name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")] = "default"
     """Label value that marks this pool's pods, so several pools can share a namespace."""
     agent_port: Annotated[int, Field(ge=1, le=65535)] = 8081
     """Port of the agent in runner pods (readiness, nudge, events)."""
     watch_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     """A watch with no event for this long is re-opened (bounded inactivity)."""
+    api_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """Longest wait for one API call (the watch excepted), in seconds. A call that hangs
+    counts as a temporary failure; without a bound a silent connection would hang the
+    pool, or keep a leader that can no longer renew its Lease believing it leads."""
     api_retries: Annotated[int, Field(ge=1, le=20)] = 5
     """Attempts for an API call that failed for a temporary reason (5xx, 429, dropped)."""
     leader_election: bool = True
@@ -189,7 +196,10 @@ class KubernetesSettings(_Section):
     lease_name: str = "poold-leader"
     """Name of that Lease."""
     lease_duration_s: Annotated[float, Field(gt=0)] = 15.0
-    """How long a leader's lease lasts without renewal."""
+    """How long a leader's lease lasts without renewal. The leader stops managing pods
+    when it could not renew for two thirds of it; a candidate takes the Lease only after
+    it has seen the Lease unchanged for all of it, timed on its own clock (as client-go
+    does), so clock skew between nodes never makes two leaders."""
     owner_deployment: str | None = None
     """Deployment that owns runner pods (ownerReference), so deleting poold deletes them."""
 
@@ -310,6 +320,19 @@ def _describe(error: ValidationError, overrides: dict[str, Any] | None = None) -
     return "; ".join(lines)
 
 
+FILE_PATHS = (("kubernetes", "kubeconfig"), ("kubernetes", "pod_template"))
+"""Keys naming a file: relative in a config file, they resolve against its folder."""
+
+
+def _relative_to(folder: Path, data: dict[str, Any]) -> None:
+    for section, key in FILE_PATHS:
+        values = data.get(section)
+        value = values.get(key) if isinstance(values, dict) else None
+        if isinstance(value, str) and value:
+            path = Path(value).expanduser()
+            values[key] = str(path if path.is_absolute() else folder / path)  # type: ignore[index]
+
+
 def load_settings(
     path: Path | None = None, *, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -322,6 +345,7 @@ def load_settings(
             raise ConfigError(f"config file {path} does not exist") from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+        _relative_to(path.parent, data)
     overrides = _env_overrides(os.environ if environ is None else environ)
     data = _merge(data, overrides)
     try:

@@ -122,18 +122,22 @@ class Daemon:
 
     def _backend(self, bootstrap: str) -> Backend:
         s = self.settings
+        # the agent settings poold's config decides, for local workers and runner pods alike
+        agent_env = {
+            "POOLD_AGENT_KAFKA": bootstrap,
+            "POOLD_AGENT_POLL_S": str(s.runtime.poll_interval_s),
+            "POOLD_AGENT_MAX_LOG_KB": str(s.runtime.max_log_kb),
+            "POOLD_AGENT_ENGINE": s.runtime.engine,
+            "POOLD_AGENT_FSYNC": "1" if s.slots.fsync else "0",
+        }
         if s.pool.backend == "local":
             return LocalBackend(
                 slots_root=s.slots.root.resolve(),
                 agent_env={
-                    "POOLD_AGENT_KAFKA": bootstrap,
+                    **agent_env,
                     "POOLD_AGENT_CACHE": str(s.cache_dir.resolve()),
                     "POOLD_AGENT_HOST": "127.0.0.1",
                     "POOLD_AGENT_PORT": "0",
-                    "POOLD_AGENT_POLL_S": str(s.runtime.poll_interval_s),
-                    "POOLD_AGENT_MAX_LOG_KB": str(s.runtime.max_log_kb),
-                    "POOLD_AGENT_ENGINE": s.runtime.engine,
-                    "POOLD_AGENT_FSYNC": "1" if s.slots.fsync else "0",
                 },
             )
         try:
@@ -142,7 +146,7 @@ class Daemon:
             raise ConfigError(str(e)) from e
         return KubernetesBackend(
             settings=s.kubernetes, template=template, kafka=bootstrap,
-            configuration=self._kube_configuration,
+            configuration=self._kube_configuration, agent_env=agent_env,
         )
 
     def _elector(self) -> LeaseElector | None:
@@ -151,8 +155,8 @@ class Daemon:
             return None
         assert isinstance(self.backend, KubernetesBackend)
         return LeaseElector(
-            configuration=self.backend.configuration, namespace=k.namespace,
-            name=k.lease_name, duration_s=k.lease_duration_s,
+            configuration=self.backend.configuration, namespace=self.backend.namespace,
+            name=k.lease_name, duration_s=k.lease_duration_s, call_timeout_s=k.api_timeout_s,
         )
 
     async def _activate(self) -> None:

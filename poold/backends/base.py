@@ -22,10 +22,12 @@ class BackendUnavailable(Exception):
 @dataclass(frozen=True)
 class WorkerEvent:
     """``seen``: a worker exists but is not ready; ``ready``: its agent serves at
-    ``endpoint`` (``job`` set if the worker already holds one); ``gone``: it is
-    deleted, being deleted, or finished, for ``reason``."""
+    ``endpoint`` (``job`` set if the worker already holds one), reported again if it
+    becomes ready after ``unready``; ``unready``: a worker reported ready no longer is,
+    for ``reason`` (it may recover); ``gone``: it is deleted, being deleted, or
+    finished, for ``reason``."""
 
-    kind: Literal["seen", "ready", "gone"]
+    kind: Literal["seen", "ready", "unready", "gone"]
     pod: PodName
     endpoint: str | None = None
     reason: str | None = None

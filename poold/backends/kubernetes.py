@@ -21,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,13 +35,16 @@ from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from poold.backends.base import BackendUnavailable, EventSink, WorkerEvent
-from poold.backends.podtemplate import ANNOTATION_JOB, render, selector
-from poold.config import KubernetesSettings
+from poold.backends.podtemplate import ANNOTATION_JOB, claim_patch, render, selector
+from poold.config import ConfigError, KubernetesSettings
 from poold.types import JobId, PodName
 
 log = structlog.get_logger(__name__)
 
 TEMPORARY = frozenset({429, 500, 502, 503, 504})
+CLAIM_ATTEMPTS = 3
+"""Claims of one pod in a row that may meet a 409 with the pod still unclaimed (the
+kubelet keeps writing its status) before the pool is told to try another pod."""
 
 
 class ApiError(Exception):
@@ -52,17 +58,79 @@ class Expired(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
 
-async def load_configuration(settings: KubernetesSettings) -> Configuration:
-    configuration = Configuration()
+IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+DEFAULT_NAMESPACE = "poold"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the API, and the namespace poold works in when none is configured."""
+
+    configuration: Configuration
+    namespace: str
+    source: str
+    """Where the credentials came from, for the start-up log line."""
+
+
+def choose_kubeconfig(
+    settings: KubernetesSettings, env: Mapping[str, str], home: Path
+) -> tuple[str | None, str]:
+    """The kubeconfig file(s) to read, in kubectl's order, and where that choice came
+    from; None: none exists, so the in-cluster service account."""
     if settings.kubeconfig is not None:
-        await kube_config.load_kube_config(
-            config_file=str(settings.kubeconfig), client_configuration=configuration
-        )
-    else:
+        if not settings.kubeconfig.is_file():
+            raise ConfigError(f"kubernetes.kubeconfig: {settings.kubeconfig} does not exist")
+        return str(settings.kubeconfig), "kubernetes.kubeconfig"
+    listed = [p for p in env.get("KUBECONFIG", "").split(":") if p]
+    if any(Path(p).expanduser().is_file() for p in listed):
+        return ":".join(listed), "$KUBECONFIG"
+    default = home / ".kube" / "config"
+    if default.is_file():
+        return str(default), str(default)
+    return None, "the in-cluster service account"
+
+
+def pod_namespace(env: Mapping[str, str], namespace_file: Path) -> str | None:
+    """The namespace of the pod poold runs in, if it runs in one."""
+    if env.get("POD_NAMESPACE"):
+        return env["POD_NAMESPACE"]
+    if namespace_file.is_file():
+        return namespace_file.read_text().strip() or None
+    return None
+
+
+async def load_configuration(
+    settings: KubernetesSettings, *, environ: Mapping[str, str] | None = None,
+    home: Path | None = None, namespace_file: Path = IN_CLUSTER_NAMESPACE,
+) -> Connection:
+    """kubectl's order: the ``kubernetes.kubeconfig`` key, ``$KUBECONFIG`` (a list of
+    files), ``~/.kube/config``, then the in-cluster service account. The namespace:
+    the key, else the pod's own (``POD_NAMESPACE`` or the service account's file), else
+    the kubeconfig context's, else ``poold``."""
+    env = os.environ if environ is None else environ
+    configuration = Configuration()
+    files, source = choose_kubeconfig(settings, env, home or Path.home())
+    context_namespace = None
+    in_pod = None
+    if files is not None:
+        loader = await kube_config.load_kube_config(
+            config_file=files, client_configuration=configuration, persist_config=False)
+        token = configuration.api_key.get("BearerToken")
+        if token:  # a tokenFile ending in a newline, as `kubectl create token >file` writes
+            configuration.api_key["BearerToken"] = token.strip()
+        context: Any = loader.current_context or {}
+        context_namespace = (context.get("context") or {}).get("namespace") or None
+        in_pod = env.get("POD_NAMESPACE") or None
+    elif env.get("KUBERNETES_SERVICE_HOST"):
         kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration
-        )
-    return configuration
+            client_configuration=configuration)
+        in_pod = pod_namespace(env, namespace_file)
+    else:
+        raise ConfigError(
+            "no Kubernetes credentials: set kubernetes.kubeconfig or $KUBECONFIG, create "
+            "~/.kube/config, or run poold in a pod with a service account")
+    namespace = settings.namespace or in_pod or context_namespace or DEFAULT_NAMESPACE
+    return Connection(configuration, namespace, source)
 
 
 class KubernetesBackend:
@@ -76,11 +144,15 @@ class KubernetesBackend:
         kafka: str,
         configuration: Configuration | None = None,
         delete_grace_s: int = 2,
+        agent_env: Mapping[str, str] | None = None,
     ) -> None:
+        """``agent_env``: agent settings from poold's config (``POOLD_AGENT_*``) that
+        every runner pod gets, over what the template says."""
         self.settings = settings
-        self.namespace = settings.namespace
+        self.namespace = settings.namespace or os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
+        """Resolved by :meth:`prepare` when the backend finds its own credentials."""
         self._template = template
-        self._kafka = kafka
+        self._agent_env = {**(agent_env or {}), "POOLD_AGENT_KAFKA": kafka}
         self._configuration = configuration
         self._grace = delete_grace_s
         self._selector = selector(settings.pool_name)
@@ -108,7 +180,11 @@ class KubernetesBackend:
 
     async def prepare(self) -> None:
         if self._configuration is None:
-            self._configuration = await load_configuration(self.settings)
+            connection = await load_configuration(self.settings)
+            self._configuration = connection.configuration
+            self.namespace = connection.namespace
+            log.info("kubernetes credentials", source=connection.source,
+                     server=connection.configuration.host, namespace=self.namespace)
 
     async def start(self, sink: EventSink) -> None:
         if self._client is not None:
@@ -135,16 +211,23 @@ class KubernetesBackend:
     # -- raw API calls -------------------------------------------------------------
 
     async def _json(self, call: Awaitable[Any]) -> dict[str, Any]:
+        """One API call, answer included, within ``api_timeout_s``: kubernetes-asyncio
+        waits forever on a silent connection. A timeout is a temporary failure."""
         try:
-            response = await call
-        except ApiException as e:
-            raise ApiError(int(e.status or 0), str(e.body)) from e
-        async with response:
-            text = await response.text()
-            if response.status >= 300:
-                raise ApiError(response.status, text)
-            data: dict[str, Any] = json.loads(text) if text else {}
-            return data
+            async with asyncio.timeout(self.settings.api_timeout_s):
+                try:
+                    response = await call
+                except ApiException as e:
+                    raise ApiError(int(e.status or 0), str(e.body)) from e
+                async with response:
+                    text = await response.text()
+                    if response.status >= 300:
+                        raise ApiError(response.status, text)
+                    data: dict[str, Any] = json.loads(text) if text else {}
+                    return data
+        finally:
+            if asyncio.iscoroutine(call):
+                call.close()  # never awaited when the timeout struck first
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
         """Retry what is known to be temporary: 5xx, 429, dropped connections."""
@@ -171,13 +254,18 @@ class KubernetesBackend:
         from kubernetes_asyncio.client import AppsV1Api  # noqa: PLC0415
 
         apps: Any = AppsV1Api(self._client)
-        try:
-            obj = await self._json(apps.read_namespaced_deployment(
+
+        async def call() -> dict[str, Any]:
+            return await self._json(apps.read_namespaced_deployment(
                 deployment, self.namespace, _preload_content=False))
+
+        try:
+            obj = await self._retry("read owner deployment", call)
         except ApiError as e:
-            log.warning("owner deployment not readable; pods get no ownerReference",
-                        deployment=deployment, error=str(e))
-            return None
+            raise ConfigError(
+                f"kubernetes.owner_deployment: cannot read Deployment {deployment} in "
+                f"namespace {self.namespace} ({e}); poold's Role needs get on deployments "
+                "(deploy/base/rbac.yaml), or unset the key") from e
         return {
             "apiVersion": "apps/v1", "kind": "Deployment", "name": deployment,
             "uid": obj["metadata"]["uid"], "controller": False, "blockOwnerDeletion": False,
@@ -266,12 +354,15 @@ class KubernetesBackend:
             return
         status = pod.get("status", {})
         ip = status.get("podIP")
-        if reported is None and ip and _ready(status):
-            job = pod["metadata"].get("annotations", {}).get(ANNOTATION_JOB)
-            self._emit(WorkerEvent(
-                "ready", name, endpoint=f"http://{ip}:{self.settings.agent_port}",
-                job=JobId(job) if job else None,
-            ))
+        if ip and _ready(status):
+            if reported != "ready":  # for the first time, or again after a lapse
+                job = _holder(pod)
+                self._emit(WorkerEvent(
+                    "ready", name, endpoint=endpoint(ip, self.settings.agent_port),
+                    job=JobId(job) if job else None,
+                ))
+        elif reported == "ready":
+            self._emit(WorkerEvent("unready", name, reason=_unready_reason(status)))
         elif reported is None and name not in self._announced:
             self._announced.add(name)
             self._emit(WorkerEvent("seen", name))
@@ -284,7 +375,7 @@ class KubernetesBackend:
         self._announced.discard(name)
 
     def _emit(self, event: WorkerEvent) -> None:
-        if event.kind in ("ready", "gone"):
+        if event.kind in ("ready", "unready", "gone"):
             self._reported[event.pod] = event.kind
         if self._sink is not None:
             self._sink(event)
@@ -295,7 +386,7 @@ class KubernetesBackend:
         assert self._core is not None
         core = self._core
         body = render(self._template, name=pod, pool=self.settings.pool_name,
-                      kafka=self._kafka, owner=self._owner)
+                      env=self._agent_env, owner=self._owner)
 
         async def call() -> dict[str, Any]:
             return await self._json(core.create_namespaced_pod(
@@ -311,17 +402,42 @@ class KubernetesBackend:
             self._observe(created)
 
     async def claim(self, pod: PodName, job: JobId) -> bool:
-        assert self._core is not None
+        """A conditional write; on 409 the pod itself says who won. A real server answers
+        409 also when our own write was committed but its answer lost (the retry carried
+        the old resourceVersion), or when the kubelet wrote the status in between."""
         current = self.pods.get(pod)
-        if current is None or ANNOTATION_JOB in current["metadata"].get("annotations", {}):
-            return False
-        patch = {
-            "metadata": {
-                "resourceVersion": current["metadata"]["resourceVersion"],
-                "labels": {"poold.dev/state": "busy"},
-                "annotations": {ANNOTATION_JOB: job},
-            }
-        }
+        for _ in range(CLAIM_ATTEMPTS):
+            if current is None or _gone_reason(current) is not None:
+                return False
+            holder = _holder(current)
+            if holder is not None:
+                if holder != job:
+                    return False
+                self.pods[pod] = current
+                return True
+            try:
+                current = await self._claim_once(pod, job, current)
+            except BackendUnavailable:
+                # the write may have been committed with every answer lost: look
+                found = await self._read_pod(pod)
+                if found is not None and _holder(found) == job:
+                    self.pods[pod] = found
+                    return True
+                raise
+            except ApiError as e:
+                if e.status == 409:
+                    current = await self._read_pod(pod)
+                    continue
+                if e.status in (404, 422):
+                    return False
+                raise BackendUnavailable(f"cannot claim runner pod {pod}: {e}") from e
+        log.warning("claim kept conflicting; giving the pod up for now", pod=pod)
+        return False
+
+    async def _claim_once(
+        self, pod: PodName, job: JobId, seen: dict[str, Any]
+    ) -> dict[str, Any]:
+        patch = claim_patch(resource_version=seen["metadata"]["resourceVersion"], job=job)
         core = self._core
 
         async def call() -> dict[str, Any]:
@@ -329,17 +445,21 @@ class KubernetesBackend:
                 pod, self.namespace, patch, _content_type="application/merge-patch+json",
                 _preload_content=False))
 
+        return dict(await self._retry("claim pod", call))
+
+    async def _read_pod(self, pod: PodName) -> dict[str, Any] | None:
+        core = self._core
+
+        async def call() -> dict[str, Any]:
+            return await self._json(core.read_namespaced_pod(
+                pod, self.namespace, _preload_content=False))
+
         try:
-            updated = await self._retry("claim pod", call)
+            return dict(await self._retry("read pod", call))
         except ApiError as e:
-            if e.status in (404, 409, 422):
-                return False
-            raise BackendUnavailable(f"cannot claim runner pod {pod}: {e}") from e
-        annotations = updated["metadata"].get("annotations", {})
-        if annotations.get(ANNOTATION_JOB) != job:
-            return False
-        self.pods[pod] = updated
-        return True
+            if e.status == 404:
+                return None
+            raise BackendUnavailable(f"cannot read runner pod {pod}: {e}") from e
 
     async def delete(self, pod: PodName) -> None:
         assert self._core is not None
@@ -367,6 +487,18 @@ class KubernetesBackend:
         return None
 
 
+def _holder(pod: dict[str, Any]) -> str | None:
+    """The job a pod's claim names, if any."""
+    job: str | None = (pod["metadata"].get("annotations") or {}).get(ANNOTATION_JOB)
+    return job
+
+
+def endpoint(ip: str, port: int) -> str:
+    """The agent's URL; an IPv6 address goes in brackets."""
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"http://{host}:{port}"
+
+
 def _ready(status: dict[str, Any]) -> bool:
     if status.get("phase") != "Running":
         return False
@@ -374,6 +506,13 @@ def _ready(status: dict[str, Any]) -> bool:
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in status.get("conditions") or []
     )
+
+
+def _unready_reason(status: dict[str, Any]) -> str:
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Ready" and c.get("message"):
+            return f"not ready: {c['message']}"
+    return f"not ready (phase {status.get('phase')})"
 
 
 def _gone_reason(pod: dict[str, Any]) -> str | None:

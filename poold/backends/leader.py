@@ -6,6 +6,14 @@ Lease carries the resourceVersion read just before, so two candidates can
 never both believe they took it. Leader election alone does not fence (a
 paused leader may act after its lease ran out), which is why claims on pods
 are conditional updates too.
+
+Timing follows client-go. A candidate never compares the holder's
+``renewTime`` with its own clock (clocks of two nodes differ): it notes when
+it last saw the Lease record change, on its own monotonic clock, and takes
+the Lease only once it has seen no change for ``duration_s``. The leader
+gives up (raises :class:`LeadershipLost`) when it could not renew within the
+renew deadline, two thirds of that, whatever its calls do: each call has a
+timeout and the whole attempt is bounded by the deadline.
 """
 
 from __future__ import annotations
@@ -38,12 +46,6 @@ def _fmt(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parse(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 class LeaseElector:
     def __init__(
         self,
@@ -53,10 +55,16 @@ class LeaseElector:
         name: str,
         duration_s: float,
         identity: str | None = None,
+        call_timeout_s: float = 10.0,
     ) -> None:
         self.namespace = namespace
         self.name = name
         self.duration_s = duration_s
+        self.renew_deadline_s = duration_s * 2 / 3
+        self.call_timeout_s = call_timeout_s
+        self._observed: tuple[Any, ...] | None = None
+        self._observed_at = 0.0
+        """When (event loop clock) the Lease record last changed, as far as we saw."""
         host = os.environ.get("POD_NAME") or socket.gethostname()
         self.identity = identity or f"{host}-{secrets.token_hex(3)}"
         self._configuration = configuration
@@ -65,10 +73,21 @@ class LeaseElector:
         self.leading = asyncio.Event()
 
     async def _call(self, method: str, *args: Any, **kw: Any) -> tuple[int, dict[str, Any]]:
-        response = await getattr(self._api, method)(*args, _preload_content=False, **kw)
-        async with response:
-            text = await response.text()
-            return response.status, (json.loads(text) if text else {})
+        async with asyncio.timeout(self.call_timeout_s):
+            response = await getattr(self._api, method)(*args, _preload_content=False, **kw)
+            async with response:
+                text = await response.text()
+                return response.status, (json.loads(text) if text else {})
+
+    def _observe(self, spec: dict[str, Any]) -> float:
+        """Seconds since the record last changed, on our own clock."""
+        now = asyncio.get_running_loop().time()
+        record = tuple(spec.get(k) for k in (
+            "holderIdentity", "renewTime", "acquireTime", "leaseTransitions",
+            "leaseDurationSeconds"))
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
+        return now - self._observed_at
 
     def _body(self, lease: dict[str, Any] | None, *, transitions: int) -> dict[str, Any]:
         now = _fmt(_now())
@@ -102,18 +121,19 @@ class LeaseElector:
             raise aiohttp.ClientError(f"reading lease {self.name}: HTTP {status}")
         spec = lease.get("spec", {})
         holder = spec.get("holderIdentity")
-        renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
+        unchanged_for = self._observe(spec)
         duration = float(spec.get("leaseDurationSeconds") or self.duration_s)
-        expired = renewed is None or _now() > renewed + timedelta(seconds=duration)
-        if holder not in (None, "", self.identity) and not expired:
+        if holder not in (None, "", self.identity) and unchanged_for < duration:
             return False
         transitions = int(spec.get("leaseTransitions") or 0)
         if holder != self.identity:
             transitions += 1
-        status, _ = await self._call(
+        status, written = await self._call(
             "replace_namespaced_lease", self.name, self.namespace,
             self._body(lease, transitions=transitions),
         )
+        if status < 300:
+            self._observe(written.get("spec", {}))
         return status < 300  # 409: another candidate wrote first
 
     async def run(self) -> None:
@@ -121,14 +141,17 @@ class LeaseElector:
         self._client = ApiClient(configuration=self._configuration)
         self._api = CoordinationV1Api(self._client)
         retry = max(0.2, self.duration_s / 5)
-        last_renewal: float | None = None
+        last_renewal = 0.0
         loop = asyncio.get_running_loop()
         try:
             while True:
+                deadline = last_renewal + self.renew_deadline_s
                 try:
-                    won = await self.try_acquire()
+                    # while leading, the attempt may not outlive the renew deadline
+                    async with asyncio.timeout_at(deadline if self.leading.is_set() else None):
+                        won = await self.try_acquire()
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                    log.warning("lease call failed", error=str(e))
+                    log.warning("lease call failed", error=str(e) or repr(e))
                     won = False
                 now = loop.time()
                 if won:
@@ -136,12 +159,11 @@ class LeaseElector:
                     if not self.leading.is_set():
                         log.info("became the leader", identity=self.identity, lease=self.name)
                         self.leading.set()
-                elif self.leading.is_set():
-                    assert last_renewal is not None
-                    if not won and now - last_renewal > self.duration_s * 0.8:
-                        raise LeadershipLost(
-                            f"lost the lease {self.name}; stopping so a fresh start can follow"
-                        )
+                elif self.leading.is_set() and now >= deadline:
+                    raise LeadershipLost(
+                        f"could not renew the lease {self.name} within "
+                        f"{self.renew_deadline_s:.1f} s; stopping so a fresh start can follow"
+                    )
                 await asyncio.sleep(retry)
         finally:
             client, self._client = self._client, None

@@ -2,14 +2,16 @@
 
 poold names each pod itself (its slot ``<slots.root>/<pod>`` must exist before
 the pod does, because the pod mounts it with ``subPathExpr: $(POD_NAME)``),
-labels it as part of this pool and idle, and tells the agent where Kafka is.
-Everything else — image, resources, security context, probes — is the
-operator's, in the template.
+labels it as part of this pool and idle, and sets the agent settings that
+poold's own config decides (Kafka, engine, log cap, poll interval, fsync), so
+one config file governs local workers and runner pods alike. Everything else
+(image, resources, security context, probes) is the operator's, in the template.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +62,11 @@ def render(
     *,
     name: PodName,
     pool: str,
-    kafka: str,
+    env: Mapping[str, str],
     owner: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``env`` (the agent settings poold's config decides) replaces same-named entries
+    of the first container's env, or is added to it."""
     pod = copy.deepcopy(template)
     meta = pod.setdefault("metadata", {})
     meta.pop("generateName", None)
@@ -74,9 +78,9 @@ def render(
     spec = pod["spec"]
     spec["restartPolicy"] = "Never"
     container = spec["containers"][0]
-    env = [e for e in container.get("env", []) if e.get("name") != "POOLD_AGENT_KAFKA"]
-    env.append({"name": "POOLD_AGENT_KAFKA", "value": kafka})
-    container["env"] = env
+    entries = [e for e in container.get("env", []) if e.get("name") not in env]
+    entries += [{"name": name, "value": value} for name, value in env.items()]
+    container["env"] = entries
     return pod
 
 

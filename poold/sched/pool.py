@@ -52,6 +52,8 @@ class Worker:
     """Resolved with a reason if the worker disappears while it holds a job."""
     link: AgentLink | None = None
     """The pre-opened line to the worker's agent (see :mod:`poold.sched.agent_link`)."""
+    lapsed: bool = False
+    """It was idle, then reported not ready: waiting (as STARTING) to be ready again."""
 
     def drop_link(self) -> None:
         link, self.link = self.link, None
@@ -252,10 +254,23 @@ class Pool:
             worker.state = WorkerState.IDLE
             worker.ready_at = time.monotonic()
             worker.endpoint = event.endpoint
-            self.metrics.worker_start.observe(worker.ready_at - worker.created)
-            self._failures = 0
+            if worker.lapsed:
+                worker.lapsed = False
+                log.info("worker is ready again", pod=event.pod)
+            else:
+                self.metrics.worker_start.observe(worker.ready_at - worker.created)
+                self._failures = 0
             self._idle_changed.set()
             self.on_ready(worker)
+        elif event.kind == "unready" and worker.state is WorkerState.IDLE:
+            # no job goes to it until it is ready again; if that takes longer than a
+            # start may, the start timeout replaces it
+            log.warning("idle worker is no longer ready", pod=event.pod, reason=event.reason)
+            worker.state = WorkerState.STARTING
+            worker.created = time.monotonic()
+            worker.lapsed = True
+            worker.drop_link()
+            self._idle_changed.set()
         elif event.kind == "gone":
             del self.workers[event.pod]
             worker.drop_link()

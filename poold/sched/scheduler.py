@@ -170,10 +170,13 @@ class Scheduler:
             self._recovering[job.id] = job
 
     def _on_orphan(self, worker: Worker) -> bool:
-        """A worker found holding a job: follow it if the job is ours to finish."""
-        job = self._recovering.pop(worker.job, None) if worker.job else None
-        if job is None or job.state is JobState.QUEUED:
+        """A worker found holding a job: follow it if the job is ours to finish and the
+        journal recorded this very worker for it (a claim whose answer was lost can
+        leave a second worker naming the job; that one is an orphan to delete)."""
+        job = self._recovering.get(worker.job) if worker.job else None
+        if job is None or job.state is JobState.QUEUED or job.pod != worker.pod:
             return False
+        del self._recovering[job.id]
         log.info("following a job started before the restart", job_id=job.id, pod=worker.pod)
         worker.lost = asyncio.get_running_loop().create_future()
         if self._http is not None and worker.endpoint is not None:

@@ -79,7 +79,7 @@ def test_runner_pod_as_poold_renders_it_is_valid(runner_template: Object) -> Non
     template = podtemplate.load_template(RUNNER_TEMPLATE)
     assert template == runner_template
     pod = podtemplate.render(template, name="poold-runner-abc123", pool="default",
-                             kafka="redpanda.redpanda.svc.cluster.local:9093")
+                             env={"POOLD_AGENT_KAFKA": "redpanda.redpanda.svc.cluster.local:9093"})
     validate(pod)
     assert pod["metadata"]["name"] == "poold-runner-abc123"
     assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "poold-runner"

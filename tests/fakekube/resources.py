@@ -67,6 +67,9 @@ PODS = ResourceType(
     has_status=True,
 )
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease")
+DEPLOYMENTS = ResourceType("apps", "v1", "deployments", "Deployment")
+"""Stored as given (no controller acts on them): poold only reads its own, for the
+uid of the ownerReference it puts on runner pods."""
 EVENTS = ResourceType(
     "",
     "v1",
@@ -96,7 +99,7 @@ EVENTS_V1 = ResourceType(
 )
 
 RESOURCES: dict[tuple[str, str, str], ResourceType] = {
-    (rt.group, rt.version, rt.plural): rt for rt in (PODS, LEASES, EVENTS, EVENTS_V1)
+    (rt.group, rt.version, rt.plural): rt for rt in (PODS, LEASES, DEPLOYMENTS, EVENTS, EVENTS_V1)
 }
 
 

@@ -62,6 +62,8 @@ class _Fault:
     message: str | None = None
     retry_after: int | None = None
     drop: bool = False
+    hang: bool = False
+    lose_response: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method:
@@ -94,6 +96,7 @@ class FakeApiServer:
         self._faults: list[_Fault] = []
         self._watches: dict[Subscription, web.Request] = {}
         self._watch_opened = asyncio.Event()
+        self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -121,7 +124,8 @@ class FakeApiServer:
         self.port = int(self._runner.addresses[0][1])
 
     async def close(self) -> None:
-        """End open watches (or shutdown would wait for them) and stop."""
+        """End open watches and hung requests (or shutdown would wait for them), stop."""
+        self._closing.set()
         self.close_watches()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -191,6 +195,20 @@ class FakeApiServer:
     ) -> None:
         """Close the next ``n`` matching requests' connections with no response."""
         self._faults.append(_Fault(n, method, path, drop=True))
+
+    def hang_next(
+        self, n: int = 1, *, method: str | None = None, path: str | None = None
+    ) -> None:
+        """Accept the next ``n`` matching requests and never answer them (a silent
+        connection, as behind a dead load balancer), until :meth:`close`."""
+        self._faults.append(_Fault(n, method, path, hang=True))
+
+    def lose_responses(
+        self, n: int = 1, *, method: str | None = None, path: str | None = None
+    ) -> None:
+        """Carry out the next ``n`` matching requests (a write is committed), then cut the
+        connection before the answer: the client cannot know its write happened."""
+        self._faults.append(_Fault(n, method, path, lose_response=True))
 
     def clear_faults(self) -> None:
         """Forget pending ``fail_next`` / ``drop_connections`` rules."""
@@ -285,7 +303,12 @@ class FakeApiServer:
         if fault is not None:
             fault.remaining -= 1
             self._faults = [f for f in self._faults if f.remaining > 0]
-            if fault.drop:
+            if fault.hang:
+                await self._closing.wait()
+            if fault.lose_response:
+                with contextlib.suppress(StatusError, web.HTTPException):
+                    await handler(request)
+            if fault.drop or fault.hang or fault.lose_response:
                 if request.transport is not None:
                     request.transport.close()
                 raise web.HTTPInternalServerError()  # never reaches the client
