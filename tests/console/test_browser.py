@@ -49,6 +49,7 @@ if async_playwright is None or not CHROMIUM.exists():
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
 WAIT_MS = 30_000
+expect.set_options(timeout=WAIT_MS)  # its own default is 5 s: too short on a loaded machine
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -208,7 +209,7 @@ async def test_output_appears_while_the_job_runs(watched: Watched) -> None:
     page = watched.page
     await watched.sign_in()
     await watched.upload("slowprint", module("slowprint"))
-    await watched.submit(args=["5"])
+    await watched.submit(args=["8"])
     output = page.get_by_test_id("job-output")
     await expect(output).to_contain_text("before sleep")
     # the first line is on the page; the module is still asleep
