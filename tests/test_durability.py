@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from conftest import TOKENS, Client, DaemonFactory, make_settings, wait_done
 from wasm_fixtures import module
 
@@ -193,6 +194,70 @@ async def test_crash_at_each_step_ends_every_job_exactly_once(
     slots = Path(env["POOLD_SLOTS__ROOT"])
     assert not [p for p in slots.iterdir() if p.name.startswith("poold-w-")], "slots left"
     assert not _agents_using(slots), "worker processes left"
+
+
+@pytest.mark.timeout(180)
+async def test_a_requeued_job_gets_a_fresh_output_range(
+    poold_process: PooldProcess, http: aiohttp.ClientSession, start_daemon: DaemonFactory,
+    broker: str,
+) -> None:
+    """A job requeued after a crash at ``assigned`` must not keep the output range it
+    was given before: another job of the tenant may write to that partition before
+    it runs, and its output would then begin with the other job's lines."""
+    poold = poold_process
+    await poold.start(crash_at="assigned")
+    async with http.put(poold.url + "/v1/modules", data=module("upper"), headers=HEADERS) as r:
+        sha = (await r.json())["sha256"]
+    try:
+        async with http.post(poold.url + "/v1/jobs", headers=HEADERS,
+                             json={"module": sha, "input": ["mine 1", "mine 2"]}) as r:
+            assert r.status == 202
+            job_id = (await r.json())["id"]
+    except (aiohttp.ClientError, OSError):
+        pytest.fail("poold died before answering the submission")
+    assert await poold.died() == -signal.SIGKILL
+
+    # meanwhile another job of the tenant writes to the same topics (another poold
+    # on the same broker and topic prefix, as a replica taking over would)
+    other = await start_daemon(pool__min_idle=1,
+                               kafka__topic_prefix=poold.env["POOLD_KAFKA__TOPIC_PREFIX"])
+    intruder = await Client(other, http, "alpha").run(module("upper"), input=["intruder"])
+    assert intruder["state"] == "succeeded", intruder
+    await other.stop()
+
+    await poold.start()
+    job = await _follow_to_end(http, poold.url, job_id)
+    assert job["state"] == "succeeded", job
+    assert job["output"]["partition"] == intruder["output"]["partition"], (
+        "the requeued job must use the partition the other job wrote to, or this test "
+        f"shows nothing: {job['output']} vs {intruder['output']}")
+    async with http.get(f"{poold.url}/v1/jobs/{job_id}/output", headers=HEADERS) as r:
+        assert (await r.text()).splitlines() == ["MINE 1", "MINE 2"]
+    # the range in the record is the contract (a consumer of the topic reads by it),
+    # and the API's reader skips other jobs' records by key: read the range raw
+    out = job["output"]
+    held = await _records(broker, out["topic"], out["partition"], out["start"], out["end"])
+    assert held == [b"MINE 1", b"MINE 2"], (out, intruder["output"])
+    await poold.stop()
+
+
+async def _records(broker: str, topic: str, partition: int, start: int, end: int) -> list[bytes]:
+    """Every record of ``[start, end)`` of a partition, whoever wrote it."""
+    tp = TopicPartition(topic, partition)
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False,
+                                request_timeout_ms=10_000)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        found: list[bytes] = []
+        async with asyncio.timeout(30):
+            while start + len(found) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                found += [m.value for m in batch.get(tp, []) if m.offset < end]
+        return found
+    finally:
+        await consumer.stop()
 
 
 async def test_idempotency_key_gives_one_job(alpha: Client) -> None:
