@@ -1,4 +1,5 @@
-"""``poold serve | agent | submit | token``."""
+"""``poold``: the daemon's commands (``serve``, ``agent``, ``token``, ``bench``) and the
+client's (``run``, ``jobs``, ``logs``… from :mod:`poold.ctl`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import TextIO
 
 import click
 
 from poold.config import ConfigError, load_settings
+from poold.ctl import register
 from poold.logs import configure
 
 
@@ -73,46 +74,15 @@ def token() -> None:
     click.echo(f"token_sha256 = \"{hashlib.sha256(value.encode()).hexdigest()}\"")
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("module", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.option("--input", "input_path", type=click.File("r"), default=None,
-              help="File whose lines become the job's input records ('-' for stdin).")
-@click.option("--url", envvar="POOLD_URL", default="http://127.0.0.1:8080", show_default=True)
-@click.option("--token", "bearer", envvar="POOLD_TOKEN", required=True,
-              help="Bearer token (or set POOLD_TOKEN).")
-@click.option("--env", "env", multiple=True, help="KEY=VALUE for the module (repeatable).")
-@click.option("--timeout", "timeout_s", type=float, default=None, help="limits.timeout_s")
-@click.option("--memory", "memory_mb", type=int, default=None, help="limits.memory_mb")
-@click.option("--fuel", type=int, default=None, help="limits.fuel")
-def submit(
-    module: Path,
-    args: tuple[str, ...],
-    input_path: TextIO | None,
-    url: str,
-    bearer: str,
-    env: tuple[str, ...],
-    timeout_s: float | None,
-    memory_mb: int | None,
-    fuel: int | None,
-) -> None:
-    """Upload MODULE, run it with ARGS (after --), print its output, exit with its code."""
-    from poold.client import SubmitOptions, run_submit  # noqa: PLC0415
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script, e.g. `source <(poold completion bash)`."""
+    from click.shell_completion import get_completion_class  # noqa: PLC0415
 
-    pairs = {}
-    for item in env:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
-        pairs[key] = value
-    records: list[str] = (
-        [line.rstrip("\n") for line in input_path] if input_path is not None else []
-    )
-    limits = {k: v for k, v in
-              {"timeout_s": timeout_s, "memory_mb": memory_mb, "fuel": fuel}.items()
-              if v is not None}
-    options = SubmitOptions(url=url.rstrip("/"), token=bearer, module=module, args=list(args),
-                            env=pairs, input=records, limits=limits)
-    code = asyncio.run(run_submit(options))
-    sys.exit(code)
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(main, {}, "poold", "_POOLD_COMPLETE").source())
 
+
+register(main)

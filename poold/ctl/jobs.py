@@ -1,0 +1,345 @@
+"""``poold jobs list|get|cancel|wait``, ``run`` (alias ``submit``), ``logs``, ``output``,
+``artifacts``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from poold.client import AsyncClient, Job
+from poold.client.errors import PooldError
+from poold.ctl import render
+from poold.ctl.common import (
+    EXIT_OK,
+    Connection,
+    client_command,
+    exit_code_of,
+    quiet_option,
+)
+from poold.ctl.render import Column, age, emit, millis, output_option, text
+
+STATES = ("queued", "assigned", "running", "succeeded", "failed", "timed_out", "cancelled",
+          "error")
+
+JOB_COLUMNS = [
+    Column("ID", lambda r: text(r.get("id"))),
+    Column("STATE", lambda r: text(r.get("state"))),
+    Column("MODULE", lambda r: text(r.get("module"))[:12]),
+    Column("EXIT", lambda r: text(r.get("exit_code"))),
+    Column("WAIT", lambda r: millis(r.get("wait_ms"))),
+    Column("RUN", lambda r: millis(r.get("run_ms"))),
+    Column("AGE", lambda r: age(r.get("submitted_at"))),
+    Column("POD", lambda r: text(r.get("pod")), wide=True, shrink=True),
+    Column("WARM", lambda r: text(r.get("warm")).lower(), wide=True),
+    Column("SUBMITTED", lambda r: text(r.get("submitted_at")), wide=True),
+    Column("ERROR", lambda r: text(r.get("error")), wide=True, shrink=True),
+]
+
+ARTIFACT_COLUMNS = [
+    Column("NAME", lambda r: text(r.get("name")), shrink=True),
+    Column("SIZE", lambda r: text(r.get("size"))),
+    Column("URL", lambda r: text(r.get("url")), wide=True, shrink=True),
+]
+
+
+def job_argument(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.argument("job_id", metavar="JOB")(f)
+
+
+@click.group()
+def jobs() -> None:
+    """List, inspect, cancel and wait for jobs."""
+
+
+@jobs.command("list")
+@client_command
+@click.option("--state", "states", multiple=True, type=click.Choice(STATES),
+              help="Only jobs in this state (repeatable).")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="At most this many of the newest jobs (0: all of them).")
+@click.option("-w", "--watch", is_flag=True, help="Print the list again whenever it changes.")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+              help="Seconds between looks with --watch.")
+@quiet_option
+@output_option
+def list_jobs(conn: Connection, states: tuple[str, ...], limit: int, watch: bool,
+              interval: float, quiet: bool, fmt: str) -> None:
+    """This tenant's jobs, newest first."""
+
+    def fetch() -> list[Job]:
+        return conn.call(lambda c: c.list_jobs(limit=limit or None, state=states or None))
+
+    def show(found: list[Job]) -> None:
+        if quiet:
+            for job in found:
+                click.echo(job.id)
+        else:
+            emit([j.record for j in found], fmt=fmt, columns=JOB_COLUMNS)
+
+    if not watch:
+        show(fetch())
+        return
+    _watch(fetch, show, interval=interval, key=lambda found: [j.record for j in found])
+
+
+def _watch(fetch: Callable[[], Any], show: Callable[[Any], None], *, interval: float,
+           key: Callable[[Any], Any], until: Callable[[Any], bool] = lambda _: False) -> None:
+    """Show what ``fetch`` returns whenever it changes; on a terminal, redraw in place."""
+    last: Any = object()
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            found = fetch()
+            if key(found) != last:
+                last = key(found)
+                if render.on_terminal():
+                    click.clear()
+                else:
+                    click.echo()
+                show(found)
+            if until(found):
+                return
+            time.sleep(interval)
+
+
+@jobs.command("get")
+@client_command
+@click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
+@click.option("-w", "--watch", is_flag=True,
+              help="Print a new row whenever the job's state changes, until it ends.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
+@output_option
+def get_jobs(conn: Connection, job_ids: tuple[str, ...], watch: bool, interval: float,
+             fmt: str) -> None:
+    """Job records (JSON/YAML: the whole record as the server keeps it)."""
+
+    async def fetch(c: AsyncClient) -> list[Job]:
+        return list(await asyncio.gather(*(c.get_job(i) for i in job_ids)))
+
+    def records(found: list[Job]) -> list[dict[str, Any]] | dict[str, Any]:
+        return found[0].record if len(found) == 1 else [j.record for j in found]
+
+    if not watch:
+        emit(records(conn.call(fetch)), fmt=fmt, columns=JOB_COLUMNS)
+        return
+    seen: set[tuple[str, str]] = set()
+    header = True
+    while True:
+        found = conn.call(fetch)
+        fresh = [j for j in found if (j.id, j.state) not in seen]
+        seen.update((j.id, j.state) for j in found)
+        if fresh:
+            if fmt in ("table", "wide"):
+                emit([j.record for j in fresh], fmt=fmt, columns=JOB_COLUMNS, header=header)
+                header = False
+            else:
+                for job in fresh:
+                    emit(job.record, fmt=fmt, columns=JOB_COLUMNS)
+        if all(j.terminal for j in found):
+            return
+        time.sleep(interval)
+
+
+@jobs.command("cancel")
+@client_command
+@click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
+@quiet_option
+@output_option
+def cancel_jobs(conn: Connection, job_ids: tuple[str, ...], quiet: bool, fmt: str) -> None:
+    """Cancel queued or running jobs (an ended job is refused with exit code 65)."""
+    done = [conn.call(lambda c, i=i: c.cancel(i)) for i in job_ids]  # type: ignore[misc]
+    if quiet:
+        for job in done:
+            click.echo(job.id)
+        return
+    emit([j.record for j in done] if len(done) > 1 else done[0].record, fmt=fmt,
+         columns=JOB_COLUMNS)
+
+
+@jobs.command("wait")
+@client_command
+@click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Give up after this many seconds (exit code 75); the jobs go on.")
+@quiet_option
+@output_option
+def wait_jobs(conn: Connection, job_ids: tuple[str, ...], timeout: float | None, quiet: bool,
+              fmt: str) -> None:
+    """Wait until the jobs end; exit with the first unsuccessful one's code (see --help of
+    `poold`), 0 if all succeeded."""
+
+    async def wait_all(c: AsyncClient) -> list[Job]:
+        return list(await asyncio.gather(*(c.wait(i, timeout=timeout) for i in job_ids)))
+
+    ended = conn.call(wait_all)
+    if quiet:
+        for job in ended:
+            click.echo(job.id)
+    else:
+        emit([j.record for j in ended] if len(ended) > 1 else ended[0].record, fmt=fmt,
+             columns=JOB_COLUMNS)
+    sys.exit(next((code for j in ended if (code := exit_code_of(j)) != EXIT_OK), EXIT_OK))
+
+
+# -- run ------------------------------------------------------------------------------
+
+
+def _pairs(items: tuple[str, ...]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
+        pairs[key] = value
+    return pairs
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@client_command
+@click.argument("module", metavar="MODULE")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--input", "input_file", type=click.File("r"), default=None,
+              help="File whose lines become the job's input records ('-' for stdin).")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE",
+              help="Environment variable for the module (repeatable).")
+@click.option("--timeout", "timeout_s", type=float, default=None, help="limits.timeout_s")
+@click.option("--memory", "memory_mb", type=int, default=None, help="limits.memory_mb")
+@click.option("--fuel", type=int, default=None, help="limits.fuel")
+@click.option("-d", "--detach", is_flag=True,
+              help="Print the job's id and return; do not wait for it.")
+def run(conn: Connection, module: str, args: tuple[str, ...], input_file: TextIO | None,
+        env: tuple[str, ...], timeout_s: float | None, memory_mb: int | None,
+        fuel: int | None, detach: bool) -> None:
+    """Run MODULE (a .wasm file, or the sha256 of an uploaded one) with ARGS (after --).
+
+    Prints its output records on stdout and its log on stderr as they come, and
+    exits with the module's exit code (124 timed out, 130 cancelled, 70 error).
+    """
+    records = [line.rstrip("\n") for line in input_file] if input_file is not None else []
+    fields: dict[str, Any] = {"args": list(args), "env": _pairs(env), "input": records,
+                              "timeout_s": timeout_s, "memory_mb": memory_mb, "fuel": fuel}
+    path = Path(module)
+    upload = path.is_file()
+    if not upload and not _is_sha256(module):
+        raise click.BadParameter(f"{module!r} is neither a file nor a module's sha256",
+                                 param_hint="MODULE")
+
+    async def go(c: AsyncClient) -> Job:
+        sha = (await c.upload_module(path)).sha256 if upload else module
+        job = await c.submit(sha, **fields)
+        if detach:
+            return job
+        logs = asyncio.create_task(_copy_logs(c, job.id))
+        try:
+            async for record in c.stream_output_bytes(job.id, follow=True):
+                sys.stdout.buffer.write(record + b"\n")
+                sys.stdout.buffer.flush()
+        finally:
+            with contextlib.suppress(TimeoutError, PooldError):
+                await asyncio.wait_for(logs, 10)
+            logs.cancel()
+        return await c.wait(job.id, timeout=30)
+
+    job = conn.call(go)
+    if detach:
+        click.echo(job.id)
+        return
+    if job.state != "succeeded":
+        click.echo(f"poold: job {job.id} ended {job.state}: {job.error}", err=True)
+    sys.exit(exit_code_of(job))
+
+
+async def _copy_logs(c: AsyncClient, job_id: str) -> None:
+    async for chunk in c.stream_logs(job_id, follow=True):
+        sys.stderr.write(chunk)
+        sys.stderr.flush()
+
+
+def _is_sha256(text_: str) -> bool:
+    return len(text_) == 64 and all(ch in "0123456789abcdef" for ch in text_)
+
+
+# -- logs, output ---------------------------------------------------------------------
+
+
+@click.command()
+@client_command
+@job_argument
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
+def logs(conn: Connection, job_id: str, follow: bool) -> None:
+    """The module's stderr."""
+
+    async def go(c: AsyncClient) -> None:
+        async for chunk in c.stream_logs(job_id, follow=follow):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+    conn.call(go)
+
+
+@click.command()
+@client_command
+@job_argument
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing records as the module writes them, until the job ends.")
+def output(conn: Connection, job_id: str, follow: bool) -> None:
+    """The job's output records, one per line."""
+
+    async def go(c: AsyncClient) -> None:
+        async for record in c.stream_output_bytes(job_id, follow=follow):
+            sys.stdout.buffer.write(record + b"\n")
+            sys.stdout.buffer.flush()
+
+    conn.call(go)
+
+
+# -- artifacts ------------------------------------------------------------------------
+
+
+@click.command()
+@client_command
+@job_argument
+@click.option("--get", "names", multiple=True, metavar="NAME",
+              help="Download this artifact (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Download every artifact.")
+@click.option("-d", "--dir", "directory", default=".", show_default=True, metavar="DIR",
+              help="Where downloads go (sub-folders kept); '-' writes one --get to stdout.")
+@quiet_option
+@output_option
+def artifacts(conn: Connection, job_id: str, names: tuple[str, ...], everything: bool,
+              directory: str, quiet: bool, fmt: str) -> None:
+    """List a job's artifacts (the files it wrote under /out), or download them."""
+    if directory == "-" and (everything or len(names) != 1):
+        raise click.BadParameter("'-' (stdout) takes exactly one --get NAME", param_hint="--dir")
+
+    async def go(c: AsyncClient) -> list[dict[str, Any]]:
+        listing = await c.list_artifacts(job_id)
+        wanted = [a.name for a in listing] if everything else list(names)
+        if not wanted:
+            return [{"name": a.name, "size": a.size, "url": a.url} for a in listing]
+        if directory == "-":
+            async for chunk in c.stream_artifact(job_id, wanted[0]):
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            return []
+        saved = [await c.download_artifact(job_id, n, directory) for n in wanted]
+        return [{"name": n, "path": str(p)} for n, p in zip(wanted, saved, strict=True)]
+
+    found = conn.call(go)
+    if directory == "-":
+        return
+    downloaded = bool(names or everything)
+    if quiet:
+        for item in found:
+            click.echo(item["path"] if downloaded else item["name"])
+        return
+    columns = ([Column("NAME", lambda r: text(r["name"]), shrink=True),
+                Column("SAVED AS", lambda r: text(r["path"]), shrink=True)]
+               if downloaded else ARTIFACT_COLUMNS)
+    emit(found, fmt=fmt, columns=columns)

@@ -1,0 +1,106 @@
+"""``poold modules list|upload`` and ``poold pool show``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from poold.client import AsyncClient, Module
+from poold.ctl import render
+from poold.ctl.common import Connection, client_command, quiet_option
+from poold.ctl.render import Column, age, emit, output_option, size, text
+
+MODULE_COLUMNS = [
+    Column("SHA256", lambda r: text(r.get("sha256"))),
+    Column("SIZE", lambda r: size(r.get("size"))),
+    Column("UPLOADED", lambda r: age(r.get("uploaded_at"))),
+    Column("LAST USED", lambda r: age(r.get("last_used_at") or r.get("last_used"))),
+]
+
+UPLOAD_COLUMNS = [
+    Column("SHA256", lambda r: text(r.get("sha256"))),
+    Column("SIZE", lambda r: size(r.get("size"))),
+    Column("STORED", lambda r: "new" if r.get("created") else "existing"),
+    Column("FILE", lambda r: text(r.get("file")), shrink=True),
+]
+
+POOL_COLUMNS = [
+    Column(name.upper().replace("_", "-"), lambda r, n=name: text(r.get(n)))  # type: ignore[misc]
+    for name in ("idle", "busy", "starting", "deleting", "target", "min_idle", "max")
+]
+
+
+@click.group()
+def modules() -> None:
+    """Upload and list WebAssembly modules."""
+
+
+@modules.command("upload")
+@client_command
+@click.argument("files", metavar="FILE...", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@quiet_option
+@output_option
+def upload(conn: Connection, files: tuple[Path, ...], quiet: bool, fmt: str) -> None:
+    """Upload .wasm files; each is validated and stored by its sha256."""
+
+    async def go(c: AsyncClient) -> list[tuple[Path, Module]]:
+        return [(f, await c.upload_module(f)) for f in files]
+
+    stored = conn.call(go)
+    if quiet:
+        for _, module in stored:
+            click.echo(module.sha256)
+        return
+    records: list[dict[str, Any]] = [
+        {**m.record, "created": m.created, "file": str(f)} for f, m in stored]
+    emit(records if len(records) > 1 else records[0], fmt=fmt, columns=UPLOAD_COLUMNS)
+
+
+@modules.command("list")
+@client_command
+@quiet_option
+@output_option
+def list_modules(conn: Connection, quiet: bool, fmt: str) -> None:
+    """The modules this tenant uploaded."""
+    found = conn.call(lambda c: c.list_modules())
+    if quiet:
+        for module in found:
+            click.echo(module.sha256)
+        return
+    emit([m.record for m in found], fmt=fmt, columns=MODULE_COLUMNS)
+
+
+@click.group()
+def pool() -> None:
+    """The pool of workers."""
+
+
+@pool.command("show")
+@client_command
+@click.option("-w", "--watch", is_flag=True, help="Print a new row whenever a figure changes.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
+@output_option
+def show(conn: Connection, watch: bool, interval: float, fmt: str) -> None:
+    """Idle, busy, starting and deleting workers, the target and the cap."""
+    if not watch:
+        emit(conn.call(lambda c: c.pool()).record, fmt=fmt, columns=POOL_COLUMNS)
+        return
+    last: dict[str, Any] | None = None
+    try:
+        while True:
+            figures = conn.call(lambda c: c.pool()).record
+            if figures != last:
+                if fmt in ("table", "wide"):
+                    for line in render.table([figures], columns=POOL_COLUMNS,
+                                             header=last is None):
+                        click.echo(line)
+                else:
+                    emit(figures, fmt=fmt, columns=POOL_COLUMNS)
+                last = figures
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
