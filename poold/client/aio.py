@@ -24,13 +24,14 @@ import aiohttp
 
 from poold.client.contexts import DEFAULT_URL, resolve
 from poold.client.errors import (
+    Conflict,
     ConnectionFailed,
     JobWaitTimeout,
     PooldError,
     RequestTimeout,
     error_for,
 )
-from poold.client.models import Artifact, Job, JobResult, Module, Pool
+from poold.client.models import Artifact, Job, JobResult, JobState, Module, Pool
 from poold.client.retry import RetryPolicy, call_with_retries
 
 ModuleSource = bytes | str | os.PathLike[str]
@@ -356,9 +357,20 @@ class AsyncClient:
         return Job.from_json(reply.json())
 
     async def cancel(self, job_id: str, *, timeout: float | None = None) -> Job:
-        """Cancel a queued or running job; :class:`Conflict` if it already ended."""
-        reply = await self._call("DELETE", f"/v1/jobs/{_quote(job_id)}", safe=False,
-                                 timeout=timeout)
+        """Cancel a queued or running job; :class:`Conflict` if it already ended otherwise.
+
+        A job that is already ``cancelled`` answers with its record, not an error:
+        aiohttp repeats a DELETE whose connection broke (RFC 9112 treats DELETE as
+        idempotent), and the repeat of a cancel that did happen must not look like
+        a failure."""
+        path = f"/v1/jobs/{_quote(job_id)}"
+        try:
+            reply = await self._call("DELETE", path, safe=False, timeout=timeout)
+        except Conflict:
+            job = await self.get_job(job_id, timeout=timeout)
+            if job.state == JobState.CANCELLED:
+                return job
+            raise
         return Job.from_json(reply.json())
 
     async def wait(
