@@ -131,6 +131,19 @@ async def get_json(url: str) -> Any:
         return json.loads(await resp.text())
 
 
+async def get_json_once_listening(url: str, *, within_s: float = 15.0) -> Any:
+    """GET ``url`` once the pod's process listens: Running means started, as on a real
+    kubelet, not yet listening (the agent binds its port a moment later)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        try:
+            return await get_json(url)
+        except aiohttp.ClientConnectorError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 async def test_pod_runs_a_real_process_and_becomes_ready(
     fake_core_v1: CoreV1Api, fake_kubelet: FakeKubelet
 ) -> None:
@@ -316,7 +329,7 @@ async def test_never_ready_hook(fake_core_v1: CoreV1Api, fake_kubelet: FakeKubel
     stuck = await wait_pod(fake_core_v1, "stuck", phase_is("Running"))
     assert not is_ready(stuck)
     # Its probe would pass: only the hook holds it back.
-    assert await get_json(f"http://{stuck.status.pod_ip}:8080/env")
+    assert await get_json_once_listening(f"http://{stuck.status.pod_ip}:8080/env")
     fake_kubelet.set_never_ready(None)
     await wait_pod(fake_core_v1, "stuck", is_ready)
 
