@@ -156,6 +156,32 @@ class RuntimeSettings(_Section):
     """Total size of files a job may leave in ``/out``, in MiB."""
 
 
+class ModuleSettings(_Section):
+    """What an uploaded module may cost to compile. Compilation time and memory grow
+    with these, not with the file size: 4 MB of empty functions took a minute and
+    5 GB to compile. A module over a structural limit is refused at upload (400
+    naming the key); one within them compiles in a separate process capped by
+    ``compile_memory_mb`` and ``compile_timeout_s``, never inside poold."""
+
+    max_functions: Annotated[int, Field(ge=1)] = 100_000
+    """Functions a module may define. CPython for WASI defines about 12,000; 100,000
+    empty functions take ~15 s and ~600 MB to compile on a 2-core machine."""
+    max_code_mb: Annotated[int, Field(ge=1)] = 64
+    """Size of a module's code section (all function bodies), in MiB."""
+    max_function_kb: Annotated[int, Field(ge=1)] = 1024
+    """Size of one function body, in KiB: compile time grows faster than linearly in it."""
+    max_locals: Annotated[int, Field(ge=1)] = 10_000
+    """Locals one function may declare; compilers rarely emit more than a few thousand."""
+    compile_memory_mb: Annotated[int, Field(ge=64)] = 2048
+    """Address-space cap of the process that compiles an uploaded module, in MiB."""
+    compile_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    """Wall-clock cap of one background compilation; the compiler is killed after it.
+    A 16 MB interpreter compiles in ~20 s."""
+    compile_cache_mb: Annotated[int, Field(ge=1)] = 4096
+    """Disk the compiled-module cache may use, in MiB; the least recently used
+    artifacts are removed beyond it (a job whose artifact went compiles it again)."""
+
+
 class LimitSettings(_Section):
     default_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     """Wall-clock limit of a job that asks for none, in seconds."""
@@ -231,6 +257,7 @@ class Settings(_Section):
     kafka: KafkaSettings = KafkaSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     limits: LimitSettings = LimitSettings()
+    modules: ModuleSettings = ModuleSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
     retention: RetentionSettings = RetentionSettings()
     tenants: dict[TenantName, TenantSettings] = {}

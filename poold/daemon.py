@@ -28,7 +28,9 @@ from poold.jobs.files import JobFiles
 from poold.jobs.journal import JournalJobStore
 from poold.jobs.model import utcnow
 from poold.metrics import Metrics
+from poold.modules.compiler import Precompiler
 from poold.modules.store import ModuleStore
+from poold.modules.structure import StructureLimits
 from poold.runtime.engine import CompileCache
 from poold.sched.pool import Pool
 from poold.sched.scheduler import Scheduler
@@ -84,9 +86,13 @@ class Daemon:
             await self.data.ensure_topics(topics, partitions=s.kafka.partitions)
 
         self.modules = ModuleStore(
-            s.state.dir / "modules", cache=CompileCache(s.cache_dir),
+            s.state.dir / "modules",
+            precompiler=Precompiler(cache=CompileCache(s.cache_dir), settings=s.modules,
+                                    metrics=self.metrics),
             max_bytes=s.server.max_upload_mb * 1024 * 1024,
+            structure=StructureLimits.from_settings(s.modules),
         )
+        await self.modules.start()
         files = self.files = JobFiles(s.state.dir / "jobs", fsync=s.state.fsync)
         self.backend = self._backend(bootstrap)
         if isinstance(self.backend, KubernetesBackend):
@@ -248,7 +254,7 @@ class Daemon:
         if self.elector is not None:
             await self.elector.release()
         if self.modules is not None:
-            self.modules.close()
+            await self.modules.stop()
         self.store.close()
         if self.data is not None:
             await self.data.stop()

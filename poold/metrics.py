@@ -80,6 +80,15 @@ class Metrics:
             "poold_module_uploads_in_progress", "Module uploads being received or validated.",
             registry=r,
         )
+        self.compiles = Counter(
+            "poold_module_compiles_total",
+            "Background compilations of uploaded modules (in a capped process), by outcome.",
+            ["outcome"], registry=r,
+        )
+        self.compiles_queued = Gauge(
+            "poold_module_compiles_queued", "Uploaded modules waiting to be compiled.",
+            registry=r,
+        )
         self.http_errors = Counter(
             "poold_http_client_errors_total", "4xx answers, by status.", ["status"], registry=r
         )

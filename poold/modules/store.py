@@ -4,7 +4,9 @@ An upload streams to a temporary file while it is hashed and measured; it is
 validated (header, sections, the runtime's full validation) before it is
 renamed into place, so the store never holds a module that could not run.
 After a new upload the module is compiled into the shared cache in the
-background, so the first job does not pay for compilation.
+background (:mod:`poold.modules.compiler`: another process, fair across
+tenants), so the first job does not pay for compilation. A module over a
+structural limit (:mod:`poold.modules.structure`) is refused before that.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import hashlib
 import os
 import secrets
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,9 @@ from pathlib import Path
 import structlog
 import wasmtime
 
-from poold.runtime.engine import CompileCache, make_engine
+from poold.modules.compiler import Precompiler
+from poold.modules.structure import StructureLimits, check_structure
+from poold.runtime.engine import make_engine
 from poold.runtime.inspect import ModuleRejected, check_header, inspect_module
 from poold.types import ModuleHash
 
@@ -50,18 +53,24 @@ class OwnedModule:
 
 
 class ModuleStore:
-    def __init__(self, root: Path, *, cache: CompileCache | None, max_bytes: int) -> None:
+    def __init__(self, root: Path, *, precompiler: Precompiler | None, max_bytes: int,
+                 structure: StructureLimits) -> None:
         self.root = root
-        self.cache = cache
+        self.precompiler = precompiler
         self.max_bytes = max_bytes
+        self.structure = structure
         self._validator = make_engine(fuel=False)
-        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompile")
         self._sizes: dict[ModuleHash, int] = {}
         self._owners: dict[ModuleHash, dict[str, datetime]] = {}
         root.mkdir(parents=True, exist_ok=True)
 
-    def close(self) -> None:
-        self._compiler.shutdown(wait=False, cancel_futures=True)
+    async def start(self) -> None:
+        if self.precompiler is not None:
+            await self.precompiler.start()
+
+    async def stop(self) -> None:
+        if self.precompiler is not None:
+            await self.precompiler.stop()
 
     def path(self, sha256: ModuleHash) -> Path:
         return self.root / f"{sha256}.wasm"
@@ -180,12 +189,14 @@ class ModuleStore:
             self._add_owner(sha, tenant)
         finally:
             tmp.unlink(missing_ok=True)
-        self._precompile(sha, final)
+        if self.precompiler is not None:
+            self.precompiler.submit(tenant=tenant, sha256=sha, path=final)
         return StoredModule(sha, size, created=True)
 
     def _validate(self, path: Path) -> None:
         data = path.read_bytes()
         info = inspect_module(data)
+        check_structure(data, self.structure)
         try:
             wasmtime.Module.validate(self._validator, data)
         except wasmtime.WasmtimeError as e:
@@ -199,17 +210,3 @@ class ModuleStore:
                 "(a program with a main), not libraries (reactors)",
                 reason="no_start",
             )
-
-    def _precompile(self, sha: ModuleHash, path: Path) -> None:
-        if self.cache is None:
-            return
-        cache = self.cache
-
-        def work() -> None:
-            try:
-                if cache.precompile(sha, path):
-                    log.info("module compiled into the cache", module=sha)
-            except Exception:
-                log.exception("background compilation failed", module=sha)
-
-        self._compiler.submit(work)

@@ -49,10 +49,13 @@ class CompileCache:
         if not cached.exists():
             return None
         try:
-            return wasmtime.Module.deserialize_file(engine, str(cached))
+            module = wasmtime.Module.deserialize_file(engine, str(cached))
         except wasmtime.WasmtimeError:
             cached.unlink(missing_ok=True)  # stale or damaged: compile again
             return None
+        with contextlib.suppress(OSError):  # the mtime orders eviction: least recently used
+            os.utime(cached)
+        return module
 
     @contextlib.contextmanager
     def _compiling(self, cached: Path) -> Iterator[None]:
@@ -95,6 +98,28 @@ class CompileCache:
             module = wasmtime.Module.from_file(engine, str(wasm_path))
             self._store(cached, bytes(module.serialize()))
         return True
+
+    def prune(self, max_bytes: int) -> list[Path]:
+        """Remove the least recently used artifacts until the cache holds at most
+        ``max_bytes``; the removed paths. A worker that has one open keeps reading
+        it (the file goes when it is closed); a later job compiles it again."""
+        found: list[tuple[float, int, Path]] = []
+        for path in self.root.glob("*/*.cwasm"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            found.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in found)
+        removed = []
+        for _, size, path in sorted(found):
+            if total <= max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            path.with_suffix(".lock").unlink(missing_ok=True)
+            total -= size
+            removed.append(path)
+        return removed
 
     @staticmethod
     def _store(path: Path, data: bytes) -> None:

@@ -1,0 +1,163 @@
+"""Background compilation of uploaded modules: fair across tenants, out of process.
+
+Each new upload is compiled into the shared cache so its first job does not
+pay for it. The compiler runs as a separate process (``poold.runtime.compile``)
+capped in memory and time, one at a time, and the waiting modules are taken
+round-robin by tenant: a tenant that uploads fifty costly modules delays its
+own, while another tenant's next upload is compiled after at most one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import structlog
+
+from poold.config import ModuleSettings
+from poold.metrics import Metrics
+from poold.runtime.engine import CompileCache
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+class FairQueue(Generic[T]):
+    """Items queued per tenant, taken round-robin: one of each tenant's in turn."""
+
+    def __init__(self) -> None:
+        self._queues: OrderedDict[str, deque[T]] = OrderedDict()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def put(self, tenant: str, item: T) -> None:
+        self._queues.setdefault(tenant, deque()).append(item)
+        self._ready.set()
+
+    def take(self) -> tuple[str, T] | None:
+        """The next item, or None when empty. The tenant served goes to the back."""
+        if not self._queues:
+            return None
+        tenant, queue = self._queues.popitem(last=False)
+        item = queue.popleft()
+        if queue:
+            self._queues[tenant] = queue
+        return tenant, item
+
+    async def get(self) -> tuple[str, T]:
+        while True:
+            taken = self.take()
+            if taken is not None:
+                return taken
+            self._ready.clear()
+            await self._ready.wait()
+
+
+@dataclass(frozen=True)
+class CompileOrder:
+    sha256: str
+    path: Path
+
+
+class Precompiler:
+    """Owns the compile task; ``start()``/``stop()`` are safe to call twice."""
+
+    def __init__(self, *, cache: CompileCache, settings: ModuleSettings,
+                 metrics: Metrics | None = None) -> None:
+        self.cache = cache
+        self.settings = settings
+        self.metrics = metrics
+        self.queue: FairQueue[CompileOrder] = FairQueue()
+        self.done: list[tuple[str, str]] = []
+        """(sha256, outcome) of each compilation in order, for tests and logs."""
+        self._queued: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._busy = False
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="poold-precompile")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # the compile subprocess is killed by _compile's own cleanup
+            await asyncio.gather(task, return_exceptions=True)
+
+    def submit(self, *, tenant: str, sha256: str, path: Path) -> None:
+        if sha256 in self._queued or self.cache.path(sha256, fuel=False).exists():
+            return
+        self._queued.add(sha256)
+        self.queue.put(tenant, CompileOrder(sha256, path))
+        self._note()
+
+    async def idle(self, within_s: float) -> None:
+        """For tests: wait until nothing is queued or compiling."""
+        async with asyncio.timeout(within_s):
+            while len(self.queue) or self._busy:
+                await self._changed.wait()
+
+    def _note(self) -> None:
+        if self.metrics is not None:
+            self.metrics.compiles_queued.set(len(self.queue))
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _run(self) -> None:
+        while True:
+            tenant, order = await self.queue.get()
+            self._busy = True
+            self._note()
+            try:
+                with structlog.contextvars.bound_contextvars(tenant=tenant):
+                    outcome = await self._compile(order)
+            finally:
+                self._queued.discard(order.sha256)
+                self._busy = False
+            self.done.append((order.sha256, outcome))
+            if self.metrics is not None:
+                self.metrics.compiles.labels(outcome).inc()
+            self._note()
+            removed = await asyncio.to_thread(
+                self.cache.prune, self.settings.compile_cache_mb * 1024 * 1024)
+            if removed:
+                log.info("compile cache pruned (modules.compile_cache_mb)", removed=len(removed))
+
+    async def _compile(self, order: CompileOrder) -> str:
+        s = self.settings
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "poold.runtime.compile",
+            "--cache", str(self.cache.root.parent), "--memory-mb", str(s.compile_memory_mb),
+            "--cpu-s", str(s.compile_timeout_s), order.sha256, str(order.path),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with asyncio.timeout(s.compile_timeout_s):
+                _, stderr = await proc.communicate()
+        except TimeoutError:
+            log.warning("compilation took too long and was stopped (modules.compile_timeout_s); "
+                        "jobs of this module compile it in their worker", module=order.sha256,
+                        timeout_s=s.compile_timeout_s)
+            return "timeout"
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if proc.returncode == 0:
+            log.info("module compiled into the cache", module=order.sha256)
+            return "compiled"
+        log.warning("compilation failed; jobs of this module compile it in their worker",
+                    module=order.sha256, exit_code=proc.returncode,
+                    memory_mb=s.compile_memory_mb,
+                    error=stderr.decode("utf-8", "replace")[-500:].strip())
+        return "failed"
