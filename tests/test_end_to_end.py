@@ -285,3 +285,18 @@ async def test_worker_dying_under_a_job_ends_it_as_error(alpha: Client, daemon: 
     await daemon.pool.wait_until(lambda: daemon.pool.figures()["idle"] == 2, 30)  # type: ignore[union-attr]
     text = await alpha.text("/metrics")
     assert 'poold_worker_failures_total{reason="busy_lost"} 1.0' in text
+
+
+async def test_follow_returns_every_record_of_consecutive_jobs(alpha: Client) -> None:
+    """A follow reads only what the agent reported as acknowledged; each job's
+    stream must still hold all of its records, in order (10 records land in
+    one Kafka batch, reported in pieces)."""
+    sha = await alpha.upload(module("upper"))
+    for n in range(4):
+        records = [f"job {n} record {i} mixed Case" for i in range(10)]
+        job = await alpha.submit(sha, input=records)
+        async with alpha.request("GET", f"/v1/jobs/{job['id']}/output?follow=true") as r:
+            body = await r.text()
+        assert body.splitlines() == [x.upper() for x in records]
+        record = await alpha.json("GET", f"/v1/jobs/{job['id']}", 200)
+        assert record["state"] == "succeeded", "the follow ended before the job did"

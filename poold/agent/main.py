@@ -38,6 +38,9 @@ log = structlog.get_logger("poold.agent")
 
 INLINE_HASH_BYTES = 1024 * 1024
 """Modules up to this size are hashed on the loop: a thread hop costs more."""
+OUTPUT_REPORT_S = 0.01
+"""Output progress goes to poold at most this often (the last one always goes
+with the result)."""
 
 
 def _sha256_file(path: os.PathLike[str]) -> tuple[str, int]:
@@ -85,7 +88,7 @@ class Agent:
     def __init__(self, settings: AgentSettings, *, runner: Runner | None = None) -> None:
         self.settings = settings
         self.slot = Slot(settings.slot)
-        self.data = AgentData(settings.kafka)
+        self.data = AgentData(settings.kafka, on_acked=self._output_acked)
         self.runner: Runner = runner or make_runner(settings)
         self.events = EventLog()
         self.state = "starting"
@@ -93,6 +96,10 @@ class Agent:
         self._stop = asyncio.Event()
         self._cancelled = False
         self._port = settings.port
+        self._output_end: int | None = None
+        self._output_reported: int | None = None
+        self._output_report: asyncio.Handle | None = None
+        self._output_reported_at = 0.0
 
     # -- HTTP endpoint -------------------------------------------------------
 
@@ -154,6 +161,24 @@ class Agent:
         self._request_cancel()
         return web.json_response({"state": self.state})
 
+    def _output_acked(self, end: int) -> None:
+        """Kafka acknowledged output up to ``end``: tell poold (at most every
+        OUTPUT_REPORT_S), so a follower reads records that are there instead of
+        waiting in a fetch for ones that may come."""
+        self._output_end = end
+        if self._output_report is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._output_reported_at + OUTPUT_REPORT_S - loop.time())
+        self._output_report = loop.call_later(delay, self._report_output)
+
+    def _report_output(self) -> None:
+        self._output_report = None
+        self._output_reported_at = asyncio.get_running_loop().time()
+        if self._output_end is not None and self._output_end != self._output_reported:
+            self._output_reported = self._output_end
+            self.events.publish({"type": "output", "end": self._output_end})
+
     # -- lifecycle -----------------------------------------------------------
 
     async def run(self) -> None:
@@ -171,6 +196,8 @@ class Agent:
             await loop.run_in_executor(None, getattr(self.runner, "warm_up", lambda: None))
             self.state = "idle"
             self._announce_ready()
+            # connect for the output while idle: a job's first line never waits
+            self.data.prepare_output()
             job_task = asyncio.create_task(self._serve_one(), name="agent-job")
             stop_task = asyncio.create_task(self._stop.wait(), name="agent-stop")
             await asyncio.wait({job_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -287,8 +314,6 @@ class Agent:
             now = time.time()
             started.append(now)
             loop.call_soon_threadsafe(self.events.publish, {"type": "started", "ts": now})
-            # connect for the output while the module runs, not before it starts
-            loop.call_soon_threadsafe(self.data.prepare_output)
 
         request = RunRequest(
             wasm_path=self.slot.module, sha256=doc.sha256, args=tuple(doc.args),

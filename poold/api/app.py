@@ -408,28 +408,25 @@ class Api:
         await response.prepare(request)
         out = job.output
         if out is not None:
-            finished: asyncio.Future[int] | None = None
-            end = out.end
-            if follow and end is None:
-                finished = asyncio.ensure_future(self._final_end(job))
-            try:
+            key = job.id.encode()
+            position = out.start
+            if out.end is not None or not follow:
+                end = out.end if out.end is not None else self.scheduler.output_so_far(job)
+                ends: AsyncIterator[int] = _once(end if end is not None else position)
+            else:
+                ends = self.scheduler.output_ends(job)
+            # only records Kafka has acknowledged are asked for: no fetch waits
+            async for end in ends:
                 async for record in self.data.read(
-                    out.topic, out.partition, out.start, end, finished=finished,
-                    key=job.id.encode(),
+                    out.topic, out.partition, position, end, key=key
                 ):
                     await response.write(record + b"\n")
-            finally:
-                if finished is not None:
-                    finished.cancel()
+                position = max(position, end)
+            if follow:
+                while not job.state.terminal:  # the stream ends with the job
+                    job = await self.store.wait_change(job.id, job)
         await response.write_eof()
         return response
-
-    async def _final_end(self, job: Job) -> int:
-        """The end of the job's output range, once it has ended."""
-        while not job.state.terminal:
-            job = await self.store.wait_change(job.id, job)
-        assert job.output is not None
-        return job.output.end if job.output.end is not None else job.output.start
 
     async def get_logs(self, request: web.Request) -> web.StreamResponse:
         job = self._job(request)
@@ -478,3 +475,7 @@ def listed(job: Job) -> dict[str, Any]:
     record["artifact_count"] = len(record.pop("artifacts"))
     record["artifacts_url"] = f"/v1/jobs/{job.id}/artifacts"
     return record
+
+
+async def _once(value: int) -> AsyncIterator[int]:
+    yield value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -29,6 +29,16 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH_BYTES = 512 * 1024
 MAX_RECORD_BYTES = 900 * 1024
+READ_FETCH_WAIT_MS = 10
+"""How long the broker may hold a fetch of poold's readers that finds nothing.
+Readers only ask for ranges whose records are known to be there (the agent
+reports its acknowledged output end), so a fetch that waits is one that ran
+past the data: aiokafka's prefetch beyond a range, or the read-forward of
+:meth:`DataPlane.end_offset`. Kafka's default (500 ms) would sit in the way of
+the next read on that consumer."""
+END_PROBE_MS = 50
+"""How long the read-forward of an unknown partition end waits for a record."""
+MAX_IDLE_READERS = 64
 
 
 class DataUnavailable(Exception):
@@ -70,11 +80,10 @@ class DataPlane:
         self._timeout_ms = int(request_timeout_s * 1000)
         self._retries = retries
         self._producer: AIOKafkaProducer | None = None
-        self._offsets: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._next: dict[tuple[str, int], int] = {}
         self._healthy_until = 0.0
-        self._offsets_lock = asyncio.Lock()
+        self._finding: dict[tuple[str, int], asyncio.Future[int]] = {}
         self._checking: asyncio.Future[bool] | None = None
         self._idle_consumers: list[AIOKafkaConsumer] = []
         self._wanted: tuple[list[str], int] = ([], 1)
@@ -100,8 +109,6 @@ class DataPlane:
             await self._admin.start()
             self._producer = AIOKafkaProducer(acks="all", linger_ms=0, **common)
             await self._producer.start()
-            self._offsets = AIOKafkaConsumer(enable_auto_commit=False, **common)
-            await self._offsets.start()
         except (KafkaError, OSError) as e:
             await self.stop()
             raise DataUnavailable(
@@ -110,14 +117,14 @@ class DataPlane:
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
-        offsets, self._offsets = self._offsets, None
+        for finding in list(self._finding.values()):
+            finding.cancel()
         idle, self._idle_consumers = self._idle_consumers, []
         for consumer in idle:
             await _stop_quietly(consumer)
         admin, self._admin = self._admin, None
-        for client in (producer, offsets):
-            if client is not None:
-                await client.stop()
+        if producer is not None:
+            await producer.stop()
         if admin is not None:
             await admin.close()
 
@@ -167,10 +174,18 @@ class DataPlane:
                     existing = set(await self._admin.list_topics())
                     missing = [n for n in names if n not in existing]
                     if missing:
-                        with contextlib.suppress(TopicAlreadyExistsError):
+                        try:
                             await self._admin.create_topics(
                                 [NewTopic(n, partitions, self._rf) for n in missing]
                             )
+                        except TopicAlreadyExistsError:
+                            pass  # someone else made them: their ends are not known
+                        else:
+                            # a topic we made is empty: the first job of each
+                            # partition need not ask the broker where it ends
+                            for name in missing:
+                                for partition in range(partitions):
+                                    self._next.setdefault((name, partition), 0)
                         log.info("created topics", topics=missing, partitions=partitions)
             async for attempt in self._retrying():
                 with attempt:
@@ -191,36 +206,46 @@ class DataPlane:
     async def end_offset(self, topic: str, partition: int) -> int:
         """The offset the next record of this partition will get.
 
-        Known from the last job's records where possible; otherwise asked of the
-        broker and checked by reading forward, because a broker may report the
-        high watermark of a batch rather than of its last record (Tansu does).
+        Known from the last job's records where possible (and 0 for a topic
+        poold created); otherwise asked of the broker and checked by reading
+        forward, because a broker may report the high watermark of a batch
+        rather than of its last record (Tansu does). Unknown ends are read in
+        parallel, each on a pooled consumer: the first use of many partitions
+        at once must not queue behind one another.
         """
-        known = self._next.get((topic, partition))
+        key = (topic, partition)
+        known = self._next.get(key)
         if known is not None:
             return known
-        async with self._offsets_lock:  # one shared consumer: one assignment at a time
-            return await self._find_end(topic, partition)
+        finding = self._finding.get(key)
+        if finding is None:
+            finding = asyncio.ensure_future(self._find_end(topic, partition))
+            self._finding[key] = finding
+            finding.add_done_callback(lambda _: self._finding.pop(key, None))
+        return await asyncio.shield(finding)
 
     async def _find_end(self, topic: str, partition: int) -> int:
-        known = self._next.get((topic, partition))
-        if known is not None:
-            return known
-        assert self._offsets is not None
         tp = TopicPartition(topic, partition)
         try:
             async for attempt in self._retrying():
                 with attempt:
-                    end = int((await self._offsets.end_offsets([tp]))[tp])
-                    self._offsets.assign([tp])
-                    self._offsets.seek(tp, end)
-                    while True:
-                        batch = await self._offsets.getmany(tp, timeout_ms=100)
-                        records = batch.get(tp, [])
-                        if not records:
-                            break
-                        end = records[-1].offset + 1
-                    self._next[(topic, partition)] = end
-                    return end
+                    consumer = await self._checkout()
+                    reusable = False
+                    try:
+                        end = int((await consumer.end_offsets([tp]))[tp])
+                        consumer.assign([tp])
+                        consumer.seek(tp, end)
+                        while True:
+                            batch = await consumer.getmany(tp, timeout_ms=END_PROBE_MS)
+                            records = batch.get(tp, [])
+                            if not records:
+                                break
+                            end = records[-1].offset + 1
+                        reusable = True
+                    finally:
+                        await self._checkin(consumer, reusable=reusable)
+                    self._next.setdefault((topic, partition), end)
+                    return self._next[(topic, partition)]
         except (KafkaError, OSError, TimeoutError) as e:
             raise DataUnavailable(f"cannot read the end of {topic}/{partition}: {e}") from e
         raise AssertionError("unreachable")
@@ -295,6 +320,7 @@ class DataPlane:
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
             request_timeout_ms=self._timeout_ms,
+            fetch_max_wait_ms=READ_FETCH_WAIT_MS,
         )
         try:
             await consumer.start()
@@ -304,64 +330,46 @@ class DataPlane:
         return consumer
 
     async def _checkin(self, consumer: AIOKafkaConsumer, *, reusable: bool) -> None:
-        if reusable and self._producer is not None and len(self._idle_consumers) < 16:
+        if reusable and self._producer is not None and len(self._idle_consumers) < MAX_IDLE_READERS:
             consumer.assign([])
             self._idle_consumers.append(consumer)
         else:
             await _stop_quietly(consumer)
 
     async def read(
-        self,
-        topic: str,
-        partition: int,
-        start: int,
-        end: int | None,
-        *,
-        finished: asyncio.Future[int] | None = None,
-        key: bytes | None = None,
+        self, topic: str, partition: int, start: int, end: int, *, key: bytes | None = None
     ) -> AsyncIterator[bytes]:
         """Records of one job's range ``[start, end)`` (only those keyed ``key``).
 
-        ``end`` None: what is there now (the job still writes), or, with
-        ``finished``, everything as it arrives until ``finished`` yields the
-        job's final end (``?follow=true``).
+        Callers ask only for records known to be there (a finished job's range,
+        or a running job's output up to the end its agent reported), so no
+        fetch waits for records to arrive; a consumer is borrowed from the pool
+        for the read and given back at once.
         """
-        if end is not None and start >= end:
+        if start >= end:
             return
         tp = TopicPartition(topic, partition)
         consumer = await self._checkout()
-        reusable = interrupted = False
+        reusable = False
         try:
             consumer.assign([tp])
             consumer.seek(tp, start)
             position = start
-            while end is None or position < end:
-                if end is None and finished is not None:
-                    fetch = asyncio.ensure_future(
-                        consumer.getmany(tp, timeout_ms=1000, max_records=1000))
-                    await asyncio.wait({fetch, finished}, return_when=asyncio.FIRST_COMPLETED)
-                    if not fetch.done():
-                        fetch.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await fetch
-                        interrupted = True  # do not hand a consumer so used to others
-                        end = finished.result()
-                        consumer.seek(tp, position)
-                        continue
-                    batch = fetch.result()
-                    if finished.done():
-                        end = finished.result()
-                else:
-                    batch = await consumer.getmany(
-                        tp, timeout_ms=1000 if end is not None else 100, max_records=1000)
-                messages = batch.get(tp, [])
-                if not messages and end is None and finished is None:
-                    reusable = True
-                    return  # caught up with a job that is still writing
-                for message in messages:
-                    if end is not None and message.offset >= end:
-                        reusable = True
-                        return
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + self._timeout_ms / 1000
+            while position < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=1000)
+                if not batch.get(tp):
+                    if loop.time() > give_up:
+                        raise DataUnavailable(
+                            f"records {position}..{end} of {topic}/{partition} are not "
+                            "there (expired by the topic's retention?)")
+                    continue
+                give_up = loop.time() + self._timeout_ms / 1000
+                for message in batch.get(tp, []):
+                    if message.offset >= end:
+                        position = end
+                        break
                     position = message.offset + 1
                     if key is None or message.key == key:
                         yield message.value
@@ -369,7 +377,7 @@ class DataPlane:
         except (KafkaError, OSError) as e:
             raise DataUnavailable(f"cannot read {topic}/{partition}: {e}") from e
         finally:
-            await self._checkin(consumer, reusable=reusable and not interrupted)
+            await self._checkin(consumer, reusable=reusable)
 
 
 async def _stop_quietly(consumer: AIOKafkaConsumer) -> None:
@@ -387,27 +395,44 @@ async def _stop_quietly(consumer: AIOKafkaConsumer) -> None:
 class AgentData:
     """The agent's side: read a job's input range, append its output lines.
 
-    Clients are made when first needed, not when the worker starts: a Kafka
-    client costs a connection and a metadata round trip (~5 ms of CPU each),
-    and a worker is made per job. A job without input never makes a consumer;
-    the producer connects while the module runs (its first line waits for it),
-    so neither delays the module's start.
+    The producer is connected while the worker is idle (the agent calls
+    :meth:`prepare_output` once it is ready), so a job's first output line
+    never waits for a connection; it sends each record at once (linger 0).
+    A job without input never makes a consumer. ``on_acked`` hears the offset
+    after each acknowledged output record: the agent reports it to poold, which
+    then reads a running job's output without waiting in a Kafka fetch.
     """
 
-    def __init__(self, bootstrap: str, *, request_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        request_timeout_s: float = 10.0,
+        on_acked: Callable[[int], None] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self._timeout_ms = int(request_timeout_s * 1000)
         self._producer: asyncio.Task[AIOKafkaProducer] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._last: asyncio.Future[Any] | None = None
         self._errors: list[BaseException] = []
+        self._on_acked = on_acked
         self.records = 0
+        self.acked_end: int | None = None
+        """The offset after the last acknowledged output record of this job."""
+
+    def begin_job(self) -> None:
+        """Forget the previous job's output (a worker may serve several)."""
+        self._last = None
+        self._errors = []
+        self.records = 0
+        self.acked_end = None
 
     def _common(self) -> dict[str, Any]:
         return {"bootstrap_servers": self.bootstrap, "request_timeout_ms": self._timeout_ms}
 
     async def _start_producer(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(acks="all", linger_ms=2, **self._common())
+        producer = AIOKafkaProducer(acks="all", linger_ms=0, **self._common())
         try:
             await producer.start()
         except BaseException:
@@ -421,6 +446,10 @@ class AgentData:
             self._producer = asyncio.create_task(self._start_producer(), name="kafka-producer")
 
     async def _producer_ready(self) -> AIOKafkaProducer:
+        failed = self._producer is not None and self._producer.done() and (
+            self._producer.cancelled() or self._producer.exception() is not None)
+        if failed:
+            self._producer = None  # connected while idle and failed: try again now
         self.prepare_output()
         assert self._producer is not None
         try:
@@ -474,8 +503,17 @@ class AgentData:
             raise DataUnavailable(f"cannot write output to {topic}/{partition}: {e}") from e
 
     def _check(self, sent: asyncio.Future[Any]) -> None:
-        if not sent.cancelled() and sent.exception() is not None:
-            self._errors.append(sent.exception())  # type: ignore[arg-type]
+        if sent.cancelled():
+            return
+        error = sent.exception()
+        if error is not None:
+            self._errors.append(error)
+            return
+        end = int(sent.result().offset) + 1
+        if self.acked_end is None or end > self.acked_end:
+            self.acked_end = end
+            if self._on_acked is not None:
+                self._on_acked(end)
 
     async def flush(self) -> int | None:
         """Wait for every output record; the offset after the last one, if any."""

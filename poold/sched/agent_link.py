@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
@@ -22,6 +22,18 @@ import structlog
 log = structlog.get_logger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
+
+
+class Link(Protocol):
+    """poold's side of the line to one agent (:class:`AgentLink`, or a script in tests)."""
+
+    def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Nudge the agent, then yield its events until ``finished`` or a broken line."""
+        ...
+
+    async def cancel(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class AgentLink:

@@ -23,7 +23,7 @@ import structlog
 from poold.backends.base import Backend, BackendUnavailable, WorkerEvent
 from poold.config import PoolSettings
 from poold.metrics import Metrics
-from poold.sched.agent_link import AgentLink
+from poold.sched.agent_link import Link
 from poold.slots import Slot
 from poold.types import JobId, PodName, new_pod_name
 
@@ -50,7 +50,7 @@ class Worker:
     job: JobId | None = None
     lost: asyncio.Future[str] | None = None
     """Resolved with a reason if the worker disappears while it holds a job."""
-    link: AgentLink | None = None
+    link: Link | None = None
     """The pre-opened line to the worker's agent (see :mod:`poold.sched.agent_link`)."""
     lapsed: bool = False
     """It was idle, then reported not ready: waiting (as STARTING) to be ready again."""

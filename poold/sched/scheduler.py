@@ -14,15 +14,15 @@ import asyncio
 import contextlib
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
 
 from poold.config import Settings
-from poold.data.kafka import DataPlane, DataUnavailable, topic_names
+from poold.data.kafka import DataUnavailable, topic_names
 from poold.data.leases import PartitionLeases
 from poold.faults import crash_point
 from poold.jobs.files import JobFiles
@@ -31,9 +31,18 @@ from poold.jobs.store import JobStore
 from poold.metrics import Metrics
 from poold.modules.store import ModuleStore
 from poold.protocol import JobDocument, PartitionRef, ResultDocument
-from poold.sched.agent_link import AgentLink
+from poold.sched.agent_link import AgentLink, Link
 from poold.sched.pool import Pool, Worker, WorkerState
 from poold.sched.queue import FairQueue
+from poold.sched.running import (
+    CancelExpired,
+    Disposal,
+    Outcome,
+    Reported,
+    RunningJob,
+    TimedOut,
+    WorkerLost,
+)
 from poold.slots import Slot, place_atomic, read_json, write_json_atomic
 from poold.types import JobId, TenantName
 
@@ -50,15 +59,23 @@ class QueueFull(Exception):
     pass
 
 
-@dataclass
-class Running:
-    job: JobId
-    worker: Worker
-    cancel: asyncio.Event
+class JobData(Protocol):
+    """What the scheduler needs of the data plane (:class:`poold.data.kafka.DataPlane`)."""
+
+    async def produce(
+        self, topic: str, partition: int, records: Sequence[bytes], *, key: bytes | None = None
+    ) -> tuple[int, int]: ...
+
+    async def end_offset(self, topic: str, partition: int) -> int: ...
+
+    def note_end(self, topic: str, partition: int, end: int | None) -> None: ...
 
 
 def _ts(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+LinkFactory = Callable[[Worker], Link]
 
 
 class Scheduler:
@@ -68,10 +85,11 @@ class Scheduler:
         settings: Settings,
         store: JobStore,
         pool: Pool,
-        data: DataPlane,
+        data: JobData,
         modules: ModuleStore,
         files: JobFiles,
         metrics: Metrics,
+        connect: LinkFactory | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -82,11 +100,14 @@ class Scheduler:
         self.metrics = metrics
         self.queue = FairQueue()
         self.leases = PartitionLeases(settings.kafka.partitions)
-        self.active: dict[TenantName, int] = {}
-        self.running: dict[JobId, Running] = {}
-        self._inputs: dict[JobId, list[bytes]] = {}
-        self._output_ends: dict[JobId, int] = {}
-        """Where each job's output ended, as its agent reported it."""
+        self.running: dict[JobId, RunningJob] = {}
+        """Every job from the moment it leaves the queue until it is released."""
+        self._active: dict[TenantName, int] = {}
+        """Running jobs per tenant (their quota slots): changed only by
+        :meth:`_admit` and :meth:`_release`."""
+        self._queued_inputs: dict[JobId, list[bytes]] = {}
+        """Input records of queued jobs, kept since submission to save a disk read."""
+        self._connect = connect or self._agent_link
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -99,14 +120,24 @@ class Scheduler:
         pool.on_ready = self._on_ready
         pool.on_orphan = self._on_orphan
 
+    def _agent_link(self, worker: Worker) -> Link:
+        assert self._http is not None
+        assert worker.endpoint is not None
+        return AgentLink(self._http, worker.endpoint)
+
     def _on_ready(self, worker: Worker) -> None:
         if self._http is not None and not self._http.closed and worker.endpoint is not None:
-            worker.link = AgentLink(self._http, worker.endpoint)
+            worker.link = self._connect(worker)
         self._wake.set()
 
     def _room(self, tenant: TenantName) -> int:
         quota = self.settings.tenants[tenant].max_concurrent_jobs
-        return quota - self.active.get(tenant, 0)
+        return quota - self._active.get(tenant, 0)
+
+    @property
+    def active(self) -> dict[TenantName, int]:
+        """Running jobs per tenant (read-only view for figures and tests)."""
+        return dict(self._active)
 
     # -- public ----------------------------------------------------------------
 
@@ -121,7 +152,7 @@ class Scheduler:
             await asyncio.to_thread(self.files.save_input, job.id, records)
         await self.store.put(job)
         crash_point("accepted")
-        self._inputs[job.id] = records
+        self._queued_inputs[job.id] = records
         self.queue.push(job.tenant, job.id)
         self.metrics.jobs_submitted.labels(job.tenant).inc()
         self.metrics.queued.set(len(self.queue))
@@ -131,11 +162,11 @@ class Scheduler:
 
     async def cancel(self, job: Job) -> Job:
         if job.state is JobState.QUEUED and self.queue.remove(job.tenant, job.id):
-            self._inputs.pop(job.id, None)
+            self._queued_inputs.pop(job.id, None)
             return await self._finish(job, JobState.CANCELLED, error="cancelled before it started")
-        running = self.running.get(job.id)
-        if running is not None:
-            running.cancel.set()
+        run = self.running.get(job.id)
+        if run is not None:
+            run.cancel.set()
             current = self.store.get(job.id) or job
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CANCEL_GRACE_S + 2):
@@ -143,6 +174,38 @@ class Scheduler:
                         current = await self.store.wait_change(job.id, current)
             return current
         return self.store.get(job.id) or job
+
+    async def output_ends(self, job: Job) -> AsyncIterator[int]:
+        """The ends of a job's output range as they become known; the last is final.
+
+        While the job runs here, each end is one its agent reported after Kafka
+        acknowledged the records before it, so a reader of ``[start, end)``
+        finds them all there and never waits in a fetch. Otherwise the
+        terminal record is the truth.
+        """
+        run = self.running.get(job.id)
+        seen: int | None = None
+        while run is not None and not run.released:
+            if run.output_end is not None and run.output_end != seen:
+                seen = run.output_end
+                yield seen
+                continue  # it may have moved (or ended) while the caller read
+            if run.done:
+                if run.final_end is not None:
+                    return
+                break
+            await run.progressed(seen)
+        while not job.state.terminal:
+            job = await self.store.wait_change(job.id, job)
+        if job.output is not None:
+            end = job.output.end if job.output.end is not None else job.output.start
+            if end != seen:
+                yield end
+
+    def output_so_far(self, job: Job) -> int | None:
+        """The acknowledged end of a running job's output (None: nothing known yet)."""
+        run = self.running.get(job.id)
+        return run.output_end if run is not None else None
 
     # -- recovery --------------------------------------------------------------
 
@@ -158,7 +221,7 @@ class Scheduler:
                 slot = Slot.of(self.settings.slots.root, job.pod)
                 result = self._read_result(slot)
                 if result is not None:
-                    await self._complete(job, slot, result)
+                    await self._complete(job, None, slot, Reported(result))
                     self.files.drop_input(job.id)
                     continue
                 # Requeue only on proof that job.json never reached the slot: the
@@ -180,9 +243,12 @@ class Scheduler:
         log.info("following a job started before the restart", job_id=job.id, pod=worker.pod)
         worker.lost = asyncio.get_running_loop().create_future()
         if self._http is not None and worker.endpoint is not None:
-            worker.link = AgentLink(self._http, worker.endpoint)
-        self.active[job.tenant] = self.active.get(job.tenant, 0) + 1
-        self._spawn(self._reattach(job, worker), f"job-{job.id}")
+            worker.link = self._connect(worker)
+        run = self._admit(job.id, job.tenant, worker, records=None)
+        if job.output is not None:
+            self.leases.take(job.tenant, job.output.partition)
+            run.partition = job.output.partition
+        self._spawn(self._reattach(job, run), f"job-{job.id}")
         return True
 
     async def resume(self) -> None:
@@ -215,28 +281,21 @@ class Scheduler:
         self._wake.set()
         self.pool.poke()
 
-    async def _reattach(self, job: Job, worker: Worker) -> None:
-        structlog.contextvars.bind_contextvars(job_id=job.id, pod=worker.pod, tenant=job.tenant)
-        partition = job.output.partition if job.output else None
-        if partition is not None:
-            self.leases.take(job.tenant, partition)
-        stopping = False
+    async def _reattach(self, job: Job, run: RunningJob) -> None:
+        structlog.contextvars.bind_contextvars(job_id=job.id, pod=run.worker.pod, tenant=job.tenant)
+        disposal = Disposal.RECYCLE
         try:
-            cancel = asyncio.Event()
-            self.running[job.id] = Running(job.id, worker, cancel)
-            slot = Slot.of(self.settings.slots.root, worker.pod)
-            result = await self._follow(job, worker, slot, cancel)
-            await self._complete(job, slot, result)
+            slot = Slot.of(self.settings.slots.root, run.worker.pod)
+            outcome = await self._follow(job, run, slot)
+            job = await self._complete(job, run, slot, outcome)
         except asyncio.CancelledError:
-            stopping = True
+            disposal = Disposal.KEEP
             raise
         except Exception as e:
             log.exception("following a recovered job failed")
-            current = self.store.get(job.id) or job
-            if not current.state.terminal:
-                await self._finish(current, JobState.ERROR, error=f"poold failed the job: {e}")
+            job = await self._fail_inside(job, e)
         finally:
-            await self._release(job, worker, partition, stopping=stopping)
+            await self._release(run, job, disposal)
 
     # -- dispatcher ------------------------------------------------------------
 
@@ -284,79 +343,97 @@ class Scheduler:
             if worker is None:  # pragma: no cover - checked above
                 self.queue.push_front(tenant, job_id)
                 break
-            self.active[tenant] = self.active.get(tenant, 0) + 1
-            # in `running` from the moment it leaves the queue, so a cancel can
-            # always find it
-            self.running[job_id] = Running(job_id, worker, asyncio.Event())
-            self._spawn(self._run_job(job_id, worker), f"job-{job_id}")
+            # running from the moment it leaves the queue, so a cancel can always find it
+            run = self._admit(job_id, tenant, worker, self._queued_inputs.pop(job_id, None))
+            self._spawn(self._run_job(run), f"job-{job_id}")
         self.metrics.queued.set(len(self.queue))
         self.pool.poke()
 
+    def _admit(
+        self, job_id: JobId, tenant: TenantName, worker: Worker, records: list[bytes] | None
+    ) -> RunningJob:
+        """The one place a job takes a quota slot and becomes running."""
+        run = RunningJob(job_id=job_id, tenant=tenant, worker=worker, records=records)
+        self.running[job_id] = run
+        self._active[tenant] = self._active.get(tenant, 0) + 1
+        return run
+
+    async def _release(self, run: RunningJob, job: Job, disposal: Disposal) -> None:
+        """The one place a running job gives back its quota slot, partition and
+        worker. A stopping daemon keeps the worker and the saved input: the
+        next start settles the job."""
+        assert not run.released, f"job {run.job_id} released twice"
+        run.released = True
+        self.running.pop(run.job_id, None)
+        if not self.running:
+            self._idle.set()
+        self._active[run.tenant] -= 1
+        run.records = None
+        run.output_finished(None)  # wake anyone still following
+        if run.partition is not None:
+            _, out_topic = topic_names(self.settings.kafka.topic_prefix, run.tenant)
+            # an end the agent never reported is unknown: strays may still land
+            self.data.note_end(out_topic, run.partition, run.final_end)
+            self.leases.release(run.tenant, run.partition)
+            self.metrics.partitions_leased.set(self.leases.leased)
+        structlog.contextvars.unbind_contextvars("job_id", "pod", "tenant")
+        if disposal is Disposal.KEEP:
+            return
+        if disposal is not Disposal.FORGET:
+            crash_point("recycling")
+            run.worker.drop_link()
+            await self.pool.recycle(run.worker)
+        if job.state.terminal:
+            self.files.drop_input(job.id)
+        self._wake.set()
+
     # -- one job ---------------------------------------------------------------
 
-    async def _run_job(self, job_id: JobId, worker: Worker) -> None:
-        job = self.store.get(job_id)
+    async def _run_job(self, run: RunningJob) -> None:
+        job = self.store.get(run.job_id)
         assert job is not None
-        structlog.contextvars.bind_contextvars(job_id=job_id, pod=worker.pod, tenant=job.tenant)
-        if not await self.pool.claim(worker, job_id):
-            self.active[job.tenant] -= 1
-            running = self.running.pop(job_id)
-            if running.cancel.is_set():
-                await self._finish(job, JobState.CANCELLED, error="cancelled before it started")
-            else:
-                self.queue.push_front(job.tenant, job_id)
-            self._wake.set()
-            return
-        partition: int | None = None
-        stopping = False
+        worker = run.worker
+        structlog.contextvars.bind_contextvars(job_id=job.id, pod=worker.pod, tenant=job.tenant)
+        disposal = Disposal.RECYCLE
         try:
-            partition = self.leases.acquire(job.tenant)
+            if not await self.pool.claim(worker, job.id):
+                disposal = Disposal.FORGET
+                if run.cancel.is_set():
+                    job = await self._finish(
+                        job, JobState.CANCELLED, error="cancelled before it started")
+                else:
+                    # back in line, with its records; the next worker takes it
+                    if run.records is not None:
+                        self._queued_inputs[job.id] = run.records
+                    self.queue.push_front(job.tenant, job.id)
+                return
+            run.partition = self.leases.acquire(job.tenant)
             self.metrics.partitions_leased.set(self.leases.leased)
-            job = await self._execute(job, worker, partition)
+            job = await self._execute(job, run)
         except asyncio.CancelledError:
-            stopping = True  # the job stays as recorded, for the next start to settle
+            disposal = Disposal.KEEP  # the job stays as recorded, for the next start to settle
             raise
         except Exception as e:
             log.exception("job failed inside poold")
-            current = self.store.get(job_id) or job
-            if not current.state.terminal:
-                job = await self._finish(
-                    current, JobState.ERROR, error=f"poold failed the job: {e}"
-                )
+            job = await self._fail_inside(job, e)
         finally:
-            await self._release(job, worker, partition, stopping=stopping)
+            await self._release(run, job, disposal)
 
-    async def _release(
-        self, job: Job, worker: Worker, partition: int | None, *, stopping: bool = False
-    ) -> None:
-        """Give back the job's partition, quota and worker. A stopping daemon
-        keeps the worker and the saved input: the next start settles the job."""
-        self.running.pop(job.id, None)
-        if not self.running:
-            self._idle.set()
-        self._inputs.pop(job.id, None)
-        if partition is not None:
-            _, out_topic = topic_names(self.settings.kafka.topic_prefix, job.tenant)
-            self.data.note_end(out_topic, partition, self._output_ends.pop(job.id, None))
-            self.leases.release(job.tenant, partition)
-            self.metrics.partitions_leased.set(self.leases.leased)
-        self.active[job.tenant] -= 1
-        structlog.contextvars.unbind_contextvars("job_id", "pod", "tenant")
-        if stopping:
-            return
-        crash_point("recycling")
-        self.files.drop_input(job.id)
-        worker.drop_link()
-        await self.pool.recycle(worker)
-        self._wake.set()
+    async def _fail_inside(self, job: Job, error: Exception) -> Job:
+        current = self.store.get(job.id) or job
+        if current.state.terminal:
+            return current
+        return await self._finish(current, JobState.ERROR, error=f"poold failed the job: {error}")
 
-    async def _execute(self, job: Job, worker: Worker, partition: int) -> Job:
+    async def _execute(self, job: Job, run: RunningJob) -> Job:
+        worker = run.worker
+        partition = run.partition
+        assert partition is not None
         in_topic, out_topic = topic_names(self.settings.kafka.topic_prefix, job.tenant)
         warm = worker.ready_at is not None and worker.ready_at <= _monotonic_of(job.submitted_at)
         assigned_at = utcnow()
         self.metrics.queue_wait.observe((assigned_at - job.submitted_at).total_seconds())
-        cancel = self.running[job.id].cancel
-        records = self._inputs.pop(job.id, None)
+        records, run.records = run.records, None
         if records is None:
             records = await asyncio.to_thread(self.files.load_input, job.id)
         try:
@@ -388,12 +465,12 @@ class Scheduler:
             output=PartitionRef(out_topic, partition, out_start),
         )
         slot = Slot.of(self.settings.slots.root, worker.pod)
-        if cancel.is_set():
+        if run.cancel.is_set():
             return await self._finish(job, JobState.CANCELLED, error="cancelled before it started")
         await self._deliver(slot, job, document)
         crash_point("delivered")
-        result = await self._follow(job, worker, slot, cancel)
-        return await self._complete(job, slot, result)
+        outcome = await self._follow(job, run, slot)
+        return await self._complete(job, run, slot, outcome)
 
     async def _deliver(self, slot: Slot, job: Job, document: JobDocument) -> None:
         """Module first, ``job.json`` last: its rename is the commit point."""
@@ -405,18 +482,17 @@ class Scheduler:
             place_atomic(source, slot.module, fsync=fsync)
         write_json_atomic(slot.job_json, document.to_json(), fsync=fsync)
 
-    async def _follow(
-        self, job: Job, worker: Worker, slot: Slot, cancel: asyncio.Event
-    ) -> ResultDocument | str:
-        """The agent's result, or why there is none: ``"timeout"``, ``"cancel"`` or a
-        sentence. The event stream is the fast path; the slot stays the truth."""
+    async def _follow(self, job: Job, run: RunningJob, slot: Slot) -> Outcome:
+        """How the wait for the agent's result ended. The event stream is the
+        fast path; the slot stays the truth."""
+        worker = run.worker
         assert worker.lost is not None
         lost: asyncio.Future[str] = worker.lost
         loop = asyncio.get_running_loop()
         source: asyncio.Task[ResultDocument | None] = asyncio.create_task(
-            self._stream_events(job, worker), name="agent-events"
+            self._stream_events(job, run), name="agent-events"
         )
-        cancel_wait: asyncio.Task[Any] = asyncio.create_task(cancel.wait())
+        cancel_wait: asyncio.Task[Any] = asyncio.create_task(run.cancel.wait())
         give_up_at: float | None = None
         try:
             while True:
@@ -427,21 +503,21 @@ class Scheduler:
                 if source in done:
                     result = source.result()
                     if result is not None:
-                        return result
+                        return Reported(result)
                     source = asyncio.create_task(self._poll_result(slot))
                 if lost.done():
                     found = self._read_result(slot)
-                    return found if found is not None else f"the worker died: {lost.result()}"
+                    return Reported(found) if found is not None else WorkerLost(lost.result())
                 if cancel_wait in done:
                     give_up_at = loop.time() + CANCEL_GRACE_S
                     await self._agent_cancel(worker)
                     cancel_wait = asyncio.create_task(asyncio.Event().wait())
                 if give_up_at is not None and loop.time() > give_up_at:
-                    return "cancel"
+                    return CancelExpired()
                 current = self.store.get(job.id) or job
                 since = current.started_at or current.assigned_at or current.submitted_at
                 if (utcnow() - since).total_seconds() > job.limits.timeout_s + RESULT_GRACE_S:
-                    return "timeout"
+                    return TimedOut()
         finally:
             source.cancel()
             cancel_wait.cancel()
@@ -458,16 +534,17 @@ class Scheduler:
         raw = read_json(slot.result_json)
         return ResultDocument.from_json(raw) if raw is not None else None
 
-    async def _stream_events(self, job: Job, worker: Worker) -> ResultDocument | None:
-        assert self._http is not None
-        assert worker.endpoint is not None
+    async def _stream_events(self, job: Job, run: RunningJob) -> ResultDocument | None:
+        worker = run.worker
         if worker.link is None:
-            worker.link = AgentLink(self._http, worker.endpoint)
+            worker.link = self._connect(worker)
         try:
             async for event in worker.link.events():
                 kind = event.get("type")
                 if kind == "started":
                     await self._started(job.id, float(event["ts"]))
+                elif kind == "output":
+                    run.output_progress(int(event["end"]))
                 elif kind == "stderr":
                     self.files.append_log(job.id, str(event["data"]).encode())
                 elif kind == "finished":
@@ -492,19 +569,33 @@ class Scheduler:
         if job.wait_ms is not None:
             self.metrics.start_latency.labels(kind).observe(job.wait_ms / 1000)
 
-    async def _complete(self, job: Job, slot: Slot, result: ResultDocument | str) -> Job:
+    async def _complete(
+        self, job: Job, run: RunningJob | None, slot: Slot, outcome: Outcome
+    ) -> Job:
         job = self.store.get(job.id) or job
-        if isinstance(result, str):
-            self.files.close_log(job.id, slot.stderr_log)
-            if result == "timeout":
+        match outcome:
+            case Reported(result):
+                pass
+            case TimedOut():
+                self.files.close_log(job.id, slot.stderr_log)
                 return await self._finish(
                     job, JobState.TIMED_OUT,
                     error=f"the job ran past its time limit of {job.limits.timeout_s:g} s and "
                     "its worker did not stop it; the worker was deleted",
                 )
-            if result == "cancel":
+            case CancelExpired():
+                self.files.close_log(job.id, slot.stderr_log)
                 return await self._finish(job, JobState.CANCELLED, error="cancelled")
-            return await self._finish(job, JobState.ERROR, error=result)
+            case WorkerLost(reason):
+                self.files.close_log(job.id, slot.stderr_log)
+                return await self._finish(
+                    job, JobState.ERROR, error=f"the worker died: {reason}")
+        output = job.output
+        if output is not None:
+            end = result.output_end if result.output_end is not None else output.start
+            if run is not None:
+                run.output_finished(end)  # followers read the rest while we finish up
+            output = OffsetRange(output.topic, output.partition, output.start, end)
         limit = self.settings.runtime.max_artifacts_mb * 1024 * 1024
         artifacts = await asyncio.to_thread(self.files.collect, job.id, slot.artifacts, limit=limit)
         self.files.close_log(job.id, slot.stderr_log)
@@ -512,11 +603,6 @@ class Scheduler:
             job = job.evolve(started_at=_ts(result.started_at))
             kind = "warm" if job.warm else "cold"
             self.metrics.starts.labels(kind).inc()
-        output = job.output
-        if output is not None:
-            end = result.output_end if result.output_end is not None else output.start
-            self._output_ends[job.id] = end
-            output = OffsetRange(output.topic, output.partition, output.start, end)
         job = job.evolve(output=output, artifacts=tuple(artifacts), usage=result.usage)
         crash_point("result")
         return await self._finish(
@@ -559,4 +645,3 @@ _MONO_OFFSET = time.time() - time.monotonic()
 
 def _monotonic_of(when: datetime) -> float:
     return when.timestamp() - _MONO_OFFSET
-
