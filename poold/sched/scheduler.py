@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -29,7 +30,6 @@ from poold.jobs.files import JobFiles
 from poold.jobs.model import Job, JobState, OffsetRange, utcnow
 from poold.jobs.store import JobStore
 from poold.metrics import Metrics
-from poold.modules.store import ModuleStore
 from poold.protocol import JobDocument, PartitionRef, ResultDocument
 from poold.sched.agent_link import AgentLink, Link
 from poold.sched.pool import Pool, Worker, WorkerState
@@ -44,7 +44,7 @@ from poold.sched.running import (
     WorkerLost,
 )
 from poold.slots import Slot, place_atomic, read_json, write_json_atomic
-from poold.types import JobId, TenantName
+from poold.types import JobId, ModuleHash, TenantName
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +57,12 @@ CANCEL_GRACE_S = 3.0
 
 class QueueFull(Exception):
     pass
+
+
+class ModulePaths(Protocol):
+    """What the scheduler needs of the module store (:class:`ModuleStore`)."""
+
+    def path(self, sha256: ModuleHash) -> Path: ...
 
 
 class JobData(Protocol):
@@ -86,7 +92,7 @@ class Scheduler:
         store: JobStore,
         pool: Pool,
         data: JobData,
-        modules: ModuleStore,
+        modules: ModulePaths,
         files: JobFiles,
         metrics: Metrics,
         connect: LinkFactory | None = None,

@@ -25,7 +25,6 @@ from poold.jobs.files import JobFiles
 from poold.jobs.model import Job, JobState, Limits
 from poold.jobs.store import MemoryJobStore
 from poold.metrics import Metrics
-from poold.modules.store import ModuleStore
 from poold.sched.pool import Pool, Worker
 from poold.sched.scheduler import Scheduler
 from poold.types import JobId, ModuleHash, PodName, TenantName, new_job_id
@@ -105,6 +104,16 @@ class ScriptedLink:
         }})
 
 
+class ModulePaths:
+    """Where stored modules are: all the scheduler asks of the module store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, sha256: ModuleHash) -> Path:
+        return self.root / f"{sha256}.wasm"
+
+
 class FakeData:
     """Offsets in a dict: what the scheduler asks of Kafka, and what it notes."""
 
@@ -180,7 +189,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     backend = ScriptedBackend()
     pool = Pool(backend=backend, settings=settings.pool, slots_root=settings.slots.root,
                 metrics=Metrics())
-    modules = ModuleStore(tmp_path / "modules", cache=None, max_bytes=1 << 20)
+    modules = ModulePaths(tmp_path / "modules")
     modules.path(MODULE).parent.mkdir(parents=True, exist_ok=True)
     modules.path(MODULE).write_bytes(b"\0asm")
     store = MemoryJobStore()
