@@ -26,13 +26,8 @@ import pytest_asyncio
 from conftest import TOKENS, Client, make_settings, serving
 from wasm_fixtures import module, with_custom_section
 
+from console.chromium import CHROMIUM, CHROMIUM_ARGS
 from poold.daemon import Daemon
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 
 try:
     from playwright.async_api import Browser, Page, async_playwright, expect
@@ -68,7 +63,6 @@ def alpha(served: tuple[Daemon, aiohttp.ClientSession]) -> Client:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    # launch() gives every browser a fresh, temporary user-data dir of its own
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
                                           headless=True)
@@ -296,3 +290,28 @@ async def test_printed_markup_is_shown_as_text(watched: Watched) -> None:
     fields = page.locator("#job-fields")
     await expect(fields).to_contain_text(XSS[0])
     assert watched.dialogs == []
+
+
+# -- auto-scroll ----------------------------------------------------------------------
+
+
+async def test_output_follows_the_end_until_the_reader_scrolls_up(watched: Watched) -> None:
+    page = watched.page
+    await watched.sign_in()
+    await watched.upload("ticker", module("ticker"))
+    await watched.submit(args=["2000"])
+    output = page.get_by_test_id("job-output")
+    at_end = "e => e.scrollTop + e.clientHeight >= e.scrollHeight - 4"
+    await expect(output).to_contain_text("tick 40")  # more lines than the box shows
+    assert await output.evaluate("e => e.scrollHeight > e.clientHeight")
+    assert await output.evaluate(at_end), "following the end"
+
+    await output.evaluate("e => { e.scrollTop = 0; }")
+    await expect(output).to_contain_text("tick 80")
+    assert await output.evaluate("e => e.scrollTop") == 0, "scrolled up: the view stays put"
+
+    await output.evaluate("e => { e.scrollTop = e.scrollHeight; }")
+    await expect(output).to_contain_text("tick 120")
+    assert await output.evaluate(at_end), "back at the end: following again"
+    await page.get_by_test_id("cancel-job").click()
+    await expect(page.get_by_test_id("job-state")).to_have_text("cancelled")
