@@ -287,4 +287,5 @@ async def serve(settings: Settings) -> None:
         await asyncio.wait({waiter, daemon._tasks}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         log.info("poold is stopping")
-        await daemon.drain()
+        if not daemon._tasks.done():  # a dead task (a lost lease too) stops at once: no drain
+            await daemon.drain()

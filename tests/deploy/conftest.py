@@ -58,8 +58,7 @@ def kubectl() -> str:
 
 def render(kubectl: str, overlay: str) -> list[Object]:
     result = subprocess.run(
-        [kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone",
-         str(DEPLOY / "overlays" / overlay)],
+        [kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)],  # as `kubectl apply -k`
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, f"kubectl kustomize overlays/{overlay} failed:\n{result.stderr}"

@@ -105,3 +105,10 @@ def test_service_and_servicemonitor_reach_poold(
     for endpoint in monitor["spec"]["endpoints"]:
         assert endpoint["port"] in port_names
         assert endpoint["path"] == "/metrics"
+
+
+def test_config_cluster_toml_is_the_file_the_overlays_apply() -> None:
+    """kustomize reads only files inside deploy/ (so that `kubectl apply -k` works): the
+    config lives in deploy/base and config/cluster.toml links to it, so the two never drift."""
+    assert (REPO / "config" / "cluster.toml").resolve() == (
+        REPO / "deploy" / "base" / "cluster.toml").resolve()
