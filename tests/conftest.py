@@ -33,6 +33,14 @@ from poold.types import JobId
 TOKENS = {"alpha": "token-alpha-" + "a" * 20, "beta": "token-beta-" + "b" * 20}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--seed", type=int, default=None,
+        help="seed of the randomised soak (tests/test_soak.py); a run prints its own, "
+        "so a failing run can be replayed",
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
