@@ -428,6 +428,12 @@ class Api:
         await response.write_eof()
         return response
 
+    async def _ended(self, job: Job) -> Job:
+        """The job's record once it has ended."""
+        while not job.state.terminal:
+            job = await self.store.wait_change(job.id, job)
+        return job
+
     async def get_logs(self, request: web.Request) -> web.StreamResponse:
         job = self._job(request)
         sse = "text/event-stream" in request.headers.get("Accept", "")
@@ -438,7 +444,7 @@ class Api:
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         })
         await response.prepare(request)
-        async for chunk in self.files.follow_log(job.id, done=job.state.terminal):
+        async for chunk in self.files.follow_log(job.id, ended=self._ended(job)):
             text = chunk.decode("utf-8", "replace")
             payload = "".join(f"data: {line}\n" for line in text.split("\n"))
             await response.write(f"event: log\n{payload}\n".encode())

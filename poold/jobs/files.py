@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 from poold.slots import write_atomic
@@ -84,23 +84,28 @@ class JobFiles:
         except FileNotFoundError:
             return b""
 
-    async def follow_log(self, job: JobId, done: bool) -> AsyncIterator[bytes]:
-        """What is there now, then new chunks until the job ends."""
+    async def follow_log(self, job: JobId, *, ended: Awaitable[object]) -> AsyncIterator[bytes]:
+        """What is there now, then new chunks until the job ends: until its log is
+        closed, or ``ended`` completes, whichever comes first (a job cancelled while
+        queued never had a log to close, and a job can end between the caller's look
+        at its state and this subscription)."""
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        if not done:
-            self._subscribers.setdefault(job, []).append(queue)
+        self._subscribers.setdefault(job, []).append(queue)
+        watcher = asyncio.ensure_future(ended)
+        watcher.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             current = self.read_log(job)
             if current:
                 yield current
-            if done:
-                return
             while (chunk := await queue.get()) is not None:
                 yield chunk
         finally:
+            watcher.cancel()
             subs = self._subscribers.get(job)
             if subs and queue in subs:
                 subs.remove(queue)
+                if not subs:
+                    del self._subscribers[job]
 
     # -- artifacts -------------------------------------------------------------
 

@@ -374,3 +374,25 @@ async def test_notebook_example_runs_100_jobs(daemon: Daemon) -> None:
         assert row["output"] == [f"SAMPLE {i}"]
         assert row["args"] == [str(i)]
 
+
+
+async def test_following_the_log_of_a_queued_job_ends_when_it_is_cancelled(
+    client: AsyncClient, daemon: Daemon
+) -> None:
+    """A job cancelled before it ran never gets a log; following it must still end."""
+    sha = (await client.upload_module(module("ticker"))).sha256
+    quota = daemon.settings.tenants["alpha"].max_concurrent_jobs
+    busy = [await client.submit(sha, timeout_s=60) for _ in range(quota)]
+    try:
+        waiting = await client.submit(sha, timeout_s=60)
+        assert (await client.get_job(waiting.id)).state == JobState.QUEUED
+        headers = {"Authorization": f"Bearer {TOKENS['alpha']}", "Accept": "text/event-stream"}
+        async with aiohttp.ClientSession() as http, http.get(
+            f"{daemon.url}/v1/jobs/{waiting.id}/logs", headers=headers
+        ) as following:  # the headers are here: the server is following the log
+            await client.cancel(waiting.id)
+            async with asyncio.timeout(10):
+                body = await following.text()
+        assert body == "event: end\ndata: cancelled\n\n"
+    finally:
+        await asyncio.gather(*(client.cancel(job.id) for job in busy))
