@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import click
+from click.shell_completion import CompletionItem
 
-from poold.client import AsyncClient, Job
+from poold.client import AsyncClient, Job, RetryPolicy
 from poold.client.errors import PooldError
 from poold.ctl import render
 from poold.ctl.common import (
@@ -49,8 +50,31 @@ ARTIFACT_COLUMNS = [
 ]
 
 
+def complete_jobs(ctx: click.Context, _: click.Parameter, incomplete: str
+                  ) -> list[CompletionItem]:
+    """Shell completion of job ids: the tenant's newest 100, each with its state."""
+    try:
+        target = Connection(url=ctx.params.get("url"), token=ctx.params.get("token"),
+                            context=ctx.params.get("context")).target
+
+        async def newest() -> list[Job]:
+            async with AsyncClient(target.url, target.token, timeout=3,
+                                   retry=RetryPolicy(attempts=1)) as c:
+                return await c.list_jobs(limit=100)
+
+        found = asyncio.run(newest())
+    except Exception:  # completion must never break the shell; offer nothing instead
+        return []
+    return [CompletionItem(j.id, help=j.state) for j in found if j.id.startswith(incomplete)]
+
+
 def job_argument(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.argument("job_id", metavar="JOB")(f)
+    return click.argument("job_id", metavar="JOB", shell_complete=complete_jobs)(f)
+
+
+def job_arguments(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.argument("job_ids", metavar="JOB...", nargs=-1, required=True,
+                          shell_complete=complete_jobs)(f)
 
 
 @click.group()
@@ -110,7 +134,7 @@ def _watch(fetch: Callable[[], Any], show: Callable[[Any], None], *, interval: f
 
 @jobs.command("get")
 @client_command
-@click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
+@job_arguments
 @click.option("-w", "--watch", is_flag=True,
               help="Print a new row whenever the job's state changes, until it ends.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
@@ -148,7 +172,7 @@ def get_jobs(conn: Connection, job_ids: tuple[str, ...], watch: bool, interval: 
 
 @jobs.command("cancel")
 @client_command
-@click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
+@job_arguments
 @quiet_option
 @output_option
 def cancel_jobs(conn: Connection, job_ids: tuple[str, ...], quiet: bool, fmt: str) -> None:
@@ -164,7 +188,7 @@ def cancel_jobs(conn: Connection, job_ids: tuple[str, ...], quiet: bool, fmt: st
 
 @jobs.command("wait")
 @client_command
-@click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
+@job_arguments
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Give up after this many seconds (exit code 75); the jobs go on.")
 @quiet_option

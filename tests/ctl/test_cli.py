@@ -402,12 +402,47 @@ async def test_a_config_or_token_file_others_can_read_is_refused(
 # -- completion --------------------------------------------------------------
 
 
-async def test_shell_completion(home: Path) -> None:
-    script, completed = await asyncio.gather(
+async def test_shell_completion(alpha: dict[str, str], api: AsyncClient, home: Path) -> None:
+    job = (await api.run(FIXTURES / "upper.wasm")).job
+
+    def completing(words: str) -> dict[str, str]:
+        return {**alpha, "_POOLD_COMPLETE": "bash_complete", "COMP_WORDS": words,
+                "COMP_CWORD": str(len(words.split()) - 1)}
+
+    script, verbs, job_ids = await asyncio.gather(
         poold("completion", "bash", env=environ(home)),
-        poold(env=environ(home, _POOLD_COMPLETE="bash_complete", COMP_WORDS="poold jo",
-                          COMP_CWORD="1")),
+        poold(env=completing("poold jo")),
+        poold(env=completing(f"poold logs {job.id[:6]}")),
     )
     assert script.rc == 0 and "_POOLD_COMPLETE=bash_complete" in script.out
-    assert completed.out.split() == ["plain,jobs"]
+    assert verbs.out.split() == ["plain,jobs"]
+    assert f"plain,{job.id}" in job_ids.out.split()
 
+
+async def test_watching_a_job_and_the_pool(alpha: dict[str, str], api: AsyncClient,
+                                           daemon: Daemon) -> None:
+    started = await poold("run", "-d", str(FIXTURES / "ticker.wasm"), env=alpha)
+    job_id = started.out.strip()
+    await until_running(daemon, job_id)
+    watchers = [
+        await asyncio.create_subprocess_exec(
+            *COMMAND, *args, env=alpha, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        for args in (["jobs", "get", "-w", job_id, "--interval", "0.2"],
+                     ["pool", "show", "-w", "--interval", "0.2"])
+    ]
+    job_watch, pool_watch = watchers
+    async with asyncio.timeout(60):
+        first = [(await w.stdout.readline(), await w.stdout.readline())  # type: ignore[union-attr]
+                 for w in watchers]
+    assert first[0][1].decode().split()[:2] == [job_id, "running"]
+    assert first[1][0].decode().split()[0] == "IDLE"
+    await api.cancel(job_id)
+    async with asyncio.timeout(60):
+        out, _ = await job_watch.communicate()
+    assert job_watch.returncode == 0  # it returns by itself once the job has ended
+    assert out.decode().split("\n")[-2].split()[:2] == [job_id, "cancelled"]
+    pool_watch.send_signal(2)  # Ctrl-C ends a watch without an error
+    async with asyncio.timeout(60):
+        await pool_watch.communicate()
+    assert pool_watch.returncode == 0
