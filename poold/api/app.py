@@ -1,4 +1,5 @@
-"""The HTTP API (v1), as fixed by DESIGN.md.
+"""The HTTP API (v1); its contract is ``openapi.json`` beside this file (served at
+``/openapi.json``, linked from docs/), which tests/api/test_openapi.py keeps true.
 
 Every ``/v1`` route needs a bearer token that maps to one tenant; another
 tenant's job answers 404 exactly like a job that does not exist. Bad input
@@ -12,6 +13,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
 from typing import Any
 
 import structlog
@@ -43,6 +45,9 @@ from poold.sched.scheduler import QueueFull, Scheduler
 from poold.types import JobId, ModuleHash, TenantName, new_job_id
 
 log = structlog.get_logger(__name__)
+
+OPENAPI = (resources.files("poold.api") / "openapi.json").read_bytes()
+"""The API's contract, also at docs/openapi.json (a link to this one file)."""
 
 TENANT: web.RequestKey[TenantName] = web.RequestKey("tenant", TenantName)
 
@@ -112,6 +117,7 @@ class Api:
         r.add_get("/v1/jobs/{id}/artifacts", self.list_artifacts)
         r.add_get("/v1/jobs/{id}/artifacts/{name:.+}", self.get_artifact)
         r.add_get("/v1/pool", self.get_pool)
+        r.add_get("/openapi.json", self.openapi)
         return app
 
     # -- middleware --------------------------------------------------------------
@@ -184,6 +190,9 @@ class Api:
     async def metrics_text(self, _: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(),
                             headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def openapi(self, _: web.Request) -> web.Response:
+        return web.Response(body=OPENAPI, content_type="application/json")
 
     async def get_pool(self, _: web.Request) -> web.Response:
         return web.json_response(self.pool.figures())
