@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -87,7 +88,8 @@ async def served(
     tmp_path_factory: pytest.TempPathFactory, broker: str
 ) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession]]:
     settings = make_settings(tmp_path_factory.mktemp("openapi"), broker, pool__min_idle=1,
-                             server__max_upload_mb=1, server__max_input_mb=1)
+                             server__max_upload_mb=1, server__max_input_mb=1,
+                             server__body_timeout_s=1, server__max_uploads_per_tenant=1)
     async with serving(settings) as served_:
         yield served_
 
@@ -261,6 +263,58 @@ async def test_answers_conform_to_the_document(
     await call(alpha, served, "DELETE", "/v1/jobs/{id}", 200, "/v1/jobs/" + running["id"])
     await call(alpha, served, "GET", "/v1/pool", 200)
 
+    await refusals_conform(alpha, served)
+
     untried = sorted(op for op in documented_operations()
                      if not any((op[0], op[1]) == (m, t) and s < 400 for m, t, s in SEEN))
     assert not untried, f"operations no successful request checked against the doc: {untried}"
+
+
+class Raw:
+    """An answer read off a raw socket, shaped like what :func:`conforms` reads."""
+
+    def __init__(self, data: bytes) -> None:
+        head, _, self.body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1])
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        self.content_type = headers["Content-Type"].split(";")[0]
+
+    async def read(self) -> bytes:
+        return self.body
+
+
+async def stalled_upload(alpha: Client) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = alpha.base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"PUT /v1/modules HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                 + alpha.headers["Authorization"].encode()
+                 + b"\r\nContent-Type: application/wasm\r\nContent-Length: 100\r\n\r\n\x00asm")
+    await writer.drain()
+    return reader, writer
+
+
+async def refusals_conform(alpha: Client, served: tuple[Daemon, aiohttp.ClientSession]) -> None:
+    """The answers of a stalled body (408), a full upload slot (429) and a draining
+    daemon (503) are documented too."""
+    daemon = served[0]
+    assert daemon.api is not None
+    reader, writer = await stalled_upload(alpha)
+    try:
+        await daemon.api.uploads.wait_until(1, within_s=10)
+        await call(alpha, served, "PUT", "/v1/modules", 429, data=module("noop"),
+                   headers={"Content-Type": "application/wasm"})
+        async with asyncio.timeout(30):
+            answer = Raw(await reader.read())
+    finally:
+        writer.close()
+    assert answer.status == 408
+    await conforms("PUT", "/v1/modules", answer)  # type: ignore[arg-type]
+
+    daemon.draining = True
+    try:
+        await call(alpha, served, "PUT", "/v1/modules", 503, data=module("noop"),
+                   headers={"Content-Type": "application/wasm"})
+        await call(alpha, served, "POST", "/v1/jobs", 503, json={"module": "0" * 64})
+    finally:
+        daemon.draining = False
