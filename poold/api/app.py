@@ -15,6 +15,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from aiohttp import web
@@ -467,7 +468,7 @@ class Api:
         return web.json_response({
             "state": job.state.value,
             "artifacts": [
-                {"name": n, "size": s, "url": f"/v1/jobs/{job.id}/artifacts/{n}"}
+                {"name": n, "size": s, "url": f"/v1/jobs/{job.id}/artifacts/{quote(n)}"}
                 for n, s in job.artifacts
             ],
         })

@@ -315,3 +315,21 @@ async def test_output_follows_the_end_until_the_reader_scrolls_up(watched: Watch
     assert await output.evaluate(at_end), "back at the end: following again"
     await page.get_by_test_id("cancel-job").click()
     await expect(page.get_by_test_id("job-state")).to_have_text("cancelled")
+
+
+async def test_markup_in_an_artifact_name_is_shown_as_text(
+    watched: Watched, tmp_path: Path
+) -> None:
+    page = watched.page
+    await watched.sign_in()
+    await watched.upload("markupname", module("markupname"))
+    await watched.submit()
+    await expect(page.get_by_test_id("job-state")).to_have_text("succeeded")
+    name = "<img src=x onerror=alert(1)> #1?.txt"  # '#' and '?' must be escaped in its URL
+    link = page.get_by_test_id("job-artifacts").get_by_role("button", name=name)
+    await expect(link).to_have_text(name)
+    assert await page.locator("img").count() == 0
+    async with page.expect_download() as info:
+        await link.click()
+    await (await info.value).save_as(tmp_path / "artifact")
+    assert (tmp_path / "artifact").read_text() == "markup\n"

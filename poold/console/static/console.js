@@ -501,7 +501,7 @@ async function showArtifacts(view) {
     const item = el("li");
     const link = el("button", artifact.name, "link");
     link.type = "button";
-    link.addEventListener("click", () => download(artifact));
+    link.addEventListener("click", () => download(view.id, artifact));
     item.append(link, el("span", ` ${bytes(artifact.size)}`, "muted"));
     return item;
   });
@@ -513,9 +513,13 @@ async function showArtifacts(view) {
 
 // Downloads need the Authorization header too, so a plain link cannot do:
 // fetch the file, then hand the browser a Blob under the artifact's name.
-async function download(artifact) {
+async function download(jobId, artifact) {
   try {
-    const response = await call("GET", artifact.url, { raw: true });
+    // built here rather than taken from the listing's "url", which is not
+    // percent-encoded: a name may hold "#", "?" or "%"
+    const path = `/v1/jobs/${encodeURIComponent(jobId)}/artifacts/`
+      + artifact.name.split("/").map(encodeURIComponent).join("/");
+    const response = await call("GET", path, { raw: true });
     const blob = await response.blob();
     const url = URL.createObjectURL(blob);
     const a = document.createElement("a");
