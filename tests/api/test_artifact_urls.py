@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 import pytest_asyncio
 from conftest import Client, make_settings, serving
 from wasm_fixtures import module
 
 from api.helpers import finish
-from poold.daemon import Daemon
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
