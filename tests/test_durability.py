@@ -32,7 +32,7 @@ class PooldProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
 
-    async def start(self, crash_at: str | None = None) -> None:
+    async def start(self, crash_at: str | None = None, *, new_session: bool = False) -> None:
         env = {**os.environ, **self.env}
         env.pop("POOLD_CRASH_AT", None)
         if crash_at:
@@ -40,6 +40,7 @@ class PooldProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "poold", "serve", env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            start_new_session=new_session,
         )
         assert self.proc.stderr is not None
         async with asyncio.timeout(60):

@@ -18,6 +18,8 @@ import hashlib
 import json
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,6 +43,11 @@ INLINE_HASH_BYTES = 1024 * 1024
 OUTPUT_REPORT_S = 0.01
 """Output progress goes to poold at most this often (the last one always goes
 with the result)."""
+STOP_GRACE_S = 2.0
+"""After a stop, how long the module's thread may take to notice; a module asleep
+in a host call (a WASI sleep of an hour) cannot be interrupted, so beyond this
+the process exits without it rather than ignore SIGTERM."""
+PARENT_CHECK_S = 0.5
 
 
 def _sha256_file(path: os.PathLike[str]) -> tuple[str, int]:
@@ -100,6 +107,8 @@ class Agent:
         self._output_reported: int | None = None
         self._output_report: asyncio.Handle | None = None
         self._output_reported_at = 0.0
+        self._work_done = threading.Event()
+        self._work_done.set()
 
     # -- HTTP endpoint -------------------------------------------------------
 
@@ -200,12 +209,19 @@ class Agent:
             self.data.prepare_output()
             job_task = asyncio.create_task(self._serve_one(), name="agent-job")
             stop_task = asyncio.create_task(self._stop.wait(), name="agent-stop")
+            watch = asyncio.create_task(self._watch_parent(), name="agent-parent")
             await asyncio.wait({job_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            watch.cancel()
             if not job_task.done():
                 self.runner.interrupt("cancel")
                 job_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await job_task
+                if not await asyncio.to_thread(self._work_done.wait, STOP_GRACE_S):
+                    log.warning("the module did not stop within the grace; exiting without it",
+                                grace_s=STOP_GRACE_S)
+                    sys.stderr.flush()
+                    os._exit(1)
             else:
                 job_task.result()
                 with contextlib.suppress(TimeoutError):
@@ -214,6 +230,18 @@ class Agent:
         finally:
             await self.data.stop()
             await runner.cleanup()
+
+    async def _watch_parent(self) -> None:
+        parent = self.settings.parent_pid
+        if parent is None:
+            return
+        while os.getppid() == parent:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PARENT_CHECK_S):
+                    await self._stop.wait()
+                    return
+        log.warning("the fork server is gone; stopping", parent=parent)
+        self._stop.set()
 
     def _announce_ready(self) -> None:
         fd = self.settings.ready_fd
@@ -330,8 +358,10 @@ class Agent:
             finally:
                 meter.end()
                 pump.close()
+                self._work_done.set()
 
         pump_task = asyncio.create_task(pump.run(), name="agent-stdout")
+        self._work_done.clear()
         try:
             outcome = await loop.run_in_executor(None, work)
         finally:

@@ -37,6 +37,9 @@ class AgentSettings:
     rss_source: str = "proc"
     """Where a job's peak resident memory is read: ``proc`` (this process, from
     /proc) or ``cgroup`` (the container's cgroup v2 ``memory.peak``; runner pods)."""
+    parent_pid: int | None = None
+    """Local backend only: the fork server. The agent stops when its parent changes
+    (the fork server, and so poold, is gone), in case no death signal reached it."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AgentSettings:
@@ -50,6 +53,7 @@ class AgentSettings:
 
         try:
             ready_fd = env.get("POOLD_AGENT_READY_FD")
+            parent = env.get("POOLD_AGENT_PARENT_PID")
             return cls(
                 slot=Path(need("POOLD_AGENT_SLOT")),
                 kafka=need("POOLD_AGENT_KAFKA"),
@@ -64,6 +68,7 @@ class AgentSettings:
                 pod=env.get("POOLD_AGENT_POD", env.get("POD_NAME", "")),
                 fsync=env.get("POOLD_AGENT_FSYNC", "1") not in {"0", "false", "no"},
                 rss_source=_choice(env, "POOLD_AGENT_RSS", ("proc", "cgroup")),
+                parent_pid=int(parent) if parent else None,
             )
         except ValueError as e:
             raise AgentConfigError(f"bad agent setting in the environment: {e}") from e

@@ -8,8 +8,12 @@ commands on stdin (``spawn``, ``kill``), events on stdout (``spawned``,
 shorter than PIPE_BUF is written atomically, so lines never interleave).
 
 It has no event loop and no threads, so forking is safe. When poold goes away
-(stdin closes) it kills every child; each child also dies with it
-(PR_SET_PDEATHSIG), so no worker outlives its daemon.
+(stdin closes) it kills every child. Whatever kills poold, nothing outlives
+it: the fork server asks the kernel for SIGKILL when poold dies
+(PR_SET_PDEATHSIG), each child asks the same about the fork server, and both
+check right after asking that their parent is still the one they expect (it
+may have died before the request). The agent also watches its parent while
+it runs (``POOLD_AGENT_PARENT_PID``).
 """
 
 from __future__ import annotations
@@ -32,13 +36,24 @@ def _emit(fd: int, event: dict[str, Any]) -> None:
     os.write(fd, json.dumps(event).encode() + b"\n")
 
 
-def _die_with_parent() -> None:
+PARENT_ENV = "POOLD_FORKSERVER_PARENT"
+"""The pid of the poold that starts the fork server."""
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this process when ``parent`` dies; exit now if it already has.
+
+    The request is tied to the parent *thread* that forked us; poold forks its
+    fork server from its event-loop thread, which lives as long as poold does.
+    """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
-def _child(pod: str, env: dict[str, str], proto_fd: int) -> None:
+def _child(pod: str, env: dict[str, str], proto_fd: int, parent: int) -> None:
     """Runs in the forked child; never returns."""
     code = 1
     try:
@@ -46,7 +61,7 @@ def _child(pod: str, env: dict[str, str], proto_fd: int) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.set_wakeup_fd(-1)
-        _die_with_parent()
+        _die_with_parent(parent)
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -58,6 +73,7 @@ def _child(pod: str, env: dict[str, str], proto_fd: int) -> None:
         os.chdir(env["POOLD_AGENT_SLOT"])
         os.environ["POOLD_AGENT_READY_FD"] = str(proto_fd)
         os.environ["POOLD_AGENT_POD"] = pod
+        os.environ["POOLD_AGENT_PARENT_PID"] = str(parent)
         import asyncio  # noqa: PLC0415
 
         from poold.agent.main import run_agent  # noqa: PLC0415
@@ -145,6 +161,9 @@ def _warm_up() -> None:
 
 
 def serve() -> None:
+    daemon = os.environ.get(PARENT_ENV)
+    if daemon:
+        _die_with_parent(int(daemon))
     # Our stdout is the protocol pipe; move it aside so nothing printed by
     # this process or its children can corrupt it.
     proto_fd = os.dup(1)
@@ -176,7 +195,8 @@ def serve() -> None:
     selector = selectors.DefaultSelector()
     selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "stdin")
     selector.register(wake_r, selectors.EVENT_READ, "signal")
-    _emit(proto_fd, {"event": "hello", "pid": os.getpid()})
+    server_pid = os.getpid()
+    _emit(proto_fd, {"event": "hello", "pid": server_pid})
     buffer = b""
     running = True
     while running:
@@ -203,7 +223,7 @@ def serve() -> None:
                         selector.close()
                         os.close(wake_r)
                         os.close(wake_w)
-                        _child(pod, command["env"], proto_fd)
+                        _child(pod, command["env"], proto_fd, server_pid)
                     with contextlib.suppress(OSError):
                         os.setpgid(pid, pid)  # also done by the child: whoever is first
                     children[pid] = pod

@@ -19,6 +19,7 @@ from pathlib import Path
 import structlog
 
 from poold.backends.base import BackendUnavailable, EventSink, WorkerEvent
+from poold.backends.forkserver import PARENT_ENV
 from poold.types import JobId, PodName
 
 log = structlog.get_logger(__name__)
@@ -49,8 +50,12 @@ class LocalBackend:
         if self._proc is not None:
             return
         self._sink = sink
+        ended = end_leftovers(self._slots_root)
+        if ended:
+            log.warning("ended worker processes left by an earlier poold", pids=ended)
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env[PARENT_ENV] = str(os.getpid())
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "poold.backends.forkserver",
             stdin=asyncio.subprocess.PIPE,
@@ -159,3 +164,37 @@ class LocalBackend:
     def pid_of(self, pod: PodName) -> int | None:
         """The worker's process id while it lives (for tests and diagnostics)."""
         return self._pids.get(pod)
+
+
+FORKSERVER_MODULE = b"poold.backends.forkserver"
+
+
+def end_leftovers(slots_root: Path) -> list[int]:
+    """SIGKILL worker processes of this slots root that an earlier poold left.
+
+    A local worker runs with its slot as working directory and the fork
+    server's command line, which is how it is recognised (its slot may already
+    be deleted: the kernel then shows the path with " (deleted)"). Called
+    before the fork server starts and before orphan slots are removed, so no
+    worker of ours exists yet and none is left running on a removed slot.
+    """
+    root = str(slots_root.resolve()) + os.sep
+    ended: list[int] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return ended
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone, or not ours to look at
+        if not cwd.startswith(root) or FORKSERVER_MODULE not in cmdline:
+            continue
+        pid = int(entry.name)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            ended.append(pid)
+    return ended

@@ -1,0 +1,174 @@
+"""No worker outlives the poold that made it, whatever kills poold; a restarted
+poold ends what an earlier one left before it removes their slots."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import Client
+from test_durability import HEADERS, PooldProcess, _agents_using, _env
+from wasm_fixtures import module
+
+from poold.daemon import Daemon
+from poold.types import PodName
+
+
+async def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait on each process's pidfd until it exits; the pids still alive at the deadline."""
+    loop = asyncio.get_running_loop()
+    waits: dict[int, asyncio.Future[None]] = {}
+    fds = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        fds.append(fd)
+        done: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, lambda f=done: f.done() or f.set_result(None))
+        waits[pid] = done
+    try:
+        if waits:
+            await asyncio.wait(waits.values(), timeout=timeout)
+        return [pid for pid, done in waits.items() if not done.done()]
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
+def children_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+async def poold(tmp_path: Path, broker: str) -> AsyncIterator[PooldProcess]:
+    process = PooldProcess(_env(tmp_path, broker))
+    try:
+        yield process
+    finally:
+        process.kill()
+        if process.proc is not None:
+            await process.proc.wait()
+        slots = Path(process.env["POOLD_SLOTS__ROOT"])
+        for pid in _agents_using(slots):  # never leave one behind, even when the test failed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def start_running_job(poold: PooldProcess) -> tuple[int, list[int]]:
+    """poold in its own session with a job running; its fork server and workers."""
+    await poold.start(new_session=True)
+    assert poold.proc is not None
+    async with aiohttp.ClientSession() as http:
+        async with http.put(poold.url + "/v1/modules", data=module("ticker"),
+                            headers=HEADERS) as r:
+            sha = (await r.json())["sha256"]
+        async with http.post(poold.url + "/v1/jobs", headers=HEADERS,
+                             json={"module": sha, "limits": {"timeout_s": 120}}) as r:
+            job = await r.json()
+        async with http.get(f"{poold.url}/v1/jobs/{job['id']}/output?follow=true",
+                            headers=HEADERS) as r:
+            assert await r.content.readline() == b"tick 1\n"  # the module is running
+    servers = children_of(poold.proc.pid)
+    assert len(servers) == 1, servers
+    workers = _agents_using(Path(poold.env["POOLD_SLOTS__ROOT"]))
+    assert workers, "no worker process found"
+    return servers[0], workers
+
+
+@pytest.mark.timeout(120)
+async def test_workers_die_when_poold_alone_is_killed(poold: PooldProcess) -> None:
+    forkserver, workers = await start_running_job(poold)
+    # stopped, the fork server cannot act on poold's pipe closing: the kernel has to
+    os.kill(forkserver, signal.SIGSTOP)
+    try:
+        assert poold.proc is not None
+        poold.proc.kill()
+        assert await wait_gone([forkserver, *workers], 20) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(forkserver, signal.SIGKILL)
+
+
+@pytest.mark.timeout(120)
+async def test_workers_die_when_poolds_process_group_is_killed(poold: PooldProcess) -> None:
+    forkserver, workers = await start_running_job(poold)
+    assert poold.proc is not None
+    # workers run in process groups of their own, so the group kill misses them
+    os.killpg(poold.proc.pid, signal.SIGKILL)
+    try:
+        assert await wait_gone([forkserver, *workers], 20) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(forkserver, signal.SIGKILL)
+
+
+@pytest.mark.timeout(120)
+async def test_a_restarted_poold_ends_leftovers_before_removing_their_slots(
+    poold: PooldProcess,
+) -> None:
+    slots = Path(poold.env["POOLD_SLOTS__ROOT"])
+    slot = slots / "poold-w-0123456789"
+    (slot / "in").mkdir(parents=True)
+    # what the issue found: the fork server's command line, parent 1, its own
+    # session, working in its slot, deaf to SIGTERM
+    leftover = subprocess.Popen(
+        [sys.executable, "-c", "import signal, sys, time; "
+         "signal.signal(signal.SIGTERM, signal.SIG_IGN); sys.stdout.write('up\\n'); "
+         "sys.stdout.flush(); time.sleep(600)", "-m", "poold.backends.forkserver"],
+        cwd=slot, start_new_session=True, stdout=subprocess.PIPE,
+    )
+    try:
+        assert leftover.stdout is not None
+        assert leftover.stdout.readline() == b"up\n"
+        assert leftover.pid in _agents_using(slots)
+        await poold.start()
+        assert leftover.poll() is not None or leftover.wait(10) == -signal.SIGKILL
+        assert leftover.returncode == -signal.SIGKILL
+        assert not slot.exists(), "the leftover's slot was not removed"
+    finally:
+        leftover.kill()
+        leftover.wait()
+        if leftover.stdout is not None:
+            leftover.stdout.close()
+        await poold.stop()
+
+
+SLEEPER_NOTE = "sleeping\n"
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_ends_a_worker_whose_module_sleeps_in_a_host_call(
+    alpha: Client, daemon: Daemon
+) -> None:
+    """An epoch interrupt cannot reach a module asleep inside WASI; the worker
+    must still stop on SIGTERM instead of waiting an hour for it."""
+    assert daemon.backend is not None
+    sha = await alpha.upload(module("hostsleep"))
+    job = await alpha.submit(sha, limits={"timeout_s": 600})
+    async with alpha.request("GET", f"/v1/jobs/{job['id']}/output?follow=true") as r:
+        assert await r.content.readline() == SLEEPER_NOTE.encode()
+        record = await alpha.json("GET", f"/v1/jobs/{job['id']}", 200)
+        pid = daemon.backend.pid_of(PodName(record["pod"]))  # type: ignore[attr-defined]
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        assert await wait_gone([pid], 15) == [], "the worker ignored SIGTERM"
+        await r.read()
