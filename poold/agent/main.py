@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import hmac
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -112,8 +113,25 @@ class Agent:
 
     # -- HTTP endpoint -------------------------------------------------------
 
+    @web.middleware
+    async def _authorised(
+        self, request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Every endpoint needs this worker's token: its events carry the job's live
+        stderr and ``/cancel`` ends it, and any local process (or any pod the
+        NetworkPolicy lets through) can reach the port."""
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {self.settings.token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return web.json_response(
+                {"error": "this endpoint needs the worker's token (Authorization: Bearer)"},
+                status=401,
+            )
+        return await handler(request)
+
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._authorised])
         app.router.add_get("/ready", self._ready)
         app.router.add_post("/run", self._run)
         app.router.add_get("/events", self._events)

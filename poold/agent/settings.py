@@ -37,6 +37,9 @@ class AgentSettings:
     rss_source: str = "proc"
     """Where a job's peak resident memory is read: ``proc`` (this process, from
     /proc) or ``cgroup`` (the container's cgroup v2 ``memory.peak``; runner pods)."""
+    token: str = ""
+    """The secret every request to the agent must carry (``Authorization: Bearer``),
+    made by poold for this worker alone (``POOLD_AGENT_TOKEN``)."""
     parent_pid: int | None = None
     """Local backend only: the fork server. The agent stops when its parent changes
     (the fork server, and so poold, is gone), in case no death signal reached it."""
@@ -69,6 +72,7 @@ class AgentSettings:
                 fsync=env.get("POOLD_AGENT_FSYNC", "1") not in {"0", "false", "no"},
                 rss_source=_choice(env, "POOLD_AGENT_RSS", ("proc", "cgroup")),
                 parent_pid=int(parent) if parent else None,
+                token=need("POOLD_AGENT_TOKEN"),
             )
         except ValueError as e:
             raise AgentConfigError(f"bad agent setting in the environment: {e}") from e

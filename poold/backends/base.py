@@ -32,6 +32,8 @@ class WorkerEvent:
     endpoint: str | None = None
     reason: str | None = None
     job: JobId | None = None
+    token: str | None = None
+    """The secret the worker's agent requires on every request."""
 
 
 EventSink = Callable[[WorkerEvent], None]

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from poold.backends.base import BackendUnavailable, EventSink, WorkerEvent
-from poold.backends.podtemplate import ANNOTATION_JOB, claim_patch, render, selector
+from poold.backends.podtemplate import ANNOTATION_JOB, claim_patch, render, selector, token_of
 from poold.config import ConfigError, KubernetesSettings
 from poold.types import JobId, PodName
 
@@ -359,7 +360,7 @@ class KubernetesBackend:
                 job = _holder(pod)
                 self._emit(WorkerEvent(
                     "ready", name, endpoint=endpoint(ip, self.settings.agent_port),
-                    job=JobId(job) if job else None,
+                    job=JobId(job) if job else None, token=token_of(pod),
                 ))
         elif reported == "ready":
             self._emit(WorkerEvent("unready", name, reason=_unready_reason(status)))
@@ -386,7 +387,8 @@ class KubernetesBackend:
         assert self._core is not None
         core = self._core
         body = render(self._template, name=pod, pool=self.settings.pool_name,
-                      env=self._agent_env, owner=self._owner)
+                      env=self._agent_env, owner=self._owner,
+                      token=secrets.token_urlsafe(32))
 
         async def call() -> dict[str, Any]:
             return await self._json(core.create_namespaced_pod(

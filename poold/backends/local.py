@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -42,6 +43,7 @@ class LocalBackend:
         self._claims: dict[PodName, JobId] = {}
         self._alive: set[PodName] = set()
         self._pids: dict[PodName, int] = {}
+        self._tokens: dict[PodName, str] = {}
         self._hello = asyncio.Event()
         self._stopping = False
         self._lock = asyncio.Lock()
@@ -123,7 +125,8 @@ class LocalBackend:
             self._pids[pod] = int(str(event["pid"]))
         elif kind == "ready" and pod in self._alive:
             assert self._sink is not None
-            self._sink(WorkerEvent("ready", pod, endpoint=str(event["endpoint"])))
+            self._sink(WorkerEvent("ready", pod, endpoint=str(event["endpoint"]),
+                                   token=self._tokens.get(pod)))
         elif kind == "exited":
             if "signal" in event:
                 sig = int(str(event["signal"]))
@@ -136,12 +139,15 @@ class LocalBackend:
         self._alive.discard(pod)
         self._pids.pop(pod, None)
         self._claims.pop(pod, None)
+        self._tokens.pop(pod, None)
         if self._sink is not None:
             self._sink(WorkerEvent("gone", pod, reason=reason))
 
     async def create(self, pod: PodName) -> None:
         env = dict(self._agent_env)
         env["POOLD_AGENT_SLOT"] = str(self._slots_root / pod)
+        # each worker its own secret, passed through the fork server's pipe
+        env["POOLD_AGENT_TOKEN"] = self._tokens[pod] = secrets.token_urlsafe(32)
         # Alive from now on: the child announces "ready" on the pipe itself, and
         # that line can overtake the fork server's own "spawned" line.
         self._alive.add(pod)

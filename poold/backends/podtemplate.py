@@ -23,6 +23,7 @@ LABEL_APP = "app.kubernetes.io/name"
 LABEL_POOL = "poold.dev/pool"
 LABEL_STATE = "poold.dev/state"
 ANNOTATION_JOB = "poold.dev/job"
+TOKEN_ENV = "POOLD_AGENT_TOKEN"  # noqa: S105 - the variable's name, not a secret
 APP = "poold-runner"
 
 
@@ -64,6 +65,7 @@ def render(
     pool: str,
     env: Mapping[str, str],
     owner: dict[str, Any] | None = None,
+    token: str = "",
 ) -> dict[str, Any]:
     """``env`` (the agent settings poold's config decides) replaces same-named entries
     of the first container's env, or is added to it."""
@@ -78,10 +80,27 @@ def render(
     spec = pod["spec"]
     spec["restartPolicy"] = "Never"
     container = spec["containers"][0]
+    env = {**env, TOKEN_ENV: token}
     entries = [e for e in container.get("env", []) if e.get("name") not in env]
     entries += [{"name": name, "value": value} for name, value in env.items()]
     container["env"] = entries
+    # the agent refuses requests without this pod's own token, the kubelet's
+    # readiness probe included
+    probe = container.get("readinessProbe", {}).get("httpGet")
+    if probe is not None:
+        headers = [h for h in probe.get("httpHeaders", []) if h.get("name") != "Authorization"]
+        headers.append({"name": "Authorization", "value": f"Bearer {token}"})
+        probe["httpHeaders"] = headers
     return pod
+
+
+def token_of(pod: dict[str, Any]) -> str | None:
+    """The agent token poold put in a pod's spec (see :func:`render`)."""
+    for container in pod.get("spec", {}).get("containers", [])[:1]:
+        for e in container.get("env", []):
+            if e.get("name") == TOKEN_ENV:
+                return str(e.get("value", "")) or None
+    return None
 
 
 def claim_patch(*, resource_version: str, job: JobId) -> dict[str, Any]:

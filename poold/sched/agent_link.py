@@ -37,9 +37,12 @@ class Link(Protocol):
 
 
 class AgentLink:
-    def __init__(self, session: aiohttp.ClientSession, endpoint: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, endpoint: str, *, token: str | None = None
+    ) -> None:
         self.endpoint = endpoint
         self._session = session
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._connecting: asyncio.Task[None] = asyncio.create_task(
             self._connect(), name=f"link-{endpoint}"
@@ -49,7 +52,8 @@ class AgentLink:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 self._ws = await self._session.ws_connect(
-                    f"{self.endpoint}/link", autoping=False, heartbeat=None
+                    f"{self.endpoint}/link", autoping=False, heartbeat=None,
+                    headers=self._headers,
                 )
         except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as e:
             # RuntimeError: the session closed under us (poold is stopping)
@@ -73,7 +77,7 @@ class AgentLink:
             except (aiohttp.ClientError, OSError, ConnectionError) as e:
                 log.warning("agent link broke", error=str(e))
             return
-        async with self._session.post(f"{self.endpoint}/run") as response:
+        async with self._session.post(f"{self.endpoint}/run", headers=self._headers) as response:
             async for line in response.content:
                 if line.strip():
                     event = json.loads(line)
@@ -88,7 +92,7 @@ class AgentLink:
                 if ws is not None and not ws.closed:
                     await ws.send_str('{"op":"cancel"}')
                 else:
-                    await self._session.post(f"{self.endpoint}/cancel")
+                    await self._session.post(f"{self.endpoint}/cancel", headers=self._headers)
 
     async def close(self) -> None:
         self._connecting.cancel()

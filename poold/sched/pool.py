@@ -47,6 +47,8 @@ class Worker:
     created: float = field(default_factory=time.monotonic)
     ready_at: float | None = None
     endpoint: str | None = None
+    token: str | None = None
+    """The secret its agent requires (from the backend's ready event)."""
     job: JobId | None = None
     lost: asyncio.Future[str] | None = None
     """Resolved with a reason if the worker disappears while it holds a job."""
@@ -254,6 +256,7 @@ class Pool:
             worker.state = WorkerState.IDLE
             worker.ready_at = time.monotonic()
             worker.endpoint = event.endpoint
+            worker.token = event.token
             if worker.lapsed:
                 worker.lapsed = False
                 log.info("worker is ready again", pod=event.pod)
@@ -302,6 +305,7 @@ class Pool:
             worker.state = WorkerState.IDLE
             worker.ready_at = time.monotonic()
             worker.endpoint = event.endpoint
+            worker.token = event.token
             log.info("adopted an idle worker", pod=event.pod)
             self._idle_changed.set()
             self.on_ready(worker)
@@ -309,6 +313,7 @@ class Pool:
             worker.state = WorkerState.BUSY
             worker.job = event.job
             worker.endpoint = event.endpoint
+            worker.token = event.token
             if not self.on_orphan(worker):
                 log.warning("deleting a worker that holds a job nobody follows",
                             pod=event.pod, job=event.job)

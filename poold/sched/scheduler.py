@@ -129,7 +129,7 @@ class Scheduler:
     def _agent_link(self, worker: Worker) -> Link:
         assert self._http is not None
         assert worker.endpoint is not None
-        return AgentLink(self._http, worker.endpoint)
+        return AgentLink(self._http, worker.endpoint, token=worker.token)
 
     def _on_ready(self, worker: Worker) -> None:
         if self._http is not None and not self._http.closed and worker.endpoint is not None:

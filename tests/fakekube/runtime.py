@@ -303,8 +303,9 @@ class PodRuntime:
                 port = _resolve_port(container, http.get("port"))
                 url = f"http://{self.pod_ip}:{port}{http.get('path', '/')}"
                 client_timeout = aiohttp.ClientTimeout(total=timeout)
+                headers = {h["name"]: h["value"] for h in http.get("httpHeaders", [])}
                 async with self.kubelet.http.get(
-                    url, timeout=client_timeout, allow_redirects=False
+                    url, timeout=client_timeout, allow_redirects=False, headers=headers
                 ) as resp:
                     return 200 <= resp.status < 400
             if "tcpSocket" in probe:
