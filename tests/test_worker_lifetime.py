@@ -87,7 +87,8 @@ async def start_running_job(poold: PooldProcess) -> tuple[int, list[int]]:
         async with http.get(f"{poold.url}/v1/jobs/{job['id']}/output?follow=true",
                             headers=HEADERS) as r:
             assert await r.content.readline() == b"tick 1\n"  # the module is running
-    servers = children_of(poold.proc.pid)
+    servers = [pid for pid in children_of(poold.proc.pid)
+               if b"poold.backends.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(servers) == 1, servers
     workers = _agents_using(Path(poold.env["POOLD_SLOTS__ROOT"]))
     assert workers, "no worker process found"
