@@ -1,10 +1,10 @@
-# poold — make install | run | test | lint | bench
+# poold — make install | run | test | lint | bench | mutate
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench mutate clean
 
 install: $(STAMP)
 
@@ -41,5 +41,19 @@ lint: install
 bench: install
 	$(BIN)/python -m bench
 
+# Mutation testing (not part of CI; docs/testing.md): cosmic-ray in a venv of its own,
+# mutants planted in a scratch copy (.mutate/tree), each package's fast test selection.
+#   make mutate MUTATE_MODULES=poold/jobs,poold/api MUTATE_BUDGET_S=1200
+MUTATE_VENV := .venv-mutate
+COSMIC_RAY := cosmic-ray==8.7.0
+MUTATE_MODULES ?= poold/api,poold/sched,poold/jobs,poold/modules,poold/runtime
+MUTATE_BUDGET_S ?= 3600
+
+mutate: install
+	test -x $(MUTATE_VENV)/bin/cosmic-ray || { $(PY) -m venv $(MUTATE_VENV) && \
+	  $(MUTATE_VENV)/bin/python -m pip install --quiet '$(COSMIC_RAY)'; }
+	$(BIN)/python tests/mutation/run.py --cosmic-ray $(MUTATE_VENV)/bin \
+	  --modules $(MUTATE_MODULES) --budget-s $(MUTATE_BUDGET_S)
+
 clean:
-	rm -rf $(VENV) .poold
+	rm -rf $(VENV) $(MUTATE_VENV) .poold .mutate
