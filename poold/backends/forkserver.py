@@ -109,28 +109,17 @@ def _reap(children: dict[int, str], proto_fd: int) -> None:
 
 def _warm_up() -> None:
     """Walk the paths every worker takes once here, so each child inherits them
-    warm: lazy imports, wasmtime's first store and instance, aiohttp's first
-    request and WebSocket. Nothing may leave a thread behind (fork would
-    copy only this one), hence a non-parallel engine and a closed loop."""
+    warm: lazy imports, wasmtime's engines and linkers and first store and
+    instance, aiohttp's first request and WebSocket. Nothing may leave a thread
+    behind (fork would copy only this one), hence nothing compiled on a
+    parallel engine and a closed loop."""
     import asyncio  # noqa: PLC0415
 
-    import wasmtime  # noqa: PLC0415
     from aiohttp import ClientSession, web  # noqa: PLC0415
 
-    from poold.runtime.wasmtime_runner import WARM_UP_WAT  # noqa: PLC0415
+    from poold.runtime.wasmtime_runner import prebuild  # noqa: PLC0415
 
-    config = wasmtime.Config()
-    config.parallel_compilation = False
-    config.epoch_interruption = True
-    engine = wasmtime.Engine(config)
-    store = wasmtime.Store(engine)
-    store.set_epoch_deadline(1)
-    store.set_wasi(wasmtime.WasiConfig())
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
-    start = linker.instantiate(store, wasmtime.Module(engine, WARM_UP_WAT)).exports(store)["_start"]
-    assert isinstance(start, wasmtime.Func)
-    start(store)
+    prebuild()  # the engines, linkers and first instance every worker inherits
 
     async def http() -> None:
         async def link(request: web.Request) -> web.WebSocketResponse:

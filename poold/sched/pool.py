@@ -54,6 +54,9 @@ class Worker:
     """Resolved with a reason if the worker disappears while it holds a job."""
     link: Link | None = None
     """The pre-opened line to the worker's agent (see :mod:`poold.sched.agent_link`)."""
+    settling: bool = False
+    """Taken for a job that has not started yet: its replacement waits until it
+    has, so a fork does not compete with the job's start for the CPU."""
     lapsed: bool = False
     """It was idle, then reported not ready: waiting (as STARTING) to be ready again."""
 
@@ -96,6 +99,8 @@ class Pool:
         self._task: asyncio.Task[None] | None = None
         self._idle_changed = asyncio.Event()
         self._stopping = False
+        self._removing: set[PodName] = set()
+        self._removals: set[asyncio.Task[None]] = set()
         self.backend_ok = True
         """False while the backend refuses to create workers (submissions get 503)."""
 
@@ -105,7 +110,8 @@ class Pool:
         return sum(1 for w in self.workers.values() if w.state is state)
 
     def target(self) -> int:
-        busy = self.count(WorkerState.BUSY)
+        busy = sum(1 for w in self.workers.values()
+                   if w.state is WorkerState.BUSY and not w.settling)
         return min(self.settings.max_pods, busy + max(self.settings.min_idle, self.demand()))
 
     def figures(self) -> dict[str, int]:
@@ -148,6 +154,8 @@ class Pool:
                 with contextlib.suppress(BackendUnavailable):
                     await self.backend.delete(worker.pod)
         await self.backend.stop()
+        if self._removals:
+            await asyncio.gather(*self._removals, return_exceptions=True)
         if delete_workers:
             for worker in list(self.workers.values()):
                 Slot.of(self.slots_root, worker.pod).remove()
@@ -226,18 +234,20 @@ class Pool:
 
     async def _create(self) -> None:
         pod = new_pod_name()
-        Slot.of(self.slots_root, pod).create()
         worker = Worker(pod)
         self.workers[pod] = worker
         try:
+            # in a thread: on NFS a mkdir is a round trip to the server
+            await asyncio.to_thread(Slot.of(self.slots_root, pod).create)
             await self.backend.create(pod)
-        except BackendUnavailable:
+        except (BackendUnavailable, OSError):
             del self.workers[pod]
-            Slot.of(self.slots_root, pod).remove()
+            await asyncio.to_thread(Slot.of(self.slots_root, pod).remove)
             raise
 
     async def _retire(self, worker: Worker) -> None:
         worker.state = WorkerState.DELETING
+        worker.settling = False
         try:
             await self.backend.delete(worker.pod)
         except BackendUnavailable as e:
@@ -275,22 +285,45 @@ class Pool:
             worker.drop_link()
             self._idle_changed.set()
         elif event.kind == "gone":
-            del self.workers[event.pod]
+            if event.pod in self._removing:
+                return
+            was = worker.state
+            worker.state = WorkerState.DELETING  # counted until its slot is gone too
             worker.drop_link()
-            Slot.of(self.slots_root, event.pod).remove()
-            if worker.state is WorkerState.STARTING and not self._stopping:
+            self._remove_slot(worker)
+            if was is WorkerState.STARTING and not self._stopping:
                 log.warning("worker died while starting", pod=event.pod, reason=event.reason)
                 self._note_failure("start_failed")
-            elif worker.state is WorkerState.IDLE and not self._stopping:
+            elif was is WorkerState.IDLE and not self._stopping:
                 log.warning("idle worker died", pod=event.pod, reason=event.reason)
                 self.metrics.worker_failures.labels("idle_lost").inc()
-            elif worker.state is WorkerState.BUSY:
+            elif was is WorkerState.BUSY:
                 self.metrics.worker_failures.labels("busy_lost").inc()
                 if worker.lost is not None and not worker.lost.done():
                     worker.lost.set_result(event.reason or "the worker disappeared")
             self._idle_changed.set()
         self._export()
         self._wake.set()
+
+    def _remove_slot(self, worker: Worker) -> None:
+        """Remove a gone worker's slot in a thread (on NFS a removal is many round
+        trips), then forget the worker."""
+        self._removing.add(worker.pod)
+
+        async def remove() -> None:
+            try:
+                await asyncio.to_thread(Slot.of(self.slots_root, worker.pod).remove)
+            finally:
+                self._removing.discard(worker.pod)
+                if self.workers.get(worker.pod) is worker:
+                    del self.workers[worker.pod]
+                self._idle_changed.set()
+                self._export()
+                self._wake.set()
+
+        task = asyncio.get_running_loop().create_task(remove(), name=f"remove-{worker.pod}")
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
     def _adopt(self, event: WorkerEvent) -> None:
         """A worker this daemon did not create (it ran before a restart, or another
@@ -342,9 +375,15 @@ class Pool:
             return None
         worker = min(idle, key=lambda w: w.ready_at or 0.0)
         worker.state = WorkerState.BUSY
+        worker.settling = True
         worker.lost = asyncio.get_running_loop().create_future()
-        self._wake.set()
         return worker
+
+    def settled(self, worker: Worker) -> None:
+        """The worker's job has started: now is the time to replace it."""
+        if worker.settling:
+            worker.settling = False
+            self._wake.set()
 
     async def claim(self, worker: Worker, job: JobId) -> bool:
         """Fence the worker for ``job``. A worker we lose the claim on belongs to
@@ -354,6 +393,7 @@ class Pool:
         except BackendUnavailable as e:
             log.warning("could not claim a worker; trying another", pod=worker.pod, error=str(e))
             worker.state = WorkerState.IDLE
+            worker.settling = False
             self._wake.set()
             return False
         if won:

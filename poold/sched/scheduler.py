@@ -548,6 +548,7 @@ class Scheduler:
             async for event in worker.link.events():
                 kind = event.get("type")
                 if kind == "started":
+                    self.pool.settled(worker)
                     await self._started(job.id, float(event["ts"]))
                 elif kind == "output":
                     run.output_progress(int(event["end"]))

@@ -96,6 +96,9 @@ async def test_used_worker_is_replaced_and_its_slot_removed(make_pool, tmp_path:
     worker = pool.take_idle()
     assert worker is not None
     assert await pool.claim(worker, JobId("j-1"))
+    await pool._reconcile()
+    assert len(backend.created) == 2, "a replacement competed with the job's start"
+    pool.settled(worker)  # the job started
     await pool.wait_until(lambda: pool.count(WorkerState.IDLE) == 2, 5)
     assert len(backend.created) == 3, "a replacement starts while the job runs"
     await pool.recycle(worker)
