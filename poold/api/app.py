@@ -336,6 +336,11 @@ class Api:
         if size is None:
             return error(404 if len(body.module) == 64 else 400,
                          f"unknown module {body.module}; upload it with PUT /v1/modules first")
+        problem = self.modules.compile_problem(body.module)
+        if problem is not None:
+            return error(400, f"module {body.module} cannot run on this server: {problem}. "
+                         "Make it smaller (fewer or smaller functions) or ask the operator to "
+                         "raise the limit; uploading it again retries the compilation")
         if not await self.data.check():
             return error(503, "Kafka is unavailable, so the job cannot be accepted; nothing "
                          "was stored, retry shortly", **{"Retry-After": "5"})

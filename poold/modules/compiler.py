@@ -60,6 +60,12 @@ class FairQueue(Generic[T]):
             await self._ready.wait()
 
 
+def uncompilable_marker(wasm: Path) -> Path:
+    """Beside a stored module: why it could not be compiled within the limits. Its
+    jobs are refused while it exists; uploading the module again retries."""
+    return wasm.with_suffix(".uncompilable")
+
+
 @dataclass(frozen=True)
 class CompileOrder:
     sha256: str
@@ -145,9 +151,10 @@ class Precompiler:
             async with asyncio.timeout(s.compile_timeout_s):
                 _, stderr = await proc.communicate()
         except TimeoutError:
-            log.warning("compilation took too long and was stopped (modules.compile_timeout_s); "
-                        "jobs of this module compile it in their worker", module=order.sha256,
-                        timeout_s=s.compile_timeout_s)
+            log.warning("compilation took too long and was stopped (modules.compile_timeout_s)",
+                        module=order.sha256, timeout_s=s.compile_timeout_s)
+            self._mark(order, f"compiling it took longer than {s.compile_timeout_s:g} s "
+                              "(modules.compile_timeout_s)")
             return "timeout"
         finally:
             if proc.returncode is None:
@@ -156,8 +163,21 @@ class Precompiler:
         if proc.returncode == 0:
             log.info("module compiled into the cache", module=order.sha256)
             return "compiled"
-        log.warning("compilation failed; jobs of this module compile it in their worker",
-                    module=order.sha256, exit_code=proc.returncode,
-                    memory_mb=s.compile_memory_mb,
-                    error=stderr.decode("utf-8", "replace")[-500:].strip())
+        error = stderr.decode("utf-8", "replace")[-500:].strip()
+        log.warning("compilation failed", module=order.sha256, exit_code=proc.returncode,
+                    memory_mb=s.compile_memory_mb, error=error)
+        if (proc.returncode or 0) < 0 or "memory allocation" in error:
+            # the runtime aborts (SIGABRT) when an allocation fails under the cap
+            why = (f"compiling it needs more than {s.compile_memory_mb} MiB of memory "
+                   "(modules.compile_memory_mb)")
+        else:
+            why = f"the compiler refused it: {error.splitlines()[-1] if error else 'no reason'}"
+        self._mark(order, why)
         return "failed"
+
+    @staticmethod
+    def _mark(order: CompileOrder, why: str) -> None:
+        try:
+            uncompilable_marker(order.path).write_text(why)
+        except OSError as e:  # the module was removed meanwhile: nothing to refuse
+            log.warning("could not record the failed compilation", error=str(e))

@@ -23,7 +23,7 @@ from pathlib import Path
 import structlog
 import wasmtime
 
-from poold.modules.compiler import Precompiler
+from poold.modules.compiler import Precompiler, uncompilable_marker
 from poold.modules.structure import StructureLimits, check_structure
 from poold.runtime.engine import make_engine
 from poold.runtime.inspect import ModuleRejected, check_header, inspect_module
@@ -74,6 +74,13 @@ class ModuleStore:
 
     def path(self, sha256: ModuleHash) -> Path:
         return self.root / f"{sha256}.wasm"
+
+    def compile_problem(self, sha256: str) -> str | None:
+        """Why the module could not be compiled within this server's limits, if so."""
+        try:
+            return uncompilable_marker(self.path(ModuleHash(sha256))).read_text()
+        except FileNotFoundError:
+            return None
 
     def owners(self, sha256: ModuleHash) -> dict[str, datetime]:
         """Tenants that uploaded this module, with when each first did. Modules
@@ -182,6 +189,10 @@ class ModuleStore:
             sha = ModuleHash(digest.hexdigest())
             final = self.path(sha)
             if final.exists():
+                marker = uncompilable_marker(final)
+                if self.precompiler is not None and marker.exists():
+                    marker.unlink(missing_ok=True)  # uploading it again retries
+                    self.precompiler.submit(tenant=tenant, sha256=sha, path=final)
                 return StoredModule(sha, size, created=self._add_owner(sha, tenant))
             await asyncio.get_running_loop().run_in_executor(None, self._validate, tmp)
             os.replace(tmp, final)
