@@ -532,6 +532,24 @@ class AsyncClient:
         reply = await self._call("GET", "/readyz", safe=True, timeout=timeout, ok=(503,))
         return reply.status == 200
 
+    async def openapi(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """``/openapi.json``: the server's own description of its API."""
+        body: dict[str, Any] = (await self._call("GET", "/openapi.json", safe=True,
+                                                 timeout=timeout)).json()
+        return body
+
+    async def request(
+        self, method: str, path: str, *, data: bytes | None = None,
+        content_type: str | None = None, timeout: float | None = None,
+    ) -> bytes:
+        """Any route, for what this client does not name yet (``poold api`` uses it):
+        the body of the answer; errors raise as everywhere. Only GET is retried."""
+        headers = {"Content-Type": content_type} if content_type else None
+        reply = await self._call(method.upper(), path if path.startswith("/") else "/" + path,
+                                 safe=method.upper() == "GET", timeout=timeout, data=data,
+                                 headers=headers)
+        return reply.body
+
     async def metrics(self, *, timeout: float | None = None) -> str:
         """``/metrics`` in Prometheus' text format."""
         reply = await self._call("GET", "/metrics", safe=True, timeout=timeout)

@@ -198,5 +198,14 @@ class Client:
     def ready(self, *, timeout: float | None = None) -> bool:
         return self._run(self._aio.ready(timeout=timeout))
 
+    def openapi(self, *, timeout: float | None = None) -> dict[str, Any]:
+        return self._run(self._aio.openapi(timeout=timeout))
+
+    def request(self, method: str, path: str, *, data: bytes | None = None,
+                content_type: str | None = None, timeout: float | None = None) -> bytes:
+        """See :meth:`AsyncClient.request`."""
+        return self._run(self._aio.request(method, path, data=data, content_type=content_type,
+                                           timeout=timeout))
+
     def metrics(self, *, timeout: float | None = None) -> str:
         return self._run(self._aio.metrics(timeout=timeout))

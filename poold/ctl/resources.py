@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
@@ -104,3 +105,28 @@ def show(conn: Connection, watch: bool, interval: float, fmt: str) -> None:
             time.sleep(interval)
     except KeyboardInterrupt:
         return
+
+
+@click.command("api")
+@client_command
+@click.argument("path")
+@click.option("-X", "--method", default="GET", show_default=True,
+              type=click.Choice(["GET", "PUT", "POST", "DELETE"], case_sensitive=False))
+@click.option("--input", "input_file", type=click.File("rb"), default=None,
+              help="The request body ('-' for stdin).")
+@click.option("--content-type", default=None,
+              help="Of the body (default: application/json, or application/wasm for PUT).")
+def api(conn: Connection, path: str, method: str, input_file: BinaryIO | None,
+        content_type: str | None) -> None:
+    """Any route of the API, with the context's URL and token (like `gh api`): prints the
+    answer's body as it is, e.g. `poold api /metrics`, `poold api /v1/jobs?limit=5`."""
+    data = input_file.read() if input_file is not None else None
+    if data is not None and content_type is None:
+        content_type = "application/wasm" if method.upper() == "PUT" else "application/json"
+    need_token = path.lstrip("/").startswith("v1/")
+    body = conn.call(lambda c: c.request(method, path, data=data, content_type=content_type),
+                     need_token=need_token)
+    sys.stdout.buffer.write(body)
+    if body and not body.endswith(b"\n"):
+        sys.stdout.buffer.write(b"\n")
+    sys.stdout.buffer.flush()

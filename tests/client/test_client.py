@@ -396,3 +396,77 @@ async def test_following_the_log_of_a_queued_job_ends_when_it_is_cancelled(
         assert body == "event: end\ndata: cancelled\n\n"
     finally:
         await asyncio.gather(*(client.cancel(job.id) for job in busy))
+
+
+# -- every route is reachable from the client and the command line ----------------------------
+
+#: route -> (the client's method, the command line's verb); the browser's pages are not API
+ROUTES: dict[tuple[str, str], tuple[str, str]] = {
+    ("GET", "/healthz"): ("health", "api"),
+    ("GET", "/readyz"): ("ready", "api"),
+    ("GET", "/metrics"): ("metrics", "api"),
+    ("GET", "/openapi.json"): ("openapi", "api"),
+    ("PUT", "/v1/modules"): ("upload_module", "modules upload"),
+    ("GET", "/v1/modules"): ("list_modules", "modules list"),
+    ("POST", "/v1/jobs"): ("submit", "run"),
+    ("GET", "/v1/jobs"): ("list_jobs", "jobs list"),
+    ("GET", "/v1/jobs/export"): ("stream_export", "jobs export"),
+    ("GET", "/v1/jobs/{id}"): ("get_job", "jobs get"),
+    ("DELETE", "/v1/jobs/{id}"): ("cancel", "jobs cancel"),
+    ("GET", "/v1/jobs/{id}/output"): ("stream_output", "output"),
+    ("GET", "/v1/jobs/{id}/logs"): ("stream_logs", "logs"),
+    ("GET", "/v1/jobs/{id}/artifacts"): ("list_artifacts", "artifacts"),
+    ("GET", "/v1/jobs/{id}/artifacts/{name}"): ("get_artifact", "artifacts"),
+    ("GET", "/v1/pool"): ("pool", "pool show"),
+}
+BROWSER_PAGES = {"/", "/console", "/console/", "/console/{name}"}
+
+
+def _served_routes(daemon: Daemon) -> set[tuple[str, str]]:
+    runner = daemon._runner  # the app the daemon really serves
+    assert runner is not None
+    found = set()
+    for route in runner.app.router.routes():
+        path = route.resource.canonical if route.resource else ""
+        path = path.replace("{name:.+}", "{name}")
+        if route.method != "HEAD" and path not in BROWSER_PAGES:
+            found.add((route.method, path))
+    return found
+
+
+def _documented_routes() -> set[tuple[str, str]] | None:
+    import json
+
+    import poold.api
+
+    document = Path(poold.api.__file__).parent / "openapi.json"
+    if not document.is_file():
+        return None
+    paths = json.loads(document.read_text())["paths"]
+    return {(method.upper(), path) for path, ops in paths.items() for method in ops
+            if method in {"get", "put", "post", "delete", "patch"} and path not in BROWSER_PAGES}
+
+
+def _resolves(verb: str) -> bool:
+    import click
+
+    from poold.cli import main
+
+    command: click.Command | None = main
+    for word in verb.split():
+        assert isinstance(command, click.Group)
+        command = command.get_command(click.Context(main), word)
+    return command is not None
+
+
+async def test_every_route_has_a_client_method_and_a_command(daemon: Daemon) -> None:
+    served = _served_routes(daemon)
+    documented = _documented_routes() or set()
+    missing = sorted((served | documented) - set(ROUTES))
+    assert not missing, f"routes neither the client nor the CLI covers: {missing}"
+    for (method, path), (name, verb) in ROUTES.items():
+        if (method, path) not in served | documented:
+            continue  # a route another branch adds; checked once it is served
+        assert callable(getattr(AsyncClient, name, None)), f"AsyncClient.{name} for {path}"
+        assert callable(getattr(Client, name, None)), f"Client.{name} for {path}"
+        assert _resolves(verb), f"poold {verb} for {method} {path}"

@@ -286,6 +286,19 @@ async def test_pool_show(alpha: dict[str, str], daemon: Daemon) -> None:
     assert as_json.json()["max"] == daemon.settings.pool.max_pods
 
 
+async def test_api_reaches_any_route(alpha: dict[str, str], home: Path, daemon: Daemon) -> None:
+    pool, metrics, missing, health = await asyncio.gather(
+        poold("api", "/v1/pool", env=alpha),
+        poold("api", "/metrics", env=alpha),
+        poold("api", "-X", "DELETE", "/v1/jobs/j-" + "0" * 32, env=alpha),
+        poold("api", "/healthz", env=environ(home, POOLD_URL=daemon.url)),  # needs no token
+    )
+    assert pool.json()["max"] == daemon.settings.pool.max_pods
+    assert "poold_pool_workers" in metrics.out
+    assert (missing.rc, missing.err) == (66, "poold: no such job (404)\n")
+    assert (health.rc, health.json()) == (0, {"status": "ok"})
+
+
 # -- errors and exit codes -------------------------------------------------------------------
 
 
