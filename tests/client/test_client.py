@@ -113,6 +113,7 @@ async def test_pool_health_readiness_metrics(client: AsyncClient, daemon: Daemon
     assert await client.health() is True
     assert await client.ready() is True
     assert "poold_pool_workers" in await client.metrics()
+    assert "/v1/pool" in (await client.openapi())["paths"]
 
 
 async def test_jobs_are_listed_newest_first_across_pages(client: AsyncClient) -> None:
