@@ -68,7 +68,8 @@ class Usage:
     """Regular files the module left under ``/out``."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # not asdict(): its deep copy is most of an export's time, and fields are scalars
+        return {name: getattr(self, name) for name in _USAGE_FIELDS}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Usage:
@@ -78,6 +79,9 @@ class Usage:
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+_USAGE_FIELDS = tuple(f.name for f in fields(Usage))
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def _children_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _vm_hwm() -> int | None:
+def peak_rss() -> int | None:
     try:
         with open("/proc/self/status", "rb") as f:
             found = _HWM.search(f.read())
@@ -49,7 +49,7 @@ def _vm_hwm() -> int | None:
     return int(found.group(1)) * 1024 if found else None
 
 
-def _reset_hwm() -> None:
+def reset_peak_rss() -> None:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -102,7 +102,7 @@ class Meter:
         """The module is about to start."""
         if self.stdin_records is None:
             self.stdin_records = self.stdin_bytes = 0
-        _reset_hwm()
+        reset_peak_rss()
         self._children0 = _children_cpu_s()
         self._maxrss0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         self._thread0 = time.thread_time()
@@ -118,7 +118,7 @@ class Meter:
         peak = _cgroup_peak() if self._rss_source == "cgroup" else None
         if peak is None and child_cpu > 0 and children.ru_maxrss > self._maxrss0:
             peak = children.ru_maxrss * 1024
-        self.rss_peak_bytes = peak if peak is not None else _vm_hwm()
+        self.rss_peak_bytes = peak if peak is not None else peak_rss()
 
     def counting(self, sink: Sink, *, stream: str) -> Sink:
         def write(chunk: bytes) -> None:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from poold.api.bodies import JobRequest, describe, lone_surrogate
 from poold.api.console import ModuleListing, add_console_routes
+from poold.api.export import export_jobs
 from poold.api.guard import (
     BodyRules,
     BodyTooLarge,
@@ -111,6 +112,7 @@ class Api:
         add_console_routes(r)
         r.add_post("/v1/jobs", self.post_job)
         r.add_get("/v1/jobs", self.list_jobs)
+        r.add_get("/v1/jobs/export", self.export_jobs)  # before /v1/jobs/{id}
         r.add_get("/v1/jobs/{id}", self.get_job)
         r.add_delete("/v1/jobs/{id}", self.delete_job)
         r.add_get("/v1/jobs/{id}/output", self.get_output)
@@ -405,6 +407,9 @@ class Api:
 
     async def get_job(self, request: web.Request) -> web.Response:
         return web.json_response(self._job(request).public())
+
+    async def export_jobs(self, request: web.Request) -> web.StreamResponse:
+        return await export_jobs(request, store=self.store, tenant=request[TENANT])
 
     async def delete_job(self, request: web.Request) -> web.Response:
         job = self._job(request)

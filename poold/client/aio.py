@@ -338,6 +338,20 @@ class AsyncClient:
                     yield job
             path = body.get("next")
 
+    def stream_export(
+        self, *, format: str = "csv", since: str | None = None, until: str | None = None,
+        state: str | Iterable[str] | None = None, timeout: float | None = None,
+    ) -> AsyncIterator[bytes]:
+        """``GET /v1/jobs/export``: every record of this tenant, oldest first, one flat
+        row per job (CSV with a header, or NDJSON), as the server streams it; ``since``
+        and ``until`` are RFC 3339 times on ``submitted_at``."""
+        states = [state] if isinstance(state, str) else list(state or ())
+        params = {"format": format}
+        params.update({k: v for k, v in (("since", since), ("until", until)) if v})
+        if states:
+            params["state"] = ",".join(states)
+        return self._stream("/v1/jobs/export", follow=False, timeout=timeout, params=params)
+
     async def list_jobs(
         self, *, limit: int | None = 50, state: str | Iterable[str] | None = None,
         timeout: float | None = None,

@@ -158,6 +158,12 @@ class Client:
         return self._run(self._aio.run_many(module, jobs, concurrency=concurrency,
                                             timeout=timeout))
 
+    def stream_export(self, *, format: str = "csv", since: str | None = None,
+                      until: str | None = None, state: str | Iterable[str] | None = None,
+                      timeout: float | None = None) -> Iterator[bytes]:
+        return self._iterate(self._aio.stream_export(format=format, since=since, until=until,
+                                                     state=state, timeout=timeout))
+
     def stream_output(self, job_id: str, *, follow: bool = True,
                       timeout: float | None = None) -> Iterator[str]:
         return self._iterate(self._aio.stream_output(job_id, follow=follow, timeout=timeout))

@@ -132,6 +132,49 @@ def _watch(fetch: Callable[[], Any], show: Callable[[Any], None], *, interval: f
             time.sleep(interval)
 
 
+@jobs.command("export")
+@client_command
+@click.option("--format", "export_format", type=click.Choice(["csv", "ndjson"]),
+              default="csv", show_default=True,
+              help="One flat row per job: CSV with a header, or NDJSON.")
+@click.option("--since", default=None, metavar="TIME",
+              help="Jobs submitted at or after this RFC 3339 time.")
+@click.option("--until", default=None, metavar="TIME",
+              help="Jobs submitted before this RFC 3339 time.")
+@click.option("--state", "states", multiple=True, type=click.Choice(STATES),
+              help="Only jobs in this state (repeatable).")
+@click.option("-o", "--output-file", "output_file", default="-", show_default=True,
+              metavar="FILE", help="Where to write ('-' for stdout).")
+def export_jobs(conn: Connection, export_format: str, since: str | None, until: str | None,
+                states: tuple[str, ...], output_file: str) -> None:
+    """Every job record of this tenant, usage included, oldest first (raw, for analysis).
+
+    Streamed chunk by chunk; a file is written under a temporary name and renamed
+    when complete, so a failed export leaves nothing behind."""
+
+    async def copy(client: AsyncClient, out: Any) -> int:
+        written = 0
+        async for chunk in client.stream_export(format=export_format, since=since,
+                                                until=until, state=states or None):
+            out.write(chunk)
+            written += len(chunk)
+        return written
+
+    if output_file == "-":
+        conn.call(lambda c: copy(c, sys.stdout.buffer))
+        sys.stdout.flush()
+        return
+    target = Path(output_file)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        with partial.open("wb") as f:
+            size = conn.call(lambda c: copy(c, f))
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    click.echo(f"wrote {size} bytes to {target}", err=True)
+
+
 @jobs.command("get")
 @client_command
 @job_arguments
