@@ -124,7 +124,7 @@ async def test_a_timed_out_job_reports_what_was_measured(alpha: Client) -> None:
     job = await alpha.run(module("spin"), limits={"timeout_s": 0.5})
     assert job["state"] == "timed_out", job
     usage = job["usage"]
-    assert usage["cpu_ms"] > 100  # it spun until it was stopped
+    assert 0 < usage["cpu_ms"] <= job["run_ms"] * 1.1  # it spun until it was stopped
     assert usage["memory_peak_bytes"] == 64 * 1024
     assert usage["rss_peak_bytes"] > 0
     assert usage["stdout_records"] == 0
