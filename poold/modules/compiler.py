@@ -26,6 +26,10 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+PRUNE_EVERY_S = 60.0
+"""How often the compile cache is brought back within modules.compile_cache_mb when
+no upload is being compiled."""
+
 
 class FairQueue(Generic[T]):
     """Items queued per tenant, taken round-robin: one of each tenant's in turn."""
@@ -119,8 +123,16 @@ class Precompiler:
         self._changed = asyncio.Event()
 
     async def _run(self) -> None:
+        await self._prune()
         while True:
-            tenant, order = await self.queue.get()
+            try:
+                async with asyncio.timeout(PRUNE_EVERY_S):
+                    tenant, order = await self.queue.get()
+            except TimeoutError:
+                # workers compile into the cache too (on a miss, and every fuel-metered
+                # job), so the cache is kept within its size between uploads as well
+                await self._prune()
+                continue
             self._busy = True
             self._note()
             try:
@@ -133,10 +145,13 @@ class Precompiler:
             if self.metrics is not None:
                 self.metrics.compiles.labels(outcome).inc()
             self._note()
-            removed = await asyncio.to_thread(
-                self.cache.prune, self.settings.compile_cache_mb * 1024 * 1024)
-            if removed:
-                log.info("compile cache pruned (modules.compile_cache_mb)", removed=len(removed))
+            await self._prune()
+
+    async def _prune(self) -> None:
+        removed = await asyncio.to_thread(
+            self.cache.prune, self.settings.compile_cache_mb * 1024 * 1024)
+        if removed:
+            log.info("compile cache pruned (modules.compile_cache_mb)", removed=len(removed))
 
     async def _compile(self, order: CompileOrder) -> str:
         s = self.settings
