@@ -192,3 +192,22 @@ async def wait_uploads(daemon: Daemon, count: int) -> None:
     """Wait until the daemon has this many uploads in progress."""
     assert daemon.api is not None
     await daemon.api.uploads.wait_until(count, within_s=10)
+
+
+async def test_many_slowloris_connections_are_all_cut_off(alpha: Client) -> None:
+    """The attack as reported: many connections trickling request heads. Every one is
+    closed, and the API answers other clients all the while."""
+    held = []
+    try:
+        for _ in range(100):
+            reader, writer = await connect(alpha)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            held.append((reader, writer))
+        await asyncio.gather(*(w.drain() for _, w in held))
+        closing = asyncio.gather(*(until_closed(r) for r, _ in held))
+        await still_serving(alpha)
+        await alpha.json("GET", "/v1/jobs", 200)
+        assert await closing == [b""] * len(held)
+    finally:
+        for _, writer in held:
+            writer.close()
