@@ -99,7 +99,8 @@ def test_runner_pods_read_the_container_cgroup_and_a_bad_source_names_the_key(
         .read_text())
     (container,) = [c for c in template["spec"]["containers"] if c["name"] == "agent"]
     env = {e["name"]: e.get("value", "") for e in container["env"]}
-    env |= {"POOLD_AGENT_KAFKA": "k:9092"}
+    # poold adds the worker's own secret to each pod's spec (podtemplate.TOKEN_ENV)
+    env |= {"POOLD_AGENT_KAFKA": "k:9092", "POOLD_AGENT_TOKEN": "a-per-pod-secret"}
     assert AgentSettings.from_env(env).rss_source == "cgroup"
     with pytest.raises(AgentConfigError, match="POOLD_AGENT_RSS"):
         AgentSettings.from_env(env | {"POOLD_AGENT_RSS": "cgroups"})
