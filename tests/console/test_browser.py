@@ -256,11 +256,31 @@ async def test_run_again_submits_the_same_job(watched: Watched) -> None:
     await watched.upload("upper", unique("upper"))
     first = await watched.submit(args=["x"], input_lines=["again"])
     await expect(page.get_by_test_id("job-state")).to_have_text("succeeded")
+    await page.reload()  # the tab keeps what it submitted
+    await expect(page.get_by_test_id("job-state")).to_have_text("succeeded")
     await page.get_by_test_id("run-again").click()
     await page.wait_for_url(lambda url: "#/job/j-" in url and not url.endswith(first))
     await expect(page.get_by_test_id("job-state")).to_have_text("succeeded")
     await expect(page.get_by_test_id("job-output")).to_have_text("AGAIN\n")
     await expect(page.locator("#job-fields")).to_contain_text('["x"]')
+
+
+async def test_run_again_asks_for_an_input_it_never_saw(watched: Watched, alpha: Client) -> None:
+    """A job submitted elsewhere: its input is not in the API, so the form is filled in
+    with everything else and the page says what is missing."""
+    page = watched.page
+    job = await alpha.submit(await alpha.upload(unique("upper")), args=["a b"],
+                             env={"K": "v"}, input=["one", "two"], limits={"timeout_s": 9})
+    await watched.sign_in()
+    await page.goto(f"{watched.base}/console/#/job/{job['id']}")
+    await expect(page.get_by_test_id("job-state")).to_have_text("succeeded")
+    await page.get_by_test_id("run-again").click()
+    await expect(page.get_by_test_id("error")).to_contain_text("2 input records")
+    await expect(page.get_by_test_id("args-input")).to_have_value("a b")
+    await expect(page.locator("#env")).to_have_value("K=v")
+    await expect(page.locator("#limit-timeout")).to_have_value("9")
+    await expect(page.locator("#module-select")).to_have_value(job["module"])
+    assert page.url.endswith(job["id"]), "nothing was submitted"
 
 
 async def test_refused_upload_shows_the_servers_reason(watched: Watched) -> None:

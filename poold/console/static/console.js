@@ -100,7 +100,7 @@ async function signIn(value) {
 }
 
 function signOut() {
-  clearToken();
+  sessionStorage.clear(); // the token and the inputs kept for "run again"
   stop();
   $("app").hidden = true;
   $("signin").hidden = false;
@@ -304,13 +304,27 @@ async function readForm() {
 }
 
 // Inputs of jobs submitted from this tab, so "run again" can send them again
-// (the API does not hand a job's input back).
-const inputs = new Map();
+// (the API does not hand a job's input back). Kept in sessionStorage so a
+// reload keeps them; an input too large for the tab's quota is not kept.
+const INPUT_KEY = "poold.input.";
+
+function keepInput(jobId, input) {
+  try {
+    sessionStorage.setItem(INPUT_KEY + jobId, JSON.stringify(input));
+  } catch {
+    // over the storage quota: "run again" will ask for the input instead
+  }
+}
+
+function keptInput(jobId) {
+  const kept = sessionStorage.getItem(INPUT_KEY + jobId);
+  return kept === null ? undefined : JSON.parse(kept);
+}
 
 async function submit(request) {
   try {
     const job = await call("POST", "/v1/jobs", { body: request });
-    inputs.set(job.id, request.input);
+    keepInput(job.id, request.input);
     clearError();
     location.hash = `#/job/${encodeURIComponent(job.id)}`;
     refreshJobs();
@@ -560,20 +574,23 @@ async function runAgain() {
       limits[key] = job.limits[key];
     }
   }
-  const count = job.input && job.input.end !== null ? job.input.end - job.input.start : 0;
-  const input = inputs.get(job.id) ?? (count === 0 ? [] : null);
+  // null when the record does not tell (the input range is set once the job
+  // leaves the queue): then the input is asked for rather than assumed empty
+  const count = job.input && job.input.end !== null ? job.input.end - job.input.start : null;
+  const input = keptInput(job.id) ?? (count === 0 ? [] : null);
   const request = { module: job.module, args: job.args, env: job.env, input, limits };
   if (input !== null) {
     await submit(request);
     return;
   }
-  $("module-select").value = job.module;
+  await refreshModules(job.module);
   $("args").value = job.args.join("\n");
   $("env").value = Object.entries(job.env).map(([k, v]) => `${k}=${v}`).join("\n");
   $("limit-timeout").value = limits.timeout_s ?? "";
   $("limit-memory").value = limits.memory_mb ?? "";
   $("limit-fuel").value = limits.fuel ?? "";
-  showError(`job ${job.id} had ${count} input records, which the API does not hand back: `
+  const had = count === null ? "may have had input records" : `had ${count} input records`;
+  showError(`job ${job.id} ${had}, which the API does not hand back: `
     + "the form is filled in with everything else; add the input and submit");
   $("input-text").focus();
 }
