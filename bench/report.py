@@ -150,6 +150,26 @@ def _where_time_goes(summaries: Sequence[Summary]) -> list[str]:
     return lines
 
 
+def _costs(summaries: Sequence[Summary]) -> list[str]:
+    cols = (f"{'scenario':<{W}} {'cpu p50':>9} {'cpu p90':>9} {'run p50':>9} "
+            f"{'linear p50':>11} {'rss p50':>9} {'rss max':>9}")
+    lines = ["what each job cost (the records' usage, docs/metrics.md): CPU of the module's "
+             "run only; the module's linear memory; its worker's peak resident memory",
+             cols,
+             f"{'':<{W}} {'ms':>9} {'ms':>9} {'ms':>9} {'KiB':>11} {'MiB':>9} {'MiB':>9}",
+             "-" * len(cols)]
+    for s in summaries:
+        if not s.jobs:
+            continue
+        lines.append(
+            f"{s.label:<{W}} {_f(s.cpu_p50, '.2f'):>9} {_f(s.cpu_p90, '.2f'):>9} "
+            f"{_ms(s.run_p50):>9} "
+            f"{_f(None if s.memory_p50 is None else s.memory_p50 / 1024, '.0f'):>11} "
+            f"{_f(None if s.rss_p50 is None else s.rss_p50 / 2**20):>9} "
+            f"{_f(None if s.rss_max is None else s.rss_max / 2**20):>9}")
+    return lines
+
+
 def _pair(summaries: Sequence[Summary], scenario: str, a: str, b: str
           ) -> tuple[Summary, Summary] | None:
     one = next((s for s in summaries if s.scenario == scenario and s.mode == a), None)
@@ -271,6 +291,7 @@ def table(summaries: Sequence[Summary], verdicts: Sequence[Verdict],
     if notes:
         lines += ["", *notes]
     lines += ["", *_where_time_goes(summaries)]
+    lines += ["", *_costs(summaries)]
     value, warm, cold = ratio(summaries)
     lines.append("")
     if value is not None and warm is not None and cold is not None:

@@ -96,6 +96,19 @@ class JobRow:
     upload_ms: float | None
     """The ``PUT /v1/modules`` round trip of a fresh variant just before this job."""
     error: str | None
+    usage_cpu_ms: float | None = None
+    """The record's ``usage`` (docs/metrics.md): CPU time of the module's run only."""
+    usage_memory_peak_bytes: int | None = None
+    """The module's linear memory at its largest."""
+    usage_rss_peak_bytes: int | None = None
+    """The worker's peak resident memory during the job."""
+    usage_fuel_consumed: int | None = None
+    usage_stdin_records: int | None = None
+    usage_stdin_bytes: int | None = None
+    usage_stdout_records: int | None = None
+    usage_stdout_bytes: int | None = None
+    usage_stderr_bytes: int | None = None
+    usage_artifacts_bytes: int | None = None
 
     @classmethod
     def columns(cls) -> list[str]:
@@ -146,6 +159,9 @@ class ScenarioRun:
         return None
 
 
+USAGE_COLUMNS = frozenset(c for c in JobRow.columns() if c.startswith("usage_"))
+
+
 def _row(scenario: Scenario, phase: str, mode: str, seq: int, tenant: str, outcome: Outcome,
          t0: float, expected: list[str] | None) -> JobRow:
     record = outcome.record or {}
@@ -179,6 +195,8 @@ def _row(scenario: Scenario, phase: str, mode: str, seq: int, tenant: str, outco
         done_s=None if outcome.done is None else round(outcome.done - t0, 6),
         output_ok=output_ok, follow_breaks=outcome.follow_breaks,
         module=record.get("module"), upload_ms=None, error=error,
+        **{f"usage_{k}": v for k, v in (record.get("usage") or {}).items()
+           if f"usage_{k}" in USAGE_COLUMNS},
     )
 
 

@@ -96,6 +96,14 @@ class Summary:
     """The machine's 1-minute load average when this mode's measured phase began."""
     aged_by: int | None = None
     """Mode ``aged``: the jobs that succeeded on this daemon between the two measurements."""
+    cpu_p50: float | None = None
+    """Per job, from the records' ``usage``: CPU ms of the module's run."""
+    cpu_p90: float | None = None
+    memory_p50: float | None = None
+    """Linear memory at its peak, bytes."""
+    rss_p50: float | None = None
+    """The worker's peak resident memory, bytes."""
+    rss_max: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +162,10 @@ def _summarize(run: ScenarioRun, rows: list[JobRow], mode: str) -> Summary:
     start = [r.start_ms for r in rows if r.start_ms is not None]
     runs = [r.run_ms for r in rows if r.run_ms is not None]
     uploads = [r.upload_ms for r in rows if r.upload_ms is not None]
+    cpu = [r.usage_cpu_ms for r in rows if r.usage_cpu_ms is not None]
+    memory = [float(r.usage_memory_peak_bytes) for r in rows
+              if r.usage_memory_peak_bytes is not None]
+    rss = [float(r.usage_rss_peak_bytes) for r in rows if r.usage_rss_peak_bytes is not None]
     succeeded = [r for r in rows if r.state == SUCCEEDED]
     states: dict[str, int] = {}
     for r in rows:
@@ -198,6 +210,9 @@ def _summarize(run: ScenarioRun, rows: list[JobRow], mode: str) -> Summary:
         states=states,
         failure=run.failure,
         load_avg=_phase_load(run, mode) or run.load_avg or None,
+        cpu_p50=percentile(cpu, 50), cpu_p90=percentile(cpu, 90),
+        memory_p50=percentile(memory, 50), rss_p50=percentile(rss, 50),
+        rss_max=max(rss) if rss else None,
         budget_cut=any(r.state == "not_run" and "time budget" in (r.error or "") for r in rows),
         aged_by=(sum(1 for r in run.rows if r.phase == "aging" and r.state == SUCCEEDED)
                  if mode == "aged" else None),

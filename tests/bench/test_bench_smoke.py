@@ -63,6 +63,11 @@ def test_tiny_scenario_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
         assert float(r["wait_ms"]) >= 0 and float(r["e2e_ms"]) > 0
         assert r["submitted_at"] <= r["started_at"] <= r["finished_at"]
         assert r["output_ok"] in ("True", "")
+        # what the job cost, from the record's usage
+        assert float(r["usage_cpu_ms"]) > 0
+        assert int(r["usage_memory_peak_bytes"]) >= 64 * 1024
+        assert int(r["usage_rss_peak_bytes"]) > 0
+        assert r["usage_fuel_consumed"] == ""  # no limits.fuel
 
     summary = (run / "summary.txt").read_text(encoding="utf-8")
     assert "smoke-tiny" in summary
@@ -89,6 +94,8 @@ def test_tiny_scenario_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     summary_row = only["summaries"][0]
     assert summary_row["rss_mean_mib"] and summary_row["rss_mean_mib"] > 0
     assert "where submit-to-start goes" in summary
+    assert "what each job cost" in summary
+    assert summary_row["cpu_p50"] > 0 and summary_row["rss_p50"] > 0
 
     # the plots, next to the CSV, real PNGs
     for name in ("latency-cdf.png", "timeline-smoke-tiny.png"):
