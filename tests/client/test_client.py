@@ -471,3 +471,16 @@ async def test_every_route_has_a_client_method_and_a_command(daemon: Daemon) -> 
         assert callable(getattr(AsyncClient, name, None)), f"AsyncClient.{name} for {path}"
         assert callable(getattr(Client, name, None)), f"Client.{name} for {path}"
         assert _resolves(verb), f"poold {verb} for {method} {path}"
+
+
+async def test_sync_client_works_where_a_loop_already_runs(daemon: Daemon) -> None:
+    """A Jupyter cell runs inside an event loop; asyncio.run would refuse there."""
+
+    def notebook_kernel() -> int:
+        async def cell() -> int:
+            with Client(daemon.url, TOKENS["alpha"]) as c:
+                return c.pool().max  # a blocking call, while this thread's loop runs
+
+        return asyncio.run(cell())
+
+    assert await asyncio.to_thread(notebook_kernel) == daemon.settings.pool.max_pods
