@@ -177,11 +177,16 @@ class AsyncClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            headers = {"User-Agent": "poold-client"}
-            if self._token:
-                headers["Authorization"] = f"Bearer {self._token}"
-            self._session = aiohttp.ClientSession(headers=headers)
+            self._session = aiohttp.ClientSession()
         return self._session
+
+    def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        """Per request, not on the session: a session passed in is used as it is."""
+        headers = {"User-Agent": "poold-client"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        headers.update(extra or {})
+        return headers
 
     async def _call(
         self,
@@ -197,6 +202,7 @@ class AsyncClient:
         what = f"{method} {path.split('?', maxsplit=1)[0]}"
         url = self.url + path
         allowed = set(ok)
+        kw["headers"] = self._headers(kw.get("headers"))
 
         async def once() -> _Reply:
             try:
@@ -241,7 +247,8 @@ class AsyncClient:
 
         async def once() -> aiohttp.ClientResponse:
             try:
-                r = await self._http().get(self.url + path, headers=headers, params=params,
+                r = await self._http().get(self.url + path, headers=self._headers(headers),
+                                           params=params,
                                            timeout=client_timeout)
             except aiohttp.ClientError as e:
                 raise _transport_error(e, what, self.url) from e

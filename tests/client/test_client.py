@@ -18,6 +18,7 @@ from aiohttp import web
 from conftest import TOKENS, make_settings, serving
 from wasm_fixtures import FIXTURES, module
 
+from client.helpers import until_running
 from poold.client import (
     AsyncClient,
     BadRequest,
@@ -32,7 +33,6 @@ from poold.client import (
     Unauthorized,
 )
 from poold.daemon import Daemon
-from poold.types import JobId
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
@@ -50,16 +50,6 @@ async def daemon(tmp_path_factory: pytest.TempPathFactory, broker: str
 async def client(daemon: Daemon) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(daemon.url, TOKENS["alpha"], retry=FAST_RETRY) as c:
         yield c
-
-
-async def until_running(daemon: Daemon, job_id: str) -> None:
-    """Wait, on the store's change events, until the job's module runs."""
-    job = daemon.store.get(JobId(job_id))
-    assert job is not None
-    async with asyncio.timeout(30):
-        while job.state is not job.state.RUNNING:
-            assert not job.state.terminal, job
-            job = await daemon.store.wait_change(job.id, job)
 
 
 # -- every route -------------------------------------------------------------------------
@@ -133,6 +123,13 @@ async def test_state_filter(client: AsyncClient) -> None:
     found = await client.list_jobs(limit=None, state="failed")
     assert failed.id in [j.id for j in found]
     assert {j.state for j in found} == {"failed"}
+
+
+async def test_a_session_of_the_callers_is_used_and_left_open(daemon: Daemon) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with AsyncClient(daemon.url, TOKENS["alpha"], session=session) as c:
+            assert (await c.pool()).max == daemon.settings.pool.max_pods  # token sent
+        assert not session.closed
 
 
 # -- errors carry the status and the server's sentence -------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import yaml
+from client.helpers import until_running
 from conftest import TOKENS, make_settings, serving
 from wasm_fixtures import FIXTURES
 
@@ -93,15 +94,6 @@ def rows(done: Done) -> list[list[str]]:
     assert done.rc == 0, done
     return [[c.strip() for c in line.split("   ") if c.strip()]
             for line in done.out.splitlines()]
-
-
-async def until_running(daemon: Daemon, job_id: str) -> None:
-    job = daemon.store.get(JobId(job_id))
-    assert job is not None
-    async with asyncio.timeout(30):
-        while job.state is not job.state.RUNNING:
-            assert not job.state.terminal, job
-            job = await daemon.store.wait_change(job.id, job)
 
 
 # -- run / submit ----------------------------------------------------------------------------
