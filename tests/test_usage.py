@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 
 import aiohttp
 import pytest
@@ -177,3 +178,30 @@ async def test_usage_reaches_prometheus(alpha: Client, daemon: Daemon) -> None:
     assert value("poold_job_bytes_total", tenant="alpha", stream="stdin") == 7
     assert value("poold_job_bytes_total", tenant="alpha", stream="stdout") == 7
     assert not [k for k in samples if k[0].startswith("poold_job_") and ("tenant", "beta") in k[1]]
+
+
+async def test_a_job_whose_worker_died_has_every_figure_null_not_zero(
+    daemon: Daemon, alpha: Client,
+) -> None:
+    job = await alpha.submit(await alpha.upload(module("spin")), limits={"timeout_s": 60})
+    record = daemon.store.get(JobId(job["id"]))
+    assert record is not None
+    async with asyncio.timeout(30):
+        while record.state is not JobState.RUNNING:
+            record = await daemon.store.wait_change(record.id, record)
+    assert record.pod is not None
+    pid = daemon.backend.pid_of(record.pod)  # type: ignore[union-attr]
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await wait_done(daemon, job["id"])
+    ended = await alpha.json("GET", f"/v1/jobs/{job['id']}", 200)
+    assert ended["state"] == "error", ended
+    assert ended["usage"] == dict.fromkeys(USAGE_FIELDS)
+
+
+async def test_a_job_stopped_at_its_memory_cap_reports_its_peak(alpha: Client) -> None:
+    job = await alpha.run(module("growmem"), limits={"memory_mb": 16})
+    assert job["state"] == "failed", job
+    peak = job["usage"]["memory_peak_bytes"]
+    assert 8 * MIB < peak <= 16 * MIB, job["usage"]
+    assert job["usage"]["cpu_ms"] is not None
