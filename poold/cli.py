@@ -12,9 +12,7 @@ from pathlib import Path
 
 import click
 
-from poold.config import ConfigError, load_settings
 from poold.ctl import register
-from poold.logs import configure
 
 
 @click.group()
@@ -28,8 +26,12 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True)
 def serve(config_path: Path | None, log_level: str) -> None:
     """Run the daemon."""
+    # the daemon's parts are imported here, not above: client commands start faster
+    from poold.config import ConfigError, load_settings  # noqa: PLC0415
+    from poold.daemon import serve as run  # noqa: PLC0415
+    from poold.logs import configure  # noqa: PLC0415
+
     configure(level=log_level)
-    from poold.daemon import serve as run  # noqa: PLC0415 - keep `poold submit` light
 
     try:
         settings = load_settings(config_path)
@@ -41,6 +43,8 @@ def serve(config_path: Path | None, log_level: str) -> None:
 @main.command()
 def agent() -> None:
     """Run the agent (inside a runner pod, or as a local worker)."""
+    from poold.logs import configure  # noqa: PLC0415
+
     configure(level=os.environ.get("POOLD_AGENT_LOG_LEVEL", "warning"))
     from poold.agent.main import run_agent  # noqa: PLC0415
     from poold.agent.settings import AgentConfigError, AgentSettings  # noqa: PLC0415
