@@ -280,9 +280,12 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--fuel", type=int, default=None, help="limits.fuel")
 @click.option("-d", "--detach", is_flag=True,
               help="Print the job's id and return; do not wait for it.")
+@click.option("--idempotency-key", default=None, metavar="KEY",
+              help="Submitting again with the same KEY gets the same job, not a second one "
+              "(for scripts that retry). Default: a fresh key per command.")
 def run(conn: Connection, module: str, args: tuple[str, ...], input_file: TextIO | None,
         env: tuple[str, ...], timeout_s: float | None, memory_mb: int | None,
-        fuel: int | None, detach: bool) -> None:
+        fuel: int | None, detach: bool, idempotency_key: str | None) -> None:
     """Run MODULE (a .wasm file, or the sha256 of an uploaded one) with ARGS (after --).
 
     Prints its output records on stdout and its log on stderr as they come, and
@@ -290,7 +293,8 @@ def run(conn: Connection, module: str, args: tuple[str, ...], input_file: TextIO
     """
     records = [line.rstrip("\n") for line in input_file] if input_file is not None else []
     fields: dict[str, Any] = {"args": list(args), "env": _pairs(env), "input": records,
-                              "timeout_s": timeout_s, "memory_mb": memory_mb, "fuel": fuel}
+                              "timeout_s": timeout_s, "memory_mb": memory_mb, "fuel": fuel,
+                              "idempotency_key": idempotency_key}
     path = Path(module)
     upload = path.is_file()
     if not upload and not _is_sha256(module):

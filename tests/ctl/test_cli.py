@@ -124,6 +124,10 @@ async def test_run_detached_prints_the_id_and_the_module_can_be_a_sha256(
     assert done.rc == 0, done
     job = await api.wait(done.out.strip(), timeout=30)
     assert job.module == sha and job.env == {"A": "1"} and job.limits["timeout_s"] == 5
+    keyed = [await poold("run", "-d", "--idempotency-key", "nightly-42", sha, env=alpha)
+             for _ in range(2)]
+    assert [k.rc for k in keyed] == [0, 0]
+    assert keyed[0].out == keyed[1].out, "the same key made a second job"
 
 
 # -- modules ---------------------------------------------------------------------------------
