@@ -153,7 +153,18 @@ class RuntimeSettings(_Section):
     max_log_kb: Annotated[int, Field(ge=1)] = 8192
     """stderr kept per job, in KiB; beyond it the log is cut with a note."""
     max_artifacts_mb: Annotated[int, Field(ge=0)] = 256
-    """Total size of files a job may leave in ``/out``, in MiB."""
+    """Total size of files a job may write under ``/out``, in MiB. Held while the
+    module writes: no file grows past it (the write fails with EFBIG) and a job
+    found over it is stopped and ends ``failed`` (docs/limits.md)."""
+    max_artifact_files: Annotated[int, Field(ge=0)] = 1000
+    """Files and folders a job may make under ``/out``; over it, it is stopped and
+    ends ``failed``. Each becomes an entry of the job record."""
+    max_output_mb: Annotated[int, Field(ge=0)] = 1024
+    """stdout a job may send to Kafka as output records, in MiB; over it, it is
+    stopped and ends ``failed``."""
+    max_output_records: Annotated[int, Field(ge=0)] = 1_000_000
+    """Output records (stdout lines) a job may send to Kafka; over it, it is
+    stopped and ends ``failed``."""
 
 
 class ModuleSettings(_Section):

@@ -133,6 +133,10 @@ class Daemon:
             "POOLD_AGENT_KAFKA": bootstrap,
             "POOLD_AGENT_POLL_S": str(s.runtime.poll_interval_s),
             "POOLD_AGENT_MAX_LOG_KB": str(s.runtime.max_log_kb),
+            "POOLD_AGENT_MAX_OUT_MB": str(s.runtime.max_artifacts_mb),
+            "POOLD_AGENT_MAX_OUT_FILES": str(s.runtime.max_artifact_files),
+            "POOLD_AGENT_MAX_OUTPUT_MB": str(s.runtime.max_output_mb),
+            "POOLD_AGENT_MAX_OUTPUT_RECORDS": str(s.runtime.max_output_records),
             "POOLD_AGENT_ENGINE": s.runtime.engine,
             "POOLD_AGENT_FSYNC": "1" if s.slots.fsync else "0",
         }

@@ -28,11 +28,12 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from poold.agent.quotas import OutDirWatch, Overrun, Quotas
 from poold.agent.runtimes import make_runner
 from poold.agent.settings import AgentSettings
 from poold.agent.streams import LinePump, LogSink
 from poold.agent.usage import Meter
-from poold.data.kafka import AgentData, DataUnavailable
+from poold.data.kafka import MAX_RECORD_BYTES, AgentData, DataUnavailable
 from poold.protocol import JobDocument, ResultDocument
 from poold.runtime.runner import Runner, RunRequest, RunResult
 from poold.slots import Slot, read_json, write_atomic, write_json_atomic
@@ -212,6 +213,10 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        # a write past the /out quota (RLIMIT_FSIZE) fails with EFBIG instead of
+        # killing the worker
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to set
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
@@ -342,13 +347,36 @@ class Agent:
         out = doc.output
 
         key = doc.job_id.encode()
+        s = self.settings
+        quotas = Quotas(out_bytes=s.max_out_bytes, out_files=s.max_out_files,
+                        output_bytes=s.max_output_bytes, output_records=s.max_output_records)
+        over = Overrun(lambda: self.runner.interrupt("limit"))
+        sent = [0, 0]  # records, bytes
 
         async def emit(line: bytes) -> None:
+            if over.reason is not None:
+                return
+            if sent[0] + 1 > quotas.output_records:
+                over(f"the job wrote more than {quotas.output_records} output records, its "
+                     "quota (runtime.max_output_records); it was stopped")
+                return
+            if sent[1] + len(line) > quotas.output_bytes:
+                over(f"the job wrote more than {quotas.output_bytes / 2**20:g} MiB of output "
+                     "records, its quota (runtime.max_output_mb); it was stopped")
+                return
+            sent[0] += 1
+            sent[1] += len(line)
             # keyed by the job: a reader skips strays a killed predecessor on
             # this partition may still have had in flight
             await self.data.append(out.topic, out.partition, line, key=key)
 
-        pump = LinePump(loop, emit)
+        def too_long(limit: int) -> None:
+            over(f"the module wrote a line of more than {limit} bytes to stdout; an output "
+                 f"record is at most {limit} bytes (a Kafka message), so the job was stopped "
+                 "rather than split the line")
+
+        pump = LinePump(loop, emit, max_line=MAX_RECORD_BYTES, too_long=too_long)
+        watch = OutDirWatch(self.slot.artifacts, quotas, over=over)
         logs = LogSink(
             self.slot.stderr_log, limit=self.settings.max_log_bytes, loop=loop,
             publish=lambda chunk: self.events.publish(
@@ -356,6 +384,7 @@ class Agent:
         )
 
         def on_start() -> None:
+            watch.start()
             meter.begin()
             now = time.time()
             started.append(now)
@@ -375,6 +404,7 @@ class Agent:
                     stderr=meter.counting(logs.write, stream="stderr"), on_start=on_start)
             finally:
                 meter.end()
+                watch.stop()
                 pump.close()
                 self._work_done.set()
 
@@ -390,6 +420,8 @@ class Agent:
         except DataUnavailable as e:
             return result("error", f"the output could not be written to Kafka: {e}",
                           cached=outcome.cached)
+        if over.reason is not None and outcome.state != "cancelled":
+            return result("failed", over.reason, end=end, cached=outcome.cached)
         return result(outcome.state, outcome.error, code=outcome.exit_code, end=end,
                       cached=outcome.cached)
 

@@ -40,6 +40,14 @@ class AgentSettings:
     token: str = ""
     """The secret every request to the agent must carry (``Authorization: Bearer``),
     made by poold for this worker alone (``POOLD_AGENT_TOKEN``)."""
+    max_out_bytes: int = 256 * 1024 * 1024
+    """What a job may leave under /out (``runtime.max_artifacts_mb``)."""
+    max_out_files: int = 1000
+    """Files and folders a job may make under /out (``runtime.max_artifact_files``)."""
+    max_output_bytes: int = 1024 * 1024 * 1024
+    """stdout a job may send to Kafka (``runtime.max_output_mb``)."""
+    max_output_records: int = 1_000_000
+    """stdout lines a job may send to Kafka (``runtime.max_output_records``)."""
     parent_pid: int | None = None
     """Local backend only: the fork server. The agent stops when its parent changes
     (the fork server, and so poold, is gone), in case no death signal reached it."""
@@ -72,6 +80,10 @@ class AgentSettings:
                 fsync=env.get("POOLD_AGENT_FSYNC", "1") not in {"0", "false", "no"},
                 rss_source=_choice(env, "POOLD_AGENT_RSS", ("proc", "cgroup")),
                 parent_pid=int(parent) if parent else None,
+                max_out_bytes=int(env.get("POOLD_AGENT_MAX_OUT_MB", "256")) * 1024 * 1024,
+                max_out_files=int(env.get("POOLD_AGENT_MAX_OUT_FILES", "1000")),
+                max_output_bytes=int(env.get("POOLD_AGENT_MAX_OUTPUT_MB", "1024")) * 1024 * 1024,
+                max_output_records=int(env.get("POOLD_AGENT_MAX_OUTPUT_RECORDS", "1000000")),
                 token=need("POOLD_AGENT_TOKEN"),
             )
         except ValueError as e:

@@ -15,6 +15,8 @@ from pydantic import (
     field_validator,
 )
 
+from poold.data.kafka import MAX_RECORD_BYTES
+
 
 class LimitsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -58,6 +60,12 @@ class JobRequest(BaseModel):
                 raise ValueError(
                     f"record {i} contains a newline; each input record becomes one line of "
                     "the module's stdin, so split it into several records"
+                )
+            size = len(record.encode("utf-8", "surrogatepass"))
+            if size > MAX_RECORD_BYTES:
+                raise ValueError(
+                    f"record {i} is {size} bytes; a record is at most {MAX_RECORD_BYTES} bytes "
+                    "(a Kafka message), so split it into several records"
                 )
         return records
 

@@ -29,6 +29,11 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH_BYTES = 512 * 1024
 MAX_RECORD_BYTES = 900 * 1024
+"""The largest record poold takes or makes: an input record at submit, a line the
+module writes to stdout. Kafka's default limits (the broker's message.max.bytes,
+a topic's max.message.bytes, the producer's max.request.size) are about 1 MiB
+per record batch with its overhead; this stays below them, so every broker
+takes it without configuration and a record is never cut or split."""
 READ_FETCH_WAIT_MS = 10
 """How long the broker may hold a fetch of poold's readers that finds nothing.
 Readers only ask for ranges whose records are known to be there (the agent
@@ -57,11 +62,16 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-def split_line(line: bytes) -> list[bytes]:
-    """A record per line; a line longer than a record may be is cut in pieces."""
-    if len(line) <= MAX_RECORD_BYTES:
-        return [line]
-    return [line[i : i + MAX_RECORD_BYTES] for i in range(0, len(line), MAX_RECORD_BYTES)]
+class RecordTooLarge(ValueError):
+    """A record over :data:`MAX_RECORD_BYTES`; callers check before (the API at
+    submit, the agent per stdout line), so this is a last guard, never a split."""
+
+
+def check_record(record: bytes) -> bytes:
+    if len(record) > MAX_RECORD_BYTES:
+        raise RecordTooLarge(
+            f"a record of {len(record)} bytes is over the maximum of {MAX_RECORD_BYTES}")
+    return record
 
 
 class DataPlane:
@@ -267,7 +277,7 @@ class DataPlane:
         written again and the range points at the complete copy.
         """
         assert self._producer is not None
-        pieces = [p for record in records for p in split_line(record)]
+        pieces = [check_record(record) for record in records]
         try:
             async for attempt in self._retrying():
                 with attempt:
@@ -495,10 +505,10 @@ class AgentData:
     ) -> None:
         producer = await self._producer_ready()
         try:
-            for piece in split_line(line):
-                self._last = await producer.send(topic, piece, key=key, partition=partition)
-                self._last.add_done_callback(self._check)
-                self.records += 1
+            self._last = await producer.send(
+                topic, check_record(line), key=key, partition=partition)
+            self._last.add_done_callback(self._check)
+            self.records += 1
         except (KafkaError, OSError) as e:
             raise DataUnavailable(f"cannot write output to {topic}/{partition}: {e}") from e
 

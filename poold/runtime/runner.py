@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 Outcome = Literal["succeeded", "failed", "timed_out", "cancelled", "error"]
-InterruptReason = Literal["timeout", "cancel"]
+InterruptReason = Literal["timeout", "cancel", "limit"]
+"""``limit``: the agent stopped the job for going over a quota (it says which)."""
 
 
 @dataclass(frozen=True)

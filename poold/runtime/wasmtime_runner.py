@@ -258,6 +258,8 @@ class WasmtimeRunner:
                 reason = self._reason
             if reason == "cancel":
                 return RunResult("cancelled", None, "the job was cancelled while running", cached)
+            if reason == "limit":
+                return RunResult("failed", None, "the job went over a quota", cached)
             return RunResult(
                 "timed_out", None,
                 f"the module ran longer than its time limit of {request.timeout_s:g} s",
