@@ -102,6 +102,8 @@ class Connection:
     url: str | None
     token: str | None
     context: str | None
+    #: seconds a request may take, its retries included
+    request_timeout: float = 60.0
     _target: Target | None = None
 
     @property
@@ -116,7 +118,7 @@ class Connection:
             raise ConfigError(
                 "no token: set POOLD_TOKEN, pass --token, or add a context with "
                 "`poold config set-context NAME --url URL --token-file FILE`")
-        return AsyncClient(target.url, target.token)
+        return AsyncClient(target.url, target.token, timeout=self.request_timeout)
 
     def call(self, work: Callable[[AsyncClient], Awaitable[T]], *, need_token: bool = True
              ) -> T:
@@ -160,11 +162,18 @@ def client_command(f: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(f)
     def wrapper(*args: Any, url: str | None, token: str | None, context: str | None,
-                **kw: Any) -> Any:
-        conn = Connection(url=url, token=token, context=context)
+                request_timeout: float, **kw: Any) -> Any:
+        conn = Connection(url=url, token=token, context=context,
+                          request_timeout=request_timeout)
         with exit_codes(conn):
             return f(conn, *args, **kw)
 
+    wrapper = click.option(
+        "--request-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+        show_default=True, metavar="SECONDS",
+        help="How long one request may take, retries included (exit code 75 after). "
+        "Following a job's output or log is not bounded by it.",
+    )(wrapper)
     wrapper = click.option(
         "--context", default=None, metavar="NAME",
         help="Context of the client config to use (default: its current_context).",

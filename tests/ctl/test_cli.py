@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import stat
 import sys
 from collections.abc import AsyncIterator
@@ -298,14 +299,22 @@ async def test_api_reaches_any_route(alpha: dict[str, str], home: Path, daemon: 
 # -- errors and exit codes -------------------------------------------------------------------
 
 
-async def test_error_messages_and_exit_codes(daemon: Daemon, home: Path) -> None:
+async def test_error_messages_and_exit_codes(daemon: Daemon, home: Path,
+                                             request: pytest.FixtureRequest) -> None:
     live = environ(home, POOLD_URL=daemon.url, POOLD_TOKEN=TOKENS["alpha"])
-    missing, wrong, dead, no_token, usage = await asyncio.gather(
+    listener = socket.socket()
+    request.addfinalizer(listener.close)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()  # accepts connections (the kernel does) and never answers
+    silent = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    missing, wrong, dead, no_token, usage, too_slow = await asyncio.gather(
         poold("jobs", "get", "j-" + "0" * 32, env=live),
         poold("jobs", "list", env={**live, "POOLD_TOKEN": "not-a-real-token"}),
         poold("pool", "show", env={**live, "POOLD_URL": DEAD_URL}),
         poold("pool", "show", env=environ(home, POOLD_URL=daemon.url)),
         poold("jobs", "list", "-o", "xml", env=live),
+        # a listener that never answers: the request's own deadline ends it
+        poold("pool", "show", "--request-timeout", "0.5", env={**live, "POOLD_URL": silent}),
     )
     assert (missing.rc, missing.err) == (66, "poold: no such job (404)\n")
     assert wrong.rc == 77
@@ -317,6 +326,7 @@ async def test_error_messages_and_exit_codes(daemon: Daemon, home: Path) -> None
     assert "the URL came from POOLD_URL" in dead.err
     assert no_token.rc == 78 and "no token: set POOLD_TOKEN" in no_token.err
     assert usage.rc == 2
+    assert too_slow.rc == 75 and "no answer within 0.5 s" in too_slow.err
 
 
 # -- contexts --------------------------------------------------------------------------------
