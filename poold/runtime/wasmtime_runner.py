@@ -156,6 +156,7 @@ class WasmtimeRunner:
     def run(
         self, request: RunRequest, *, stdout: Sink, stderr: Sink, on_start: Callable[[], None]
     ) -> RunResult:
+        self._measured = None  # a runner that is reused never reports an earlier run
         fuel = request.fuel is not None
         engine = self.engine(fuel=fuel)
         try:

@@ -3,6 +3,7 @@ leaves null because the runtime cannot see it (``docs/metrics.md``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -115,3 +116,16 @@ def test_runner_pods_read_the_container_cgroup_and_a_bad_source_names_the_key(
     meter.end()
     measured = meter.usage(runner=runner, stdout_records=0, out_dir=request.out_dir)
     assert measured is not None and measured.rss_peak_bytes == 123456789
+
+
+def test_a_reused_runner_never_reports_an_earlier_run(tmp_path: Path) -> None:
+    runner = WasmtimeRunner(CompileCache(tmp_path / "cache"))
+    first = _request(tmp_path, "touch64")
+    _measure(runner, first)
+    assert runner.runtime_usage().memory_peak_bytes == 64 * MIB + 64 * 1024
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    bad = dataclasses.replace(_request(broken, "noop"), sha256="1" * 64)
+    bad.wasm_path.write_bytes(b"\0asm\1\0\0\0\1")  # cut short: it does not compile
+    _measure(runner, bad)
+    assert runner.runtime_usage().memory_peak_bytes is None
