@@ -6,6 +6,7 @@ this is the file store's own check, on its own.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -62,3 +63,31 @@ def test_a_symlink_out_of_the_artifacts_is_refused(files: JobFiles, tmp_path: Pa
     link = files.artifact_dir(MINE) / "link.txt"
     os.symlink(tmp_path / "host-secret", link)
     assert files.artifact(MINE, "link.txt") is None
+
+
+def test_artifacts_are_kept_up_to_the_limit_exactly(tmp_path: Path) -> None:
+    """runtime.max_artifacts_mb: files that fit are kept whole, in name order; the
+    first that would pass the limit is left out, and a smaller one after it still fits."""
+    store = JobFiles(tmp_path / "jobs", fsync=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, size in (("a", 40), ("b", 60), ("c", 1), ("d", 0)):
+        (out / name).write_bytes(b"x" * size)
+    assert store.collect(MINE, out, limit=100) == [("a", 40), ("b", 60), ("d", 0)]
+    assert store.collect(OTHER, out, limit=99) == [("a", 40), ("c", 1), ("d", 0)]
+
+
+async def test_a_follower_leaving_does_not_cut_off_another(files: JobFiles) -> None:
+    """Two readers follow one job's log live (two browser tabs); one leaves, the
+    other still gets every new line until the log is closed."""
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    first = files.follow_log(MINE, ended=never)
+    second = files.follow_log(MINE, ended=never)
+    assert await anext(first) == b"my log\n"
+    assert await anext(second) == b"my log\n"
+    await first.aclose()
+    files.append_log(MINE, b"more\n")
+    assert await asyncio.wait_for(anext(second), 5) == b"more\n"
+    files.close_log(MINE, None)
+    assert [chunk async for chunk in second] == []
+    never.cancel()
