@@ -91,3 +91,20 @@ async def test_a_follower_leaving_does_not_cut_off_another(files: JobFiles) -> N
     files.close_log(MINE, None)
     assert [chunk async for chunk in second] == []
     never.cancel()
+
+
+def test_collect_takes_regular_files_only_and_follows_no_link(tmp_path: Path) -> None:
+    """A module can leave symlinks in /out (to a file or a folder of the host); they
+    are skipped, nothing is read through them, and the files after them are kept."""
+    store = JobFiles(tmp_path / "jobs", fsync=False)
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "secret").write_text("host secret\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(host / "secret", out / "a-link-to-a-file")
+    os.symlink(host, out / "b-link-to-a-folder")
+    (out / "c.txt").write_text("mine\n")
+    assert store.collect(MINE, out, limit=1 << 20) == [("c.txt", 5)]
+    copied = [p for p in store.artifact_dir(MINE).rglob("*") if p.is_file()]
+    assert copied == [store.artifact_dir(MINE) / "c.txt"]
