@@ -85,6 +85,17 @@ class PoolSettings(_Section):
     """Cap of that delay: a broken image slows creation down, never into a hot loop."""
     idle_ttl_s: Annotated[float, Field(ge=0)] = 0.0
     """Recycle an idle worker after this many seconds (0 = never)."""
+    reuse: Literal["never", "tenant"] = "never"
+    """``never``: one job per worker, then a fresh one (the strictest isolation).
+    ``tenant``: a worker whose job succeeded may take the next job of the same
+    tenant ("hot"), with its slot cleared and a fresh runtime store; see the
+    README's Isolation section for what that does and does not separate."""
+    max_jobs_per_worker: Annotated[int, Field(ge=1)] = 100
+    """With reuse: a worker is recycled after this many jobs (bounds what a
+    runtime leak or fragmentation can build up)."""
+    hot_idle_ttl_s: Annotated[float, Field(ge=0)] = 10.0
+    """With reuse: a hot worker (bound to a tenant) idle this long is recycled,
+    so capacity held for one tenant returns to all (0 = never)."""
 
 
 class SlotSettings(_Section):

@@ -73,6 +73,20 @@ class Slot:
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def clear(self) -> None:
+        """Empty ``in/`` and ``out/`` for the worker's next job (``pool.reuse``):
+        nothing of the last job (module, input, result, log, files) stays. Links
+        the module made are removed, never followed."""
+        for folder in (self.inbox, self.outbox):
+            if not folder.is_dir():
+                continue
+            for entry in folder.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink(missing_ok=True)
+        self.create()
+
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")

@@ -230,7 +230,7 @@ class Agent:
             self._announce_ready()
             # connect for the output while idle: a job's first line never waits
             self.data.prepare_output()
-            job_task = asyncio.create_task(self._serve_one(), name="agent-job")
+            job_task = asyncio.create_task(self._serve(), name="agent-job")
             stop_task = asyncio.create_task(self._stop.wait(), name="agent-stop")
             watch = asyncio.create_task(self._watch_parent(), name="agent-parent")
             await asyncio.wait({job_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -246,9 +246,7 @@ class Agent:
                     sys.stderr.flush()
                     os._exit(1)
             else:
-                job_task.result()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop_task, self.settings.linger_s)
+                job_task.result()  # no job came within linger_s of the last one
             stop_task.cancel()
         finally:
             await self.data.stop()
@@ -277,20 +275,53 @@ class Agent:
         os.write(fd, line.encode() + b"\n")
         os.close(fd)
 
-    async def _wait_for_job(self) -> dict[str, Any]:
+    async def _wait_for_job(self, *, served: str | None, within_s: float | None
+                            ) -> dict[str, Any] | None:
+        """The next ``job.json``; None if none came within ``within_s``. The last
+        job's document (``served``) stays in the slot until poold clears it."""
+        loop = asyncio.get_running_loop()
+        deadline = None if within_s is None else loop.time() + within_s
         while True:
             document = read_json(self.slot.job_json)
-            if document is not None:
+            if document is not None and document.get("job_id") != served:
                 return dict(document)
+            if deadline is not None and loop.time() > deadline:
+                return None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.poll_interval_s):
                     await self._nudge.wait()
             self._nudge.clear()
 
-    async def _serve_one(self) -> None:
-        raw = await self._wait_for_job()
+    async def _serve(self) -> None:
+        """Serve jobs until none comes within ``linger_s`` of the last one. poold
+        deletes the worker after a job unless it reuses it for the same tenant
+        (``pool.reuse``); then it clears the slot and sends the next job, which
+        gets a fresh event log, output producer state and runtime store."""
+        served: str | None = None
+        while True:
+            raw = await self._wait_for_job(
+                served=served, within_s=None if served is None else self.settings.linger_s)
+            if raw is None:
+                return
+            doc = JobDocument.from_json(raw)
+            await self._serve_one(doc)
+            served = doc.job_id
+            # ready for another: whoever follows the job holds its log; a line
+            # poold opens for the next job follows a fresh one
+            self._begin_next()
+
+    def _begin_next(self) -> None:
+        self.state = "idle"
+        self.events = EventLog()
+        self._cancelled = False
+        self._output_end = self._output_reported = None
+        self.data.begin_job()
+        reset = getattr(self.runner, "reset", None)
+        if reset is not None:
+            reset()
+
+    async def _serve_one(self, doc: JobDocument) -> None:
         self.state = "busy"
-        doc = JobDocument.from_json(raw)
         structlog.contextvars.bind_contextvars(job_id=doc.job_id, pod=self.settings.pod)
         self.events.publish({"type": "accepted", "ts": time.time()})
         try:

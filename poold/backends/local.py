@@ -163,6 +163,10 @@ class LocalBackend:
         self._claims[pod] = job
         return True
 
+    async def release(self, pod: PodName) -> None:
+        """The pod's job ended and it stays for another (``pool.reuse``)."""
+        self._claims.pop(pod, None)
+
     async def delete(self, pod: PodName) -> None:
         if pod in self._alive:
             await self._send({"op": "kill", "pod": pod, "signal": int(signal.SIGKILL)})

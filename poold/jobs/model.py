@@ -86,6 +86,9 @@ class Job:
     error: str | None = None
     pod: PodName | None = None
     warm: bool | None = None
+    start: str | None = None
+    """How the job got its worker: ``hot`` (a worker that just ran a job of this
+    tenant), ``warm`` (an idle worker started before the job came) or ``cold``."""
     input: OffsetRange | None = None
     output: OffsetRange | None = None
     artifacts: tuple[tuple[str, int], ...] = ()
@@ -131,6 +134,7 @@ class Job:
             "pod": self.pod,
             "partition": self.output.partition if self.output else None,
             "warm": self.warm,
+            "start": self.start,
             "input": _range(self.input),
             "output": _range(self.output),
             "artifacts": [{"name": n, "size": s} for n, s in self.artifacts],
@@ -163,7 +167,7 @@ def to_record(job: Job) -> dict[str, Any]:
         "limits": dataclasses.asdict(job.limits), "args": list(job.args),
         "env": [list(p) for p in job.env], "inputs": job.input_count,
         "state": job.state.value, "exit_code": job.exit_code, "error": job.error,
-        "pod": job.pod, "warm": job.warm,
+        "pod": job.pod, "warm": job.warm, "start": job.start,
         "input": dataclasses.asdict(job.input) if job.input else None,
         "output": dataclasses.asdict(job.output) if job.output else None,
         "artifacts": [list(a) for a in job.artifacts],
@@ -185,6 +189,7 @@ def from_record(data: dict[str, Any]) -> Job:
         env=tuple((k, v) for k, v in data["env"]), input_count=int(data["inputs"]),
         state=JobState(data["state"]), exit_code=data["exit_code"], error=data["error"],
         pod=PodName(data["pod"]) if data["pod"] else None, warm=data["warm"],
+        start=data.get("start"),
         input=_offsets(data["input"]), output=_offsets(data["output"]),
         artifacts=tuple((n, int(s)) for n, s in data["artifacts"]),
         submitted_at=submitted, assigned_at=_when(data["assigned_at"]),

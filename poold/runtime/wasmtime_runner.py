@@ -145,6 +145,13 @@ class WasmtimeRunner:
         module, _ = self._cache.load(engine, sha, source, fuel=False)
         _run_warm_up(engine, self.linker(engine, fuel=False), module)
 
+    def reset(self) -> None:
+        """Before a worker's next job: forget the last one's interrupt and store."""
+        with self._lock:
+            self._reason = None
+            self._engine = None
+            self._measured = None
+
     def interrupt(self, reason: InterruptReason) -> None:
         with self._lock:
             if self._reason is None:

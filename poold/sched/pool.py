@@ -25,7 +25,7 @@ from poold.config import PoolSettings
 from poold.metrics import Metrics
 from poold.sched.agent_link import Link
 from poold.slots import Slot
-from poold.types import JobId, PodName, new_pod_name
+from poold.types import JobId, PodName, TenantName, new_pod_name
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +54,11 @@ class Worker:
     """Resolved with a reason if the worker disappears while it holds a job."""
     link: Link | None = None
     """The pre-opened line to the worker's agent (see :mod:`poold.sched.agent_link`)."""
+    tenant: TenantName | None = None
+    """Set while the worker is hot: it ran a job of this tenant and may take only
+    that tenant's jobs (``pool.reuse = "tenant"``)."""
+    jobs: int = 0
+    """Jobs this worker has taken."""
     settling: bool = False
     """Taken for a job that has not started yet: its replacement waits until it
     has, so a fork does not compete with the job's start for the CPU."""
@@ -109,10 +114,16 @@ class Pool:
     def count(self, state: WorkerState) -> int:
         return sum(1 for w in self.workers.values() if w.state is state)
 
+    def hot_idle(self) -> int:
+        return sum(1 for w in self.workers.values()
+                   if w.state is WorkerState.IDLE and w.tenant is not None)
+
     def target(self) -> int:
-        busy = sum(1 for w in self.workers.values()
-                   if w.state is WorkerState.BUSY and not w.settling)
-        return min(self.settings.max_pods, busy + max(self.settings.min_idle, self.demand()))
+        """Busy workers, hot idle ones (they serve only their tenant), and
+        ``min_idle`` (or the demand) more that any job can take."""
+        held = sum(1 for w in self.workers.values()
+                   if w.state is WorkerState.BUSY and not w.settling) + self.hot_idle()
+        return min(self.settings.max_pods, held + max(self.settings.min_idle, self.demand()))
 
     def figures(self) -> dict[str, int]:
         return {
@@ -120,6 +131,7 @@ class Pool:
             "busy": self.count(WorkerState.BUSY),
             "starting": self.count(WorkerState.STARTING),
             "deleting": self.count(WorkerState.DELETING),
+            "hot": self.hot_idle(),
             "target": self.target(),
             "min_idle": self.settings.min_idle,
             "max": self.settings.max_pods,
@@ -199,12 +211,7 @@ class Pool:
                 log.warning("worker not ready in time; replacing it", pod=worker.pod)
                 self._note_failure("start_timeout")
                 await self._retire(worker)
-            elif (
-                worker.state is WorkerState.IDLE
-                and self.settings.idle_ttl_s > 0
-                and worker.ready_at is not None
-                and now - worker.ready_at > self.settings.idle_ttl_s
-            ):
+            elif worker.state is WorkerState.IDLE and self._idled_out(worker, now):
                 await self._retire(worker)
         if now < self._not_before:
             self._wake_at(self._not_before)
@@ -218,6 +225,17 @@ class Pool:
         )
         for _ in range(max(0, room)):
             await self._create()
+
+    def _idled_out(self, worker: Worker, now: float) -> bool:
+        """Idle past its TTL: ``hot_idle_ttl_s`` for a hot worker (held for one
+        tenant), ``idle_ttl_s`` for any (0 = never)."""
+        if worker.ready_at is None:
+            return False
+        idle = now - worker.ready_at
+        hot_ttl = self.settings.hot_idle_ttl_s
+        if worker.tenant is not None and hot_ttl > 0 and idle > hot_ttl:
+            return True
+        return self.settings.idle_ttl_s > 0 and idle > self.settings.idle_ttl_s
 
     def _wake_at(self, when: float) -> None:
         loop = asyncio.get_running_loop()
@@ -368,12 +386,24 @@ class Pool:
 
     # -- used by the scheduler -------------------------------------------------
 
-    def take_idle(self) -> Worker | None:
-        """The longest-idle worker, now busy; None if none is idle."""
-        idle = [w for w in self.workers.values() if w.state is WorkerState.IDLE]
-        if not idle:
-            return None
-        worker = min(idle, key=lambda w: w.ready_at or 0.0)
+    def has_idle_for(self, tenant: TenantName) -> bool:
+        return any(w.state is WorkerState.IDLE and w.tenant in (None, tenant)
+                   for w in self.workers.values())
+
+    def take_idle(self, tenant: TenantName | None = None) -> Worker | None:
+        """An idle worker for a job of ``tenant``, now busy: the most recently used
+        hot one of that tenant, else the longest-idle generic one; None if none."""
+        hot = [w for w in self.workers.values()
+               if w.state is WorkerState.IDLE and w.tenant is not None and w.tenant == tenant]
+        if hot:
+            worker = max(hot, key=lambda w: w.ready_at or 0.0)
+        else:
+            idle = [w for w in self.workers.values()
+                    if w.state is WorkerState.IDLE and w.tenant is None]
+            if not idle:
+                return None
+            worker = min(idle, key=lambda w: w.ready_at or 0.0)
+        worker.jobs += 1
         worker.state = WorkerState.BUSY
         worker.settling = True
         worker.lost = asyncio.get_running_loop().create_future()
@@ -404,6 +434,50 @@ class Pool:
             worker.drop_link()
             self._wake.set()
         return won
+
+    def can_reuse(self, worker: Worker) -> bool:
+        """Whether ``worker`` may take another job: reuse is on, the worker has
+        jobs left, and the backend can release a claim (the local one can; the
+        Kubernetes one does not yet)."""
+        return (
+            self.settings.reuse == "tenant"
+            and worker.jobs < self.settings.max_jobs_per_worker
+            and worker.state is WorkerState.BUSY
+            and not self._stopping
+            and hasattr(self.backend, "release")
+        )
+
+    async def reuse(self, worker: Worker, tenant: TenantName) -> None:
+        """The worker's job succeeded and its slot is clear: it waits, hot, for the
+        next job of ``tenant``."""
+        await self.backend.release(worker.pod)  # type: ignore[attr-defined]
+        if worker.state is not WorkerState.BUSY:  # gone meanwhile
+            return
+        worker.state = WorkerState.IDLE
+        worker.tenant = tenant
+        worker.job = None
+        worker.lost = None
+        worker.settling = False
+        worker.ready_at = time.monotonic()
+        self._idle_changed.set()
+        self.on_ready(worker)
+        self._export()
+
+    def retire_hot(self, keep: Callable[[TenantName], bool]) -> int:
+        """At ``max_pods``, recycle hot idle workers whose tenant ``keep`` does not
+        want, so a generic worker can take their place."""
+        if len(self.workers) < self.settings.max_pods:
+            return 0
+        retired = 0
+        for worker in list(self.workers.values()):
+            if (worker.state is WorkerState.IDLE and worker.tenant is not None
+                    and not keep(worker.tenant)):
+                worker.state = WorkerState.DELETING
+                task = asyncio.get_running_loop().create_task(self._retire(worker))
+                self._removals.add(task)
+                task.add_done_callback(self._removals.discard)
+                retired += 1
+        return retired
 
     async def recycle(self, worker: Worker) -> None:
         """The job is over: throw the worker away; the controller starts a fresh one."""

@@ -341,17 +341,21 @@ class Scheduler:
         while True:
             if self.pool.count(WorkerState.IDLE) == 0:
                 break
-            picked = self.queue.pop(lambda t: self._room(t) > 0)
+            picked = self.queue.pop(lambda t: self._room(t) > 0 and self.pool.has_idle_for(t))
             if picked is None:
                 break
             tenant, job_id = picked
-            worker = self.pool.take_idle()
+            worker = self.pool.take_idle(tenant)
             if worker is None:  # pragma: no cover - checked above
                 self.queue.push_front(tenant, job_id)
                 break
             # running from the moment it leaves the queue, so a cancel can always find it
             run = self._admit(job_id, tenant, worker, self._queued_inputs.pop(job_id, None))
             self._spawn(self._run_job(run), f"job-{job_id}")
+        if len(self.queue):
+            # jobs wait while workers idle hot for other tenants: at max_pods, let
+            # those go so generic workers can take their place
+            self.pool.retire_hot(keep=lambda t: self.queue.size(t) > 0)
         self.metrics.queued.set(len(self.queue))
         self.pool.poke()
 
@@ -385,7 +389,10 @@ class Scheduler:
         structlog.contextvars.unbind_contextvars("job_id", "pod", "tenant")
         if disposal is Disposal.KEEP:
             return
-        if disposal is not Disposal.FORGET:
+        if disposal is Disposal.REUSE:
+            run.worker.drop_link()
+            await self.pool.reuse(run.worker, run.tenant)
+        elif disposal is Disposal.RECYCLE:
             crash_point("recycling")
             run.worker.drop_link()
             await self.pool.recycle(run.worker)
@@ -416,6 +423,12 @@ class Scheduler:
             run.partition = self.leases.acquire(job.tenant)
             self.metrics.partitions_leased.set(self.leases.leased)
             job = await self._execute(job, run)
+            if job.state is JobState.SUCCEEDED and self.pool.can_reuse(worker):
+                # only after a success: any other end may have left the worker
+                # in a state nobody should inherit
+                slot = Slot.of(self.settings.slots.root, worker.pod)
+                await asyncio.to_thread(slot.clear)
+                disposal = Disposal.REUSE
         except asyncio.CancelledError:
             disposal = Disposal.KEEP  # the job stays as recorded, for the next start to settle
             raise
@@ -436,7 +449,10 @@ class Scheduler:
         partition = run.partition
         assert partition is not None
         in_topic, out_topic = topic_names(self.settings.kafka.topic_prefix, job.tenant)
-        warm = worker.ready_at is not None and worker.ready_at <= _monotonic_of(job.submitted_at)
+        hot = worker.tenant is not None
+        warm = hot or (
+            worker.ready_at is not None and worker.ready_at <= _monotonic_of(job.submitted_at))
+        how = "hot" if hot else "warm" if warm else "cold"
         assigned_at = utcnow()
         self.metrics.queue_wait.observe((assigned_at - job.submitted_at).total_seconds())
         records, run.records = run.records, None
@@ -455,7 +471,8 @@ class Scheduler:
         # the moment job.json is committed the module may start, and a job that
         # may have started is never run again after a crash.
         job = job.evolve(
-            state=JobState.ASSIGNED, pod=worker.pod, warm=warm, assigned_at=assigned_at,
+            state=JobState.ASSIGNED, pod=worker.pod, warm=warm, start=how,
+            assigned_at=assigned_at,
             input=in_range, output=OffsetRange(out_topic, partition, out_start),
             delivering=True, attempts=job.attempts + 1,
         )
@@ -571,7 +588,7 @@ class Scheduler:
         job = job.evolve(state=JobState.RUNNING, started_at=_ts(ts))
         await self.store.put(job)
         crash_point("running")
-        kind = "warm" if job.warm else "cold"
+        kind = job.start or ("warm" if job.warm else "cold")
         self.metrics.starts.labels(kind).inc()
         if job.wait_ms is not None:
             self.metrics.start_latency.labels(kind).observe(job.wait_ms / 1000)
