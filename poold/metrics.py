@@ -42,7 +42,8 @@ class Metrics:
             "poold_jobs_finished_total", "Jobs by final state.", ["tenant", "state"], registry=r
         )
         self.starts = Counter(
-            "poold_job_starts_total", "Job starts on a worker kept for the tenant (hot), an idle (warm) or a new (cold) one.",
+            "poold_job_starts_total",
+            "Job starts on a worker kept for the tenant (hot), an idle (warm) or a new (cold) one.",
             ["kind"], registry=r,
         )
         self.queue_wait = Histogram(
