@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,6 +21,7 @@ from poold.ctl.common import (
     EXIT_OK,
     Connection,
     client_command,
+    exit_code_for_error,
     exit_code_of,
     quiet_option,
 )
@@ -189,12 +190,10 @@ def get_jobs(conn: Connection, job_ids: tuple[str, ...], watch: bool, interval: 
     async def fetch(c: AsyncClient) -> list[Job]:
         return list(await asyncio.gather(*(c.get_job(i) for i in job_ids)))
 
-    def records(found: list[Job]) -> list[dict[str, Any]] | dict[str, Any]:
-        return found[0].record if len(found) == 1 else [j.record for j in found]
-
     if not watch:
-        emit(records(conn.call(fetch)), fmt=fmt, columns=JOB_COLUMNS)
-        return
+        found, code = _each(conn, job_ids, lambda c, i: c.get_job(i))
+        _emit_jobs(found, asked=len(job_ids), fmt=fmt, quiet=False)
+        sys.exit(code)
     seen: set[tuple[str, str]] = set()
     header = True
     while True:
@@ -220,13 +219,44 @@ def get_jobs(conn: Connection, job_ids: tuple[str, ...], watch: bool, interval: 
 @output_option
 def cancel_jobs(conn: Connection, job_ids: tuple[str, ...], quiet: bool, fmt: str) -> None:
     """Cancel queued or running jobs (an ended job is refused with exit code 65)."""
-    done = [conn.call(lambda c, i=i: c.cancel(i)) for i in job_ids]  # type: ignore[misc]
+    done, code = _each(conn, job_ids, lambda c, i: c.cancel(i))
+    _emit_jobs(done, asked=len(job_ids), fmt=fmt, quiet=quiet)
+    sys.exit(code)
+
+
+def _each(conn: Connection, job_ids: tuple[str, ...],
+          call: Callable[[AsyncClient, str], Awaitable[Job]]) -> tuple[list[Job], int]:
+    """``call`` for every job at once; a job that fails is reported on stderr and the
+    others still shown (as kubectl does). The jobs it worked for, and the exit code of
+    the first that failed (0 if none did)."""
+
+    async def every(c: AsyncClient) -> list[Job | BaseException]:
+        return list(await asyncio.gather(*(call(c, i) for i in job_ids),
+                                         return_exceptions=True))
+
+    done: list[Job] = []
+    code = EXIT_OK
+    for job_id, result in zip(job_ids, conn.call(every), strict=True):
+        if isinstance(result, PooldError):
+            where = f"{job_id}: " if len(job_ids) > 1 else ""
+            click.echo(f"poold: {where}{conn.explain(result)}", err=True)
+            code = code or exit_code_for_error(result)
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            done.append(result)
+    return done, code
+
+
+def _emit_jobs(found: list[Job], *, asked: int, fmt: str, quiet: bool) -> None:
+    """One job asked for: its record; several: a list (of those found)."""
     if quiet:
-        for job in done:
+        for job in found:
             click.echo(job.id)
-        return
-    emit([j.record for j in done] if len(done) > 1 else done[0].record, fmt=fmt,
-         columns=JOB_COLUMNS)
+    elif asked == 1 and found:
+        emit(found[0].record, fmt=fmt, columns=JOB_COLUMNS)
+    elif asked > 1:
+        emit([j.record for j in found], fmt=fmt, columns=JOB_COLUMNS)
 
 
 @jobs.command("wait")

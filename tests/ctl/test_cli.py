@@ -194,6 +194,10 @@ async def test_jobs_list_and_get_in_every_format(alpha: dict[str, str], api: Asy
     assert all(daemon.store.get(JobId(i)).state.value == "failed"  # type: ignore[union-attr]
                for i in quiet.out.split())
     assert rows(get_table)[1][:2] == [job.id, "failed"]
+    unknown = "j-" + "0" * 32
+    some = await poold("jobs", "get", job.id, unknown, "-o", "json", env=alpha)
+    assert some.rc == 66 and [j["id"] for j in some.json()] == [job.id]
+    assert some.err == f"poold: {unknown}: no such job (404)\n"
     assert get_json.json() == (await api.get_job(job.id)).record
 
 
