@@ -26,6 +26,29 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and the fix."""
 
 
+WORKER_OVERHEAD_MB = 256 + 128
+"""A worker's own memory beyond its job's memory_mb: the agent's allowance (see
+poold.agent.quotas.HOST_ALLOWANCE_MB) and what the process uses at rest."""
+
+
+def memory_overcommit(settings: Settings, physical_bytes: int) -> str | None:
+    """A sentence when every local worker at its largest could need more memory than
+    the machine has; poold then starts anyway (jobs rarely all peak together, and
+    each worker is capped, so the kernel never has to choose), but says so."""
+    if settings.pool.backend != "local":
+        return None  # each runner pod has its own memory limit (deploy/runner)
+    need = settings.pool.max_pods * (settings.limits.max_memory_mb + WORKER_OVERHEAD_MB)
+    have = physical_bytes // (1024 * 1024)
+    if need <= have:
+        return None
+    return (
+        f"pool.max_pods ({settings.pool.max_pods}) workers at limits.max_memory_mb "
+        f"({settings.limits.max_memory_mb} MiB) plus about {WORKER_OVERHEAD_MB} MiB each "
+        f"could need {need} MiB, more than this machine's {have} MiB; each worker is "
+        "capped, but lower one of the keys if jobs may really use that much at once"
+    )
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

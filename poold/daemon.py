@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from datetime import timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from poold.backends.kubernetes import KubernetesBackend
 from poold.backends.leader import LeaseElector
 from poold.backends.local import LocalBackend
 from poold.backends.podtemplate import TemplateError, load_template
-from poold.config import ConfigError, Settings
+from poold.config import ConfigError, Settings, memory_overcommit
 from poold.data.embedded import EmbeddedBroker
 from poold.data.kafka import DataPlane, topic_names
 from poold.jobs.files import JobFiles
@@ -123,6 +124,10 @@ class Daemon:
         server: Any = getattr(site, "_server", None)
         port = server.sockets[0].getsockname()[1] if server and server.sockets else s.server.port
         self.url = f"http://{s.server.host}:{port}"
+        overcommit = memory_overcommit(
+            s, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        if overcommit is not None:
+            log.warning("worker memory may exceed the machine's", detail=overcommit)
         log.info("poold is serving", url=self.url, backend=s.pool.backend,
                  kafka=bootstrap, min_idle=s.pool.min_idle, max_pods=s.pool.max_pods)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from poold.config import ConfigError, Settings, load_settings
+from poold.config import ConfigError, Settings, load_settings, memory_overcommit
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -249,3 +249,16 @@ def test_serve_with_a_missing_config_exits(tmp_path: Path) -> None:
     proc = serve(tmp_path / "absent.toml", tmp_path)
     assert proc.returncode != 0
     assert "absent.toml" in proc.stderr, proc.stderr
+
+
+def test_overcommitted_worker_memory_is_named() -> None:
+    settings = load_settings(None, environ={})
+    gib = 2**30
+    warning = memory_overcommit(settings, 24 * gib)  # 16 x 4096 MiB on a 24 GiB host
+    assert warning is not None
+    assert "pool.max_pods" in warning and "limits.max_memory_mb" in warning
+    assert memory_overcommit(settings, 128 * gib) is None
+    small = load_settings(None, environ={"POOLD_LIMITS__MAX_MEMORY_MB": "1024"})
+    assert memory_overcommit(small, 24 * gib) is None
+    cluster = load_settings(None, environ={"POOLD_POOL__BACKEND": "kubernetes"})
+    assert memory_overcommit(cluster, 1 * gib) is None

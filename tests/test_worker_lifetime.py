@@ -173,3 +173,36 @@ async def test_sigterm_ends_a_worker_whose_module_sleeps_in_a_host_call(
         os.kill(pid, signal.SIGTERM)
         assert await wait_gone([pid], 15) == [], "the worker ignored SIGTERM"
         await r.read()
+
+
+def _limit(pid: int, name: str) -> int | None:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith(name):
+            soft = line[len(name):].split()[0]
+            return None if soft == "unlimited" else int(soft)
+    raise AssertionError(f"{name} not in /proc/{pid}/limits")
+
+
+async def test_a_running_worker_is_capped_at_its_jobs_memory(
+    alpha: Client, daemon: Daemon
+) -> None:
+    """Behind the store limits, the worker process itself cannot take more than its
+    job's memory_mb and a fixed allowance (RLIMIT_DATA); its /out writes are
+    capped per file at the quota (RLIMIT_FSIZE)."""
+    assert daemon.backend is not None
+    sha = await alpha.upload(module("ticker"))
+    job = await alpha.submit(sha, limits={"timeout_s": 60, "memory_mb": 64})
+    async with alpha.request("GET", f"/v1/jobs/{job['id']}/output?follow=true") as r:
+        assert await r.content.readline() == b"tick 1\n"
+        record = await alpha.json("GET", f"/v1/jobs/{job['id']}", 200)
+        pid = daemon.backend.pid_of(PodName(record["pod"]))  # type: ignore[attr-defined]
+        assert pid is not None
+        data = _limit(pid, "Max data size")
+        fsize = _limit(pid, "Max file size")
+        status = Path(f"/proc/{pid}/status").read_text()
+        used = int(status.split("VmData:")[1].split()[0]) * 1024
+        await alpha.json("DELETE", f"/v1/jobs/{job['id']}", 200)
+        await r.read()
+    assert data is not None, "the worker's data size is unlimited"
+    assert used < data <= used + (64 + 256 + 64) * 2**20, (used, data)
+    assert fsize == daemon.settings.runtime.max_artifacts_mb * 2**20 + 1

@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from poold.agent.quotas import OutDirWatch, Overrun, Quotas
+from poold.agent.quotas import OutDirWatch, Overrun, Quotas, cap_data
 from poold.agent.runtimes import make_runner
 from poold.agent.settings import AgentSettings
 from poold.agent.streams import LinePump, LogSink
@@ -415,6 +415,7 @@ class Agent:
         )
 
         def on_start() -> None:
+            cap_data(doc.memory_mb)
             watch.start()
             meter.begin()
             now = time.time()

@@ -129,3 +129,35 @@ class OutDirWatch:
                 "(runtime.max_artifacts_mb); writes past it failed and the job was stopped")
             return True
         return False
+
+
+HOST_ALLOWANCE_MB = 256
+"""What a worker may allocate beyond its job's ``memory_mb`` once the module runs:
+the agent's buffers (stdout up to 4 MiB plus one record, the stderr log), Kafka
+and HTTP clients, new threads' stacks."""
+
+
+def cap_data(memory_mb: int) -> int | None:
+    """Limit this process's data (RLIMIT_DATA: private writable memory, which
+    covers the heap, wasm linear memory and tables) to what it uses now plus the
+    job's ``memory_mb`` plus :data:`HOST_ALLOWANCE_MB`. The store limits are what
+    holds a module to ``memory_mb``; this guard catches whatever escapes them,
+    so one worker cannot take the host down with it (an allocation past it
+    fails, and a worker that cannot go on dies and its job ends ``error``).
+    Returns the limit in bytes, or None where /proc is missing."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmData:"):
+            used = int(line.split()[1]) * 1024
+            break
+    else:
+        return None
+    limit = used + (memory_mb + HOST_ALLOWANCE_MB) * MIB
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    return limit
