@@ -310,6 +310,11 @@ def _with_memory_note(
 
 def _start_failure(error: BaseException, budget: StoreBudget, request: RunRequest) -> str:
     reason = _reason(error)
+    if "memory count" in reason or "table count" in reason:
+        return (
+            f"the module could not start: it has more than {MAX_MEMORIES} linear memory or "
+            f"{MAX_TABLES} tables, which poold does not run ({reason})"
+        )
     if "resource limit exceeded" in reason or "exceeds memory limits" in reason:
         return (
             f"the module could not start within its memory limit of {request.memory_mb} MiB "

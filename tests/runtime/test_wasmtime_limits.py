@@ -136,8 +136,7 @@ def test_many_memories_cannot_multiply_the_cap(tmp_path: Path, baseline: float) 
     result, peak = peak_of(tmp_path, many_memories(16, 250), memory_mb=16)
     assert peak - baseline <= 16 + 16, f"peak {peak:.0f} MiB vs baseline {baseline:.0f} MiB"
     assert result["state"] == "failed", result
-    assert "memory limit of 16 MiB" in result["error"]
-    assert "1 linear memory" in result["error"]
+    assert "more than 1 linear memory" in result["error"], result
 
 
 def test_table_growth_counts_against_the_cap(tmp_path: Path, baseline: float) -> None:
