@@ -39,7 +39,8 @@ JOB_COLUMNS = [
     Column("RUN", lambda r: millis(r.get("run_ms"))),
     Column("AGE", lambda r: age(r.get("submitted_at"))),
     Column("POD", lambda r: text(r.get("pod")), wide=True, shrink=True),
-    Column("WARM", lambda r: text(r.get("warm")).lower(), wide=True),
+    Column("START", lambda r: text(r.get("start") or (
+        None if r.get("warm") is None else "warm" if r["warm"] else "cold")), wide=True),
     Column("SUBMITTED", lambda r: text(r.get("submitted_at")), wide=True),
     Column("ERROR", lambda r: text(r.get("error")), wide=True, shrink=True),
 ]
