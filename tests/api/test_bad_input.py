@@ -162,7 +162,8 @@ async def test_upload_benign_custom_section_is_accepted(alpha: Client) -> None:
 async def test_upload_over_the_size_cap(alpha: Client) -> None:
     big = b"\x00asm\x01\x00\x00\x00" + bytes(MAX_UPLOAD_MB * 1024 * 1024 * 3 // 2)
     # a BytesIO body is sent with its Content-Length, so the cap applies before reading it
-    await upload_refused(alpha, io.BytesIO(big), 413, "max_upload_mb", "limit")
+    message = await upload_refused(alpha, io.BytesIO(big), 413, "max_upload_mb", "limit")
+    assert f"{len(big)} bytes" in message and f"{MAX_UPLOAD_MB} MiB" in message, message
 
 
 async def test_upload_over_the_size_cap_without_content_length(alpha: Client) -> None:
@@ -171,7 +172,8 @@ async def test_upload_over_the_size_cap_without_content_length(alpha: Client) ->
         for _ in range(6):  # 1.5 MiB in 256 KiB chunks, sent chunked
             yield bytes(256 * 1024)
 
-    await upload_refused(alpha, stream(), 413, "max_upload_mb", "limit")
+    message = await upload_refused(alpha, stream(), 413, "max_upload_mb", "limit")
+    assert f"{MAX_UPLOAD_MB} MiB" in message, message
 
 
 @pytest.mark.parametrize(
