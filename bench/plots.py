@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -226,8 +227,15 @@ def kube_scale(path: Path, run: KubeRun) -> Path | None:
 
 
 def _draw(task: tuple[str, tuple[Any, ...]]) -> Path | None:
+    """One plot; a plot that cannot be drawn is reported and skipped, so the run's
+    summary.txt and results.json (written after the plots) are never lost to it."""
     name, args = task
-    drawn: Path | None = globals()[name](*args)
+    try:
+        drawn: Path | None = globals()[name](*args)
+    except Exception as e:
+        target = args[0] if args and isinstance(args[0], Path) else name
+        print(f"bench: plot {target} not drawn: {type(e).__name__}: {e}", file=sys.stderr)
+        return None
     return drawn
 
 

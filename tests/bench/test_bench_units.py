@@ -207,3 +207,15 @@ def test_summary_without_the_aged_rows_leaves_the_mode_out(tmp_path: Path) -> No
     run = runner.ScenarioRun(_scenario(aged_jobs=3, jobs=2))
     run.rows = [_row("fresh", i, 5.0) for i in range(2)]
     assert [s.mode for s in stats.summarize(run)] == ["fresh"]
+
+
+def test_a_plot_that_cannot_be_drawn_is_skipped_not_fatal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A plot that fails once made `make bench` lose summary.txt and results.json
+    (they are written after the plots)."""
+    plots = load_bench("plots")
+    target = tmp_path / "timeline-broken.png"
+    assert plots._draw(("timeline", (target, object()))) is None
+    assert f"plot {target} not drawn" in capsys.readouterr().err
+    assert not target.exists()
