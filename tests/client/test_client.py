@@ -354,6 +354,7 @@ async def test_an_unreachable_server_is_a_connection_error() -> None:
 # -- the notebook example of docs/client.md, at its real size ---------------------------------
 
 
+@pytest.mark.timeout(300)  # 100 jobs through 6 workers: ~20 s alone, minutes on a busy host
 async def test_notebook_example_runs_100_jobs(daemon: Daemon) -> None:
     def notebook() -> list[dict[str, Any]]:
         with Client(daemon.url, TOKENS["alpha"]) as c:
