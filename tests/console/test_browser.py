@@ -353,3 +353,20 @@ async def test_markup_in_an_artifact_name_is_shown_as_text(
         await link.click()
     await (await info.value).save_as(tmp_path / "artifact")
     assert (tmp_path / "artifact").read_text() == "markup\n"
+
+
+async def test_lost_server_is_reported_and_the_report_clears_when_it_answers(
+    watched: Watched,
+) -> None:
+    page = watched.page
+    watched.expected_errors.append("net::ERR_CONNECTION_REFUSED")
+    await watched.sign_in()
+
+    async def unreachable(route: Any) -> None:
+        await route.abort("connectionrefused")
+
+    await page.route("**/v1/pool", unreachable)
+    await expect(page.get_by_test_id("error")).to_contain_text("did not answer")
+    await page.unroute("**/v1/pool", unreachable)
+    await expect(page.get_by_test_id("error")).to_be_hidden()
+    await expect(page.get_by_test_id("pool-idle")).to_have_text(re.compile(r"^\d+$"))

@@ -58,25 +58,35 @@ function stateClass(state) {
 
 // -- errors ----------------------------------------------------------------------
 
-function showError(message) {
+let pollError = false; // the error shown came from polling, so the next good poll clears it
+
+function showError(message, { fromPoll = false } = {}) {
   $("error-text").textContent = message;
   $("error").hidden = false;
+  pollError = fromPoll;
 }
 
 function clearError() {
   $("error").hidden = true;
   $("error-text").textContent = "";
+  pollError = false;
+}
+
+function polled() {
+  if (pollError) {
+    clearError();
+  }
 }
 
 // An API failure: a rejected token signs out; anything else is shown.
-function failed(e) {
+function failed(e, { fromPoll = false } = {}) {
   if (e.name === "AbortError") {
     return;
   }
   if (e instanceof ApiError && e.status === 401) {
     signOut();
   }
-  showError(e.message);
+  showError(e.message, { fromPoll });
 }
 
 // -- sign in -----------------------------------------------------------------------
@@ -113,10 +123,19 @@ function signOut() {
 const timers = [];
 let chart = null;
 
+// Calls fn every ms while the tab is visible, never twice at once (a slow
+// server gets one request at a time from each poller, not a pile-up).
 function every(ms, fn) {
+  let busy = false;
   const tick = async () => {
-    if (!document.hidden && token()) {
+    if (busy || document.hidden || !token()) {
+      return;
+    }
+    busy = true;
+    try {
       await fn();
+    } finally {
+      busy = false;
     }
   };
   tick();
@@ -149,9 +168,10 @@ async function refreshPool() {
   try {
     figures = await call("GET", "/v1/pool");
   } catch (e) {
-    failed(e);
+    failed(e, { fromPoll: true });
     return;
   }
+  polled();
   for (const key of ["idle", "busy", "starting", "target", "max"]) {
     $(`pool-${key}`).textContent = String(figures[key] ?? "–");
   }
@@ -169,9 +189,10 @@ async function refreshJobs() {
   try {
     lastJobs = (await call("GET", "/v1/jobs?limit=100")).jobs;
   } catch (e) {
-    failed(e);
+    failed(e, { fromPoll: true });
     return;
   }
+  polled();
   renderJobs();
 }
 
