@@ -205,3 +205,27 @@ async def test_a_job_stopped_at_its_memory_cap_reports_its_peak(alpha: Client) -
     peak = job["usage"]["memory_peak_bytes"]
     assert 8 * MIB < peak <= 16 * MIB, job["usage"]
     assert job["usage"]["cpu_ms"] is not None
+
+
+async def test_a_hot_job_reports_its_own_usage_not_the_last_jobs(
+    start_daemon: DaemonFactory, session: aiohttp.ClientSession,
+) -> None:
+    daemon = await start_daemon(pool__reuse="tenant", pool__hot_idle_ttl_s=0)
+    alpha = Client(daemon, session, "alpha")
+    big = await alpha.run(module("touch64"), args=["x"])
+    pool = daemon.pool
+    assert pool is not None
+    await pool.wait_until(lambda: pool.figures()["hot"] == 1, 30)
+    # waiting hot, the worker no longer holds the last job's memory
+    pid = daemon.backend.pid_of(PodName(big["pod"]))  # type: ignore[union-attr]
+    assert pid is not None
+    with open(f"/proc/{pid}/status") as f:
+        idle_rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    assert idle_rss <= big["usage"]["rss_peak_bytes"] - 48 * MIB, (idle_rss, big["usage"])
+    small = await alpha.run(module("noop"))
+    assert small["pod"] == big["pod"] and small["start"] == "hot", (big, small)
+    assert small["usage"]["memory_peak_bytes"] == 64 * 1024
+    assert small["usage"]["stdout_bytes"] == 0 and small["usage"]["artifacts_bytes"] == 0
+    # the last job's 64 MiB were let go before this job's peak was taken
+    freed = big["usage"]["rss_peak_bytes"] - small["usage"]["rss_peak_bytes"]
+    assert freed >= 48 * MIB, (big["usage"], small["usage"])
