@@ -154,6 +154,16 @@ async def test_a_real_prometheus_scrapes_poold(
 
             assert await _poll(f"{finished} == 1", one_finished, proc, log, deadline) == 1
 
+        # what the job cost: its CPU histogram and linear memory, per tenant
+        for state in ("succeeded", "failed"):  # the noop, the exit-3 job
+            cpu = f'poold_job_cpu_seconds_count{{tenant="alpha",state="{state}"}}'
+            assert await query(cpu) == 1
+            assert (await query(
+                f'poold_job_cpu_seconds_sum{{tenant="alpha",state="{state}"}}') or 0) > 0
+        assert await query('poold_job_memory_peak_bytes_count{tenant="alpha"}') == 2
+        noop_sized = 'poold_job_memory_peak_bytes_bucket{tenant="alpha",le="65536.0"}'
+        assert await query(noop_sized) == 1  # the noop's one page; exitcode (C) has more
+
         idle = 'poold_pool_workers{state="idle"}'
 
         async def idle_matches() -> tuple[bool, tuple[float | None, dict[str, int]]]:
