@@ -370,3 +370,61 @@ async def test_lost_server_is_reported_and_the_report_clears_when_it_answers(
     await page.unroute("**/v1/pool", unreachable)
     await expect(page.get_by_test_id("error")).to_be_hidden()
     await expect(page.get_by_test_id("pool-idle")).to_have_text(re.compile(r"^\d+$"))
+
+
+# -- modules, drag and drop, filter ----------------------------------------------------
+
+
+async def test_a_dropped_file_is_uploaded(watched: Watched) -> None:
+    page = watched.page
+    await watched.sign_in()
+    wasm = unique("noop")
+    await page.evaluate(
+        """([name, bytes]) => {
+            const data = new DataTransfer();
+            data.items.add(new File([new Uint8Array(bytes)], name, {type: "application/wasm"}));
+            document.getElementById("drop").dispatchEvent(
+                new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true}));
+        }""",
+        ["dropped.wasm", list(wasm)],
+    )
+    sha = hashlib.sha256(wasm).hexdigest()
+    await expect(page.locator("#upload-status")).to_contain_text(f"dropped.wasm: stored as {sha}")
+    await expect(page.locator("#module-select")).to_have_value(sha)
+
+
+async def test_an_earlier_module_is_picked_from_the_list(watched: Watched, alpha: Client) -> None:
+    page = watched.page
+    wasm = unique("upper")
+    sha = await alpha.upload(wasm)
+    await watched.sign_in()
+    row = page.get_by_test_id("modules-list").locator("tr", has_text=sha[:12])
+    await expect(row).to_contain_text(f"{len(wasm) / 1024:.1f} KiB")
+    await row.get_by_role("button", name="Use").click()
+    await expect(page.locator("#module-select")).to_have_value(sha)
+    await watched.submit(input_lines=["picked"])
+    await expect(page.get_by_test_id("job-output")).to_have_text("PICKED\n")
+    # the list now says when the module was last used
+    await page.reload()
+    await expect(row.locator("td").nth(3)).to_have_text(re.compile(r"\d:\d\d"))
+
+
+async def test_jobs_list_filters_by_state(watched: Watched, alpha: Client) -> None:
+    page = watched.page
+    noop = await alpha.upload(unique("noop"))
+    ok = await alpha.submit(noop)
+    cancelled = await alpha.submit(await alpha.upload(module("spin")), limits={"timeout_s": 30})
+    await alpha.json("DELETE", f"/v1/jobs/{cancelled['id']}", 200)
+    await watched.sign_in()
+    jobs = page.get_by_test_id("jobs-list")
+    await expect(jobs.locator(f"tr[data-job-id='{ok['id']}']")).to_contain_text("succeeded")
+    await expect(jobs.locator(f"tr[data-job-id='{cancelled['id']}']")).to_be_visible()
+    await page.locator("#state-filter").select_option("cancelled")
+    await expect(jobs.locator(f"tr[data-job-id='{ok['id']}']")).to_have_count(0)
+    await expect(jobs.locator(f"tr[data-job-id='{cancelled['id']}']")).to_contain_text(
+        "cancelled")
+    states = await jobs.locator("td:nth-child(2)").all_text_contents()
+    assert states and set(states) == {"cancelled"}, states
+    await jobs.locator(f"tr[data-job-id='{cancelled['id']}']").click()
+    await expect(page.get_by_test_id("job-state")).to_have_text("cancelled")
+    assert page.url.endswith(f"#/job/{cancelled['id']}")
