@@ -171,6 +171,8 @@ async def test_wrong_token_shows_error_and_right_one_signs_in(watched: Watched) 
     await watched.sign_in()
     await expect(page.get_by_test_id("error")).to_be_hidden()
     await expect(page.get_by_test_id("pool-busy")).to_have_text(re.compile(r"^\d+$"))
+    for figure in ("starting", "target", "max", "hot", "deleting"):
+        await expect(page.locator(f"#pool-{figure}")).to_have_text(re.compile(r"^\d+$"))
     assert TOKENS["alpha"] not in await page.content()
     assert await page.evaluate("Object.values(sessionStorage)") == [TOKENS["alpha"]]
 
@@ -193,6 +195,7 @@ async def test_upload_and_submit_with_input(watched: Watched) -> None:
     await expect(page.get_by_test_id("job-state")).to_have_text("succeeded")
     await expect(page.get_by_test_id("job-output")).to_have_text("HELLO\nWORLD\n")
     await expect(page.get_by_test_id("job-log")).to_contain_text("processed 2 lines")
+    await expect(page.locator("#job-fields")).to_contain_text(re.compile(r"start(hot|warm|cold)"))
     row = page.get_by_test_id("jobs-list").locator(f"tr[data-job-id='{job_id}']")
     await expect(row).to_contain_text("succeeded")
     await expect(page.get_by_test_id("modules-list")).to_contain_text(

@@ -172,7 +172,7 @@ async function refreshPool() {
     return;
   }
   polled();
-  for (const key of ["idle", "busy", "starting", "target", "max"]) {
+  for (const key of ["idle", "busy", "starting", "target", "max", "hot", "deleting"]) {
     $(`pool-${key}`).textContent = String(figures[key] ?? "–");
   }
   chart.add({
@@ -429,7 +429,7 @@ function showRecord(view, job) {
     ["module", job.module], ["args", JSON.stringify(job.args)],
     ["env", JSON.stringify(job.env)], ["limits", JSON.stringify(job.limits)],
     ["exit code", job.exit_code], ["worker", job.pod], ["partition", job.partition],
-    ["warm", job.warm], ["submitted", job.submitted_at], ["started", job.started_at],
+    ["warm", job.warm], ["start", job.start], ["submitted", job.submitted_at], ["started", job.started_at],
     ["finished", job.finished_at], ["wait ms", ms(job.wait_ms)], ["run ms", ms(job.run_ms)],
   ];
   const nodes = [];
