@@ -42,6 +42,10 @@ async def test_too_many_files_under_out_fail_the_job(tight: Client) -> None:
     job = await tight.run(module("manyfiles"))
     assert job["state"] == "failed", job
     assert "runtime.max_artifact_files" in job["error"] and "100 files" in job["error"]
+    assert len(job["artifacts"]) == 100
+    # what was made past the quota before the job was stopped is named, not kept
+    assert job["artifacts_dropped"], job
+    assert all("runtime.max_artifact_files" in d["reason"] for d in job["artifacts_dropped"])
 
 
 async def test_a_job_within_its_quotas_is_untouched(tight: Client) -> None:

@@ -415,7 +415,10 @@ class Agent:
         )
 
         def on_start() -> None:
-            cap_data(doc.memory_mb)
+            if self.settings.engine == "wasmtime":
+                # WasmEdge (a child process) may reserve its memory writable up
+                # front; the runner pod's memory limit is its guard instead
+                cap_data(doc.memory_mb)
             watch.start()
             meter.begin()
             now = time.time()

@@ -499,6 +499,7 @@ def listed(job: Job) -> dict[str, Any]:
     a job may leave many files and a page holds many jobs."""
     record = job.public()
     record["artifact_count"] = len(record.pop("artifacts"))
+    record.pop("artifacts_dropped", None)  # listed with the artifacts
     record["artifacts_url"] = f"/v1/jobs/{job.id}/artifacts"
     return record
 

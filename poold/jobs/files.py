@@ -19,6 +19,9 @@ from pathlib import Path
 from poold.slots import write_atomic
 from poold.types import JobId
 
+MAX_DROPPED_LISTED = 100
+"""Dropped artifacts named in a job record; the quotas keep their number small."""
+
 
 class JobFiles:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
@@ -109,27 +112,44 @@ class JobFiles:
 
     # -- artifacts -------------------------------------------------------------
 
-    def collect(self, job: JobId, source: Path, *, limit: int) -> list[tuple[str, int]]:
-        """Copy regular files from ``source`` (the slot's /out); returns (name, size)."""
+    def collect(
+        self, job: JobId, source: Path, *, limit: int, max_files: int | None = None
+    ) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+        """Copy regular files from ``source`` (the slot's /out). Returns the kept
+        (name, size) and the dropped (name, reason), at most
+        :data:`MAX_DROPPED_LISTED` of those, so the record stays bounded."""
         target = self.artifact_dir(job)
         found: list[tuple[str, int]] = []
+        dropped: list[tuple[str, str]] = []
+
+        def drop(rel: str, reason: str) -> None:
+            if len(dropped) < MAX_DROPPED_LISTED:
+                dropped.append((rel, reason))
+
         total = 0
         for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
             dirnames.sort()
-            for name in sorted(filenames):
+            links = [d for d in dirnames if (Path(dirpath) / d).is_symlink()]
+            for name in sorted(filenames + links):
                 path = Path(dirpath) / name
+                rel = path.relative_to(source).as_posix()
                 st = path.lstat()
                 if not stat.S_ISREG(st.st_mode):
+                    drop(rel, "not a regular file (a link, pipe or device is never kept)")
                     continue
                 if total + st.st_size > limit:
+                    size = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit} bytes"
+                    drop(rel, f"over runtime.max_artifacts_mb ({size} in all)")
                     continue
-                rel = path.relative_to(source).as_posix()
+                if max_files is not None and len(found) >= max_files:
+                    drop(rel, f"over runtime.max_artifact_files ({max_files} files)")
+                    continue
                 dest = target / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, dest, follow_symlinks=False)
                 total += st.st_size
                 found.append((rel, st.st_size))
-        return found
+        return found, dropped
 
     def artifact(self, job: JobId, name: str) -> Path | None:
         base = self.artifact_dir(job).resolve()

@@ -92,6 +92,8 @@ class Job:
     input: OffsetRange | None = None
     output: OffsetRange | None = None
     artifacts: tuple[tuple[str, int], ...] = ()
+    artifacts_dropped: tuple[tuple[str, str], ...] = ()
+    """Files under /out that were not kept, each with the reason (the first 100)."""
     submitted_at: datetime = field(default_factory=utcnow)
     assigned_at: datetime | None = None
     started_at: datetime | None = None
@@ -138,6 +140,7 @@ class Job:
             "input": _range(self.input),
             "output": _range(self.output),
             "artifacts": [{"name": n, "size": s} for n, s in self.artifacts],
+            "artifacts_dropped": [{"name": n, "reason": r} for n, r in self.artifacts_dropped],
             "submitted_at": rfc3339(self.submitted_at),
             "assigned_at": rfc3339(self.assigned_at),
             "started_at": rfc3339(self.started_at),
@@ -171,6 +174,7 @@ def to_record(job: Job) -> dict[str, Any]:
         "input": dataclasses.asdict(job.input) if job.input else None,
         "output": dataclasses.asdict(job.output) if job.output else None,
         "artifacts": [list(a) for a in job.artifacts],
+        "artifacts_dropped": [list(a) for a in job.artifacts_dropped],
         "submitted_at": rfc3339(job.submitted_at), "assigned_at": rfc3339(job.assigned_at),
         "started_at": rfc3339(job.started_at), "finished_at": rfc3339(job.finished_at),
         "delivering": job.delivering, "attempts": job.attempts,
@@ -192,6 +196,7 @@ def from_record(data: dict[str, Any]) -> Job:
         start=data.get("start"),
         input=_offsets(data["input"]), output=_offsets(data["output"]),
         artifacts=tuple((n, int(s)) for n, s in data["artifacts"]),
+        artifacts_dropped=tuple((n, r) for n, r in data.get("artifacts_dropped", [])),
         submitted_at=submitted, assigned_at=_when(data["assigned_at"]),
         started_at=_when(data["started_at"]), finished_at=_when(data["finished_at"]),
         delivering=bool(data["delivering"]), attempts=int(data["attempts"]),

@@ -621,13 +621,16 @@ class Scheduler:
                 run.output_finished(end)  # followers read the rest while we finish up
             output = OffsetRange(output.topic, output.partition, output.start, end)
         limit = self.settings.runtime.max_artifacts_mb * 1024 * 1024
-        artifacts = await asyncio.to_thread(self.files.collect, job.id, slot.artifacts, limit=limit)
+        artifacts, dropped = await asyncio.to_thread(
+            self.files.collect, job.id, slot.artifacts, limit=limit,
+            max_files=self.settings.runtime.max_artifact_files)
         self.files.close_log(job.id, slot.stderr_log)
         if job.started_at is None and result.started_at is not None:
             job = job.evolve(started_at=_ts(result.started_at))
             kind = "warm" if job.warm else "cold"
             self.metrics.starts.labels(kind).inc()
-        job = job.evolve(output=output, artifacts=tuple(artifacts), usage=result.usage)
+        job = job.evolve(output=output, artifacts=tuple(artifacts),
+                         artifacts_dropped=tuple(dropped), usage=result.usage)
         crash_point("result")
         return await self._finish(
             job, JobState(result.state), error=result.error, exit_code=result.exit_code,

@@ -27,7 +27,7 @@ def files(tmp_path: Path) -> JobFiles:
     (out / "sub").mkdir(parents=True)
     (out / "hello.txt").write_text("hello\n")
     (out / "sub" / "args.txt").write_text("mine\n")
-    assert store.collect(MINE, out, limit=1 << 20) == [("hello.txt", 6), ("sub/args.txt", 5)]
+    assert store.collect(MINE, out, limit=1 << 20) == ([("hello.txt", 6), ("sub/args.txt", 5)], [])
     (out / "sub" / "args.txt").write_text("other's secret\n")
     store.collect(OTHER, out, limit=1 << 20)
     store.append_log(MINE, b"my log\n")
@@ -73,8 +73,23 @@ def test_artifacts_are_kept_up_to_the_limit_exactly(tmp_path: Path) -> None:
     out.mkdir()
     for name, size in (("a", 40), ("b", 60), ("c", 1), ("d", 0)):
         (out / name).write_bytes(b"x" * size)
-    assert store.collect(MINE, out, limit=100) == [("a", 40), ("b", 60), ("d", 0)]
-    assert store.collect(OTHER, out, limit=99) == [("a", 40), ("c", 1), ("d", 0)]
+    over = "over runtime.max_artifacts_mb (100 bytes in all)"
+    assert store.collect(MINE, out, limit=100) == ([("a", 40), ("b", 60), ("d", 0)],
+                                                   [("c", over)])
+    kept, dropped = store.collect(OTHER, out, limit=99)
+    assert kept == [("a", 40), ("c", 1), ("d", 0)]
+    assert [name for name, _ in dropped] == ["b"]
+
+
+def test_artifacts_past_the_file_quota_are_listed_as_dropped(tmp_path: Path) -> None:
+    store = JobFiles(tmp_path / "jobs", fsync=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    for i in range(5):
+        (out / f"f{i}").write_bytes(b"x")
+    kept, dropped = store.collect(MINE, out, limit=1 << 20, max_files=3)
+    assert [name for name, _ in kept] == ["f0", "f1", "f2"]
+    assert dropped == [(f"f{i}", "over runtime.max_artifact_files (3 files)") for i in (3, 4)]
 
 
 async def test_a_follower_leaving_does_not_cut_off_another(files: JobFiles) -> None:
@@ -105,6 +120,9 @@ def test_collect_takes_regular_files_only_and_follows_no_link(tmp_path: Path) ->
     os.symlink(host / "secret", out / "a-link-to-a-file")
     os.symlink(host, out / "b-link-to-a-folder")
     (out / "c.txt").write_text("mine\n")
-    assert store.collect(MINE, out, limit=1 << 20) == [("c.txt", 5)]
+    kept, dropped = store.collect(MINE, out, limit=1 << 20)
+    assert kept == [("c.txt", 5)]
+    assert [name for name, _ in dropped] == ["a-link-to-a-file", "b-link-to-a-folder"]
+    assert all("not a regular file" in reason for _, reason in dropped)
     copied = [p for p in store.artifact_dir(MINE).rglob("*") if p.is_file()]
     assert copied == [store.artifact_dir(MINE) / "c.txt"]
