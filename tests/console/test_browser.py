@@ -196,6 +196,7 @@ async def test_upload_and_submit_with_input(watched: Watched) -> None:
     await expect(page.get_by_test_id("job-output")).to_have_text("HELLO\nWORLD\n")
     await expect(page.get_by_test_id("job-log")).to_contain_text("processed 2 lines")
     await expect(page.locator("#job-fields")).to_contain_text(re.compile(r"start(hot|warm|cold)"))
+    await expect(page.locator("#job-fields")).to_contain_text(re.compile(r"cpu ms\d"))
     row = page.get_by_test_id("jobs-list").locator(f"tr[data-job-id='{job_id}']")
     await expect(row).to_contain_text("succeeded")
     await expect(page.get_by_test_id("modules-list")).to_contain_text(

@@ -432,6 +432,16 @@ function showRecord(view, job) {
     ["warm", job.warm], ["start", job.start], ["submitted", job.submitted_at], ["started", job.started_at],
     ["finished", job.finished_at], ["wait ms", ms(job.wait_ms)], ["run ms", ms(job.run_ms)],
   ];
+  // what the job consumed (set once it ended; null values were not measured)
+  for (const [key, value] of Object.entries(job.usage ?? {})) {
+    let shown = value;
+    if (typeof value === "number" && key.endsWith("_bytes")) {
+      shown = bytes(value);
+    } else if (typeof value === "number" && key.endsWith("_ms")) {
+      shown = ms(value);
+    }
+    fields.push([key.replace(/_/g, " "), shown]);
+  }
   const nodes = [];
   for (const [name, value] of fields) {
     const row = el("div");
@@ -540,6 +550,11 @@ async function showArtifacts(view) {
     item.append(link, el("span", ` ${bytes(artifact.size)}`, "muted"));
     return item;
   });
+  for (const dropped of view.record?.artifacts_dropped ?? []) {
+    const item = el("li", dropped.name, "dropped");
+    item.append(el("span", ` not kept: ${dropped.reason}`, "muted"));
+    items.push(item);
+  }
   if (!items.length) {
     items.push(el("li", "none", "muted"));
   }
