@@ -228,7 +228,9 @@ class Poold:
                 if r.status != 200:
                     raise DaemonError(f"GET /v1/pool answered {r.status}: {await r.text()}")
                 figures = await r.json()
-            if (figures.get("idle") == want and figures.get("busy", 0) == 0
+            # hot workers (pool.reuse) wait for their tenant on top of min_idle
+            generic = figures.get("idle", 0) - figures.get("hot", 0)
+            if (generic == want and figures.get("busy", 0) == 0
                     and figures.get("starting", 0) == 0 and figures.get("deleting", 0) == 0):
                 return figures
             if time.monotonic() > deadline:

@@ -153,3 +153,55 @@ def self_rss_kib() -> tuple[int, int]:
         elif line.startswith("VmHWM:"):
             hwm = int(line.split()[1])
     return rss, hwm
+
+
+@dataclass
+class CpuSnapshot:
+    """CPU seconds of each process of a tree, by role, at one moment; and what the
+    fork server's reaped children (workers that exited) used in total."""
+
+    cpu: dict[int, tuple[str, float]] = field(default_factory=dict)
+    reaped_s: float = 0.0
+
+
+def _reaped(pid: int) -> float:
+    """CPU seconds of ``pid``'s children it has waited for (cutime + cstime)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    rest = text[text.rfind(")") + 2:].split()
+    try:
+        return (int(rest[13]) + int(rest[14])) / CLOCK_TICKS
+    except (IndexError, ValueError):
+        return 0.0
+
+
+def cpu_snapshot(root: int) -> CpuSnapshot:
+    snap = CpuSnapshot()
+    pids = descendants(root)
+    parents = {pid: (_stat(pid) or (0, 0.0, "X"))[0] for pid in pids}
+    for pid in pids:
+        stat = _stat(pid)
+        if stat is None:
+            continue
+        role = _role(pid, root, parents.get(pid, 0))
+        snap.cpu[pid] = (role, stat[1])
+        if role == "forkserver":
+            snap.reaped_s += _reaped(pid)
+    return snap
+
+
+def cpu_between(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """CPU seconds by role between two snapshots. Workers come and go: those alive
+    at the end count from the start (or from birth); those that exited between
+    count through the fork server's reaped-children time, less what they had
+    already used at the start."""
+    out = dict.fromkeys(ROLES, 0.0)
+    for pid, (role, cpu) in after.cpu.items():
+        start = before.cpu.get(pid)
+        out[role] += cpu - (start[1] if start is not None and start[0] == role else 0.0)
+    gone_before = sum(cpu for pid, (role, cpu) in before.cpu.items()
+                      if role == "worker" and pid not in after.cpu)
+    out["worker"] += max(0.0, after.reaped_s - before.reaped_s - gone_before)
+    return {role: round(max(0.0, s), 4) for role, s in out.items()}

@@ -170,6 +170,20 @@ def _costs(summaries: Sequence[Summary]) -> list[str]:
     return lines
 
 
+_CPU_ROLES = ("poold", "broker", "forkserver", "worker", "other", "client", "total")
+
+
+def _process_cpu(summaries: Sequence[Summary]) -> list[str]:
+    cols = f"{'scenario':<{W}} " + " ".join(f"{r:>10}" for r in _CPU_ROLES)
+    lines = ["CPU ms per succeeded job, by process, over the measured phase (/proc; workers "
+             "include those that exited; other = poold's compile process)", cols,
+             "-" * len(cols)]
+    lines.extend(f"{s.label:<{W}} " + " ".join(
+        f"{_f(s.cpu_ms_per_job.get(r), '.2f'):>10}" for r in _CPU_ROLES)
+        for s in summaries if s.cpu_ms_per_job)
+    return lines
+
+
 def _pair(summaries: Sequence[Summary], scenario: str, a: str, b: str
           ) -> tuple[Summary, Summary] | None:
     one = next((s for s in summaries if s.scenario == scenario and s.mode == a), None)
@@ -292,6 +306,7 @@ def table(summaries: Sequence[Summary], verdicts: Sequence[Verdict],
         lines += ["", *notes]
     lines += ["", *_where_time_goes(summaries)]
     lines += ["", *_costs(summaries)]
+    lines += ["", *_process_cpu(summaries)]
     value, warm, cold = ratio(summaries)
     lines.append("")
     if value is not None and warm is not None and cold is not None:

@@ -42,6 +42,7 @@ import aiohttp
 from .client import Api, Outcome, ms_between
 from .daemon import Poold
 from .fixtures import expected_output, input_records, load_module, with_variant
+from .procmem import cpu_between, cpu_snapshot
 from .sampler import PoolSample, Sampler
 from .scenario import STUCK_AFTER, Scenario
 
@@ -146,6 +147,9 @@ class ScenarioRun:
     load_avg: list[float] = field(default_factory=list)
     """The machine's 1-minute load average when the measurement began and ended
     (other work on the machine shows up here, not in the figures' labels)."""
+    process_cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per measured mode: CPU seconds by process role (poold, broker, forkserver,
+    worker, other, client) from /proc, over the measured phase only."""
 
     @property
     def measured(self) -> list[JobRow]:
@@ -394,6 +398,20 @@ def _cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+async def _cpu_of(run: ScenarioRun, poold: Poold, mode: str,
+                  measuring: Awaitable[list[JobRow]]) -> list[JobRow]:
+    """Run a measured phase, noting the CPU each process role used during it."""
+    pid = poold.pid
+    before = cpu_snapshot(pid) if pid is not None else None
+    client = _cpu(resource.RUSAGE_SELF)
+    rows = await measuring
+    if before is not None and pid is not None:
+        cpu = cpu_between(before, cpu_snapshot(pid))
+        cpu["client"] = round(_cpu(resource.RUSAGE_SELF) - client, 4)
+        run.process_cpu[mode] = cpu
+    return rows
+
+
 def _profile_text(path: Path, top: int = 45) -> None:
     """The heaviest functions of a cProfile file, by own time and by cumulative time."""
     out = io.StringIO()
@@ -506,7 +524,8 @@ async def _phases(run: ScenarioRun, poold: Poold, session: aiohttp.ClientSession
     first_mode = "fresh" if scenario.aged_jobs else ""
     entry = phase("measure", first_mode)
     label = scenario.name + (f" [{first_mode}]" if first_mode else "")
-    run.rows.extend(await driver.measure(first_mode, seq, _progress(label, scenario.jobs)))
+    run.rows.extend(await _cpu_of(run, poold, first_mode, driver.measure(
+        first_mode, seq, _progress(label, scenario.jobs))))
     seq += scenario.jobs
     end(entry)
     if scenario.aged_jobs and not driver.stuck and not driver.out_of_budget:
@@ -528,9 +547,8 @@ async def _phases(run: ScenarioRun, poold: Poold, session: aiohttp.ClientSession
               file=sys.stderr, flush=True)
         await poold.wait_pool_settled(session, token)
         entry = phase("measure", "aged")
-        run.rows.extend(await driver.measure("aged", seq,
-                                             _progress(f"{scenario.name} [aged]",
-                                                       scenario.jobs)))
+        run.rows.extend(await _cpu_of(run, poold, "aged", driver.measure(
+            "aged", seq, _progress(f"{scenario.name} [aged]", scenario.jobs))))
         end(entry)
     run.client_cpu_s = round(_cpu(resource.RUSAGE_SELF) - cpu, 3)
     run.load_avg.append(round(os.getloadavg()[0], 2))

@@ -19,10 +19,19 @@ from typing import Any
 
 from .runner import SUCCEEDED, JobRow, ScenarioRun
 
-P50_TARGET_MS = 5.0
-P99_TARGET_MS = 25.0
+P50_TARGET_MS = 2.0
+P99_TARGET_MS = 10.0
 RATIO_TARGET = 20.0
-THROUGHPUT_TARGET = 100.0
+OUTPUT_P50_TARGET_MS = 20.0
+OUTPUT_P99_TARGET_MS = 60.0
+THROUGHPUT_TARGET = 60.0
+"""jobs/s of trivial jobs with ``pool.reuse = "never"`` (one worker per job)."""
+THROUGHPUT_REUSE_TARGET = 200.0
+CPU_REUSE_TARGET_MS = 12.0
+"""CPU ms per job, all processes, with reuse."""
+STALL_TARGET_MS = 500.0
+"""The throughput scenarios' longest submit-to-start wait."""
+ARRIVAL_P99_TARGET_MS = 100.0
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:
@@ -104,6 +113,9 @@ class Summary:
     rss_p50: float | None = None
     """The worker's peak resident memory, bytes."""
     rss_max: float | None = None
+    cpu_ms_per_job: dict[str, float] | None = None
+    """CPU ms per succeeded job by process role (poold, broker, forkserver, worker,
+    other, client) over the measured phase, from /proc; ``total`` is their sum."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,8 +228,19 @@ def _summarize(run: ScenarioRun, rows: list[JobRow], mode: str) -> Summary:
         budget_cut=any(r.state == "not_run" and "time budget" in (r.error or "") for r in rows),
         aged_by=(sum(1 for r in run.rows if r.phase == "aging" and r.state == SUCCEEDED)
                  if mode == "aged" else None),
+        cpu_ms_per_job=_cpu_per_job(run, mode, states.get(SUCCEEDED, 0)),
         **_pool_figures(run, mode),
     )
+
+
+def _cpu_per_job(run: ScenarioRun, mode: str, succeeded: int) -> dict[str, float] | None:
+    # cold and hot jobs alternate within one measured phase (its mode is "")
+    cpu = run.process_cpu.get("" if mode in ("cold", "hot") else mode)
+    if not cpu or not succeeded or mode in ("cold", "hot"):
+        return None
+    out = {role: round(s * 1000 / succeeded, 2) for role, s in cpu.items()}
+    out["total"] = round(sum(cpu.values()) * 1000 / succeeded, 2)
+    return out
 
 
 @dataclass
@@ -254,6 +277,8 @@ def ratio(summaries: Sequence[Summary]) -> tuple[float | None, Summary | None, S
 def verdicts(summaries: Sequence[Summary]) -> list[Verdict]:
     warm = _first(summaries, "warm")
     thr = _first(summaries, "throughput")
+    reuse = _first(summaries, "throughput_reuse")
+    output = _first(summaries, "output")
     value, w, c = ratio(summaries)
     no_warm = "no \"warm\" scenario run"
 
@@ -263,10 +288,15 @@ def verdicts(summaries: Sequence[Summary]) -> list[Verdict]:
     def at_least(measured: float | None, goal: float) -> bool | None:
         return None if measured is None else measured >= goal
 
+    def of(s: Summary | None, role: str) -> str:
+        return s.label if s else f"no \"{role}\" scenario run"
+
     p50 = warm.wait_p50 if warm else None
     p99 = warm.wait_p99 if warm else None
     tps = thr.throughput if thr else None
-    return [
+    reuse_tps = reuse.throughput if reuse else None
+    reuse_cpu = (reuse.cpu_ms_per_job or {}).get("total") if reuse else None
+    out = [
         Verdict("warm submit-to-start p50", warm.label if warm else no_warm, p50,
                 f"<= {P50_TARGET_MS:g}", "ms", at_most(p50, P50_TARGET_MS)),
         Verdict("warm submit-to-start p99", warm.label if warm else no_warm, p99,
@@ -274,6 +304,25 @@ def verdicts(summaries: Sequence[Summary]) -> list[Verdict]:
         Verdict("cold/warm p50 ratio",
                 f"{c.label}/{w.label}" if c and w else "no \"cold\" + \"warm\" pair run",
                 value, f">= {RATIO_TARGET:g}", "x", at_least(value, RATIO_TARGET)),
-        Verdict("throughput", thr.label if thr else "no \"throughput\" scenario run",
+        Verdict("10-record output p50", of(output, "output"),
+                output.e2e_p50 if output else None, f"<= {OUTPUT_P50_TARGET_MS:g}", "ms",
+                at_most(output.e2e_p50 if output else None, OUTPUT_P50_TARGET_MS)),
+        Verdict("10-record output p99", of(output, "output"),
+                output.e2e_p99 if output else None, f"<= {OUTPUT_P99_TARGET_MS:g}", "ms",
+                at_most(output.e2e_p99 if output else None, OUTPUT_P99_TARGET_MS)),
+        Verdict("throughput, reuse never", of(thr, "throughput"),
                 tps, f">= {THROUGHPUT_TARGET:g}", "jobs/s", at_least(tps, THROUGHPUT_TARGET)),
+        Verdict("throughput, reuse tenant", of(reuse, "throughput_reuse"), reuse_tps,
+                f">= {THROUGHPUT_REUSE_TARGET:g}", "jobs/s",
+                at_least(reuse_tps, THROUGHPUT_REUSE_TARGET)),
+        Verdict("CPU per job, reuse", of(reuse, "throughput_reuse"), reuse_cpu,
+                f"<= {CPU_REUSE_TARGET_MS:g}", "ms", at_most(reuse_cpu, CPU_REUSE_TARGET_MS)),
     ]
+    out.extend(Verdict("no stall: max wait", s.label, s.wait_max, f"<= {STALL_TARGET_MS:g}",
+                       "ms", at_most(s.wait_max, STALL_TARGET_MS))
+               for s in (thr, reuse) if s is not None)
+    out.extend(Verdict("arrival wait p99", s.label, s.wait_p99,
+                       f"<= {ARRIVAL_P99_TARGET_MS:g}", "ms",
+                       at_most(s.wait_p99, ARRIVAL_P99_TARGET_MS))
+               for s in summaries if s.role == "arrival" and s.failure is None)
+    return out
