@@ -3,8 +3,11 @@ them safe (no framing, no sniffing, no referrer, scripts from this server only).
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import tomllib
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -82,3 +85,17 @@ async def test_unknown_console_file_is_404_with_headers(
         assert r.status == 404
         assert "error" in await r.json()
         check_security_headers(r.headers)
+
+
+async def test_every_console_file_is_package_data() -> None:
+    """An installed wheel has what the source tree serves: pyproject's package-data
+    patterns cover every file under poold/console/static."""
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["poold.console"]
+    package = root / "poold" / "console"
+    files = [p.relative_to(package).as_posix() for p in (package / "static").rglob("*")
+             if p.is_file()]
+    assert "static/index.html" in files
+    missed = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
+    assert not missed, f"not in [tool.setuptools.package-data] poold.console: {missed}"
