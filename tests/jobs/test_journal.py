@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +101,71 @@ async def test_finished_beyond_keeps_the_newest(tmp_path: Path) -> None:
     await store.put(make_job(9))  # still queued: never expires early
     assert store.finished_beyond(3) == jobs[:2]
     store.close()
+
+
+async def test_with_fsync_each_record_is_synced_before_put_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``state.fsync = true``: a record reaches the disk before poold acts on it (a
+    crash keeps the page cache, so only the fsync itself shows this)."""
+    path = tmp_path / "jobs.journal"
+    synced: list[bytes] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(path.read_bytes() if path.exists() else b"")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = JournalJobStore(path, fsync=True)
+    store.open()
+    try:
+        for i in range(3):
+            job = make_job(i)
+            await store.put(job)
+            assert any(job.id.encode() in seen for seen in synced), (
+                f"put of record {i} returned before a fsync of it")
+    finally:
+        store.close()
+
+
+async def test_versions_put_at_once_after_a_compaction_keep_their_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two versions of a record put at once, right after a compaction went through the
+    writer thread: the file holds them in the order they were put, so a restart
+    replays the last one (never the earlier version)."""
+    monkeypatch.setattr(journal, "COMPACT_MIN_LINES", 2)  # the 4th line compacts
+    path = tmp_path / "jobs.journal"
+    store = JournalJobStore(path, fsync=False)
+    store.open()
+    job = make_job(1)
+    versions = [job.evolve(args=(f"v{i}",)) for i in range(6)]
+    # hold the writer thread until both puts have been made, so a line that skipped
+    # the queue would overtake the queued one
+    release = threading.Event()
+    write_batch = store._write_batch
+
+    def held(batch: list[Any]) -> None:
+        release.wait(10)
+        write_batch(batch)
+
+    try:
+        for version in versions[:4]:
+            await store.put(version)
+        monkeypatch.setattr(store, "_write_batch", held)
+        puts = asyncio.gather(*(store.put(v) for v in versions[4:]))
+        for _ in range(3):
+            await asyncio.sleep(0)  # each put has run up to its write
+        release.set()
+        await puts
+    finally:
+        release.set()
+        store.close()
+    written = [json.loads(line)["args"][0] for line in path.read_bytes().splitlines()]
+    assert written == ["v3", "v4", "v5"], written
+    again = JournalJobStore(path)
+    try:
+        assert again.open() == [versions[-1]]
+    finally:
+        again.close()
