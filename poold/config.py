@@ -62,14 +62,15 @@ class ServerSettings(_Section):
     """Largest module accepted, in MiB. Interpreters compiled to WASI are tens of MB."""
     max_input_mb: Annotated[int, Field(ge=1, le=1024)] = 16
     """Largest JSON job submission (mostly input records), in MiB."""
-    header_timeout_s: Annotated[float, Field(gt=0)] = 20.0
-    """A connection must deliver a complete request head (request line and headers)
-    within this many seconds of opening or of its previous response, else it is
-    closed; idle keep-alive connections are closed after it too (aiohttp has one
-    timer for both). Real clients send a head in milliseconds; a slowloris client
-    trickles one to hold the socket. Keep it above the idle keep-alive of the
-    clients in use (aiohttp's client: 15 s): a server that closes a connection the
-    client still deems alive resets requests sent on it, POSTs included."""
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """A request head (request line and headers) must be complete within this many
+    seconds of its first byte, else the connection is closed. Real clients send a
+    head in milliseconds; a slowloris client trickles one to hold the socket."""
+    idle_timeout_s: Annotated[float, Field(gt=0)] = 75.0
+    """An open connection with no request in it (new, or kept alive after a
+    response) is closed after this many seconds. Longer than clients keep idle
+    connections (aiohttp 15 s, browsers up to 60 s), so a client never reuses one
+    just as poold closes it; nginx uses 75 s too."""
     body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     """Longest pause while a request body (a module, a job) arrives, in seconds; the
     request then gets 408 and its connection is closed."""

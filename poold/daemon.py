@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from poold.api.app import Api
+from poold.api.guard import GuardedSite
 from poold.backends.base import Backend
 from poold.backends.kubernetes import KubernetesBackend
 from poold.backends.leader import LeaseElector
@@ -119,10 +120,10 @@ class Daemon:
         self.api = api
         self._runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.server.host, s.server.port)
+        site = GuardedSite(self._runner, s.server.host, s.server.port,
+                           header_timeout_s=s.server.header_timeout_s)
         await site.start()
-        server: Any = getattr(site, "_server", None)
-        port = server.sockets[0].getsockname()[1] if server and server.sockets else s.server.port
+        port = site.port
         self.url = f"http://{s.server.host}:{port}"
         overcommit = memory_overcommit(
             s, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

@@ -32,6 +32,7 @@ from poold.api.guard import (
     UploadSlots,
     body_chunks,
     cut_off,
+    head_arrived,
     read_body,
 )
 from poold.config import Settings
@@ -95,12 +96,11 @@ class Api:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._errors, self._auth],
+            middlewares=[head_arrived, self._errors, self._auth],
             client_max_size=self.settings.server.max_input_mb * 1024 * 1024,
             # aiohttp arms this timer when a connection opens and after each response,
-            # and closes the connection if no complete request head has arrived when it
-            # fires: the header timeout against slowloris (and the idle keep-alive one)
-            handler_args={"keepalive_timeout": self.settings.server.header_timeout_s},
+            # and closes the connection if no request has arrived when it fires
+            handler_args={"keepalive_timeout": self.settings.server.idle_timeout_s},
         )
         r = app.router
         r.add_get("/healthz", self.healthz)

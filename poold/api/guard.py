@@ -1,22 +1,28 @@
-"""Slow and greedy clients: request bodies that must keep arriving, and a cap on
-uploads in progress per tenant and in total.
+"""Slow and greedy clients: request heads and bodies that must keep arriving, and
+a cap on uploads in progress per tenant and in total.
 
-The request head is bounded by aiohttp's keep-alive timer (see ``Api.app``); a
-body is read here, chunk by chunk, against two deadlines: no pause longer than
-``server.body_timeout_s``, and, once that long has passed, an average rate of at
-least ``server.min_upload_rate_kib_s``. A client that misses either gets 408 and
-its connection is closed, so its socket and temporary file are freed.
+A request head must be complete within ``server.header_timeout_s`` of its first
+byte (:class:`HeadGuard`), while an idle keep-alive connection may wait for its
+next request for ``server.idle_timeout_s`` (aiohttp's keep-alive timer, also the
+bound for a connection that never sends a byte). Keeping the two apart matters:
+closing idle connections as early as slow heads would race clients that reuse
+a pooled connection just as the server closes it. A body is read here, chunk
+by chunk, against two deadlines: no pause longer than ``server.body_timeout_s``,
+and, once that long has passed, an average rate of at least
+``server.min_upload_rate_kib_s``. A client that misses either gets 408 and its
+connection is closed, so its socket and temporary file are freed.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from prometheus_client import Gauge
 
 from poold.config import ServerSettings
@@ -155,3 +161,104 @@ class UploadSlots:
         async with asyncio.timeout(within_s):
             while self.in_progress != count:
                 await self._changed.wait()
+
+
+class HeadGuard(asyncio.Protocol):
+    """Wraps aiohttp's protocol for one connection: from the first byte of a request
+    head, the head must be complete (the request reaches :func:`head_arrived`)
+    within the timeout, or the connection is closed."""
+
+    by_handler: dict[RequestHandler, HeadGuard] = {}
+
+    def __init__(self, inner: RequestHandler, *, timeout_s: float) -> None:
+        self.inner = inner
+        self.timeout_s = timeout_s
+        self.handling = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        HeadGuard.by_handler[self.inner] = self
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.handling and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.timeout_s, self._expired)
+        self.inner.data_received(data)
+
+    def eof_received(self) -> None:
+        self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+        HeadGuard.by_handler.pop(self.inner, None)
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def started(self) -> None:
+        self._cancel()
+        self.handling = True
+
+    def finished(self) -> None:
+        self.handling = False
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        if not self.handling:
+            self.inner.force_close()
+
+
+@web.middleware
+async def head_arrived(request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                       ) -> web.StreamResponse:
+    """The outermost middleware: a request that reaches it has its whole head."""
+    guard = HeadGuard.by_handler.get(request.protocol)
+    if guard is None:
+        return await handler(request)
+    guard.started()
+    try:
+        return await handler(request)
+    finally:
+        guard.finished()
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site whose connections go through :class:`HeadGuard`."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
+                 header_timeout_s: float) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._header_timeout_s = header_timeout_s
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        """The bound port (the configured one, or the one picked for port 0)."""
+        assert isinstance(self._server, asyncio.Server)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        timeout = self._header_timeout_s
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: HeadGuard(server(), timeout_s=timeout), self._host, self._port,
+            reuse_address=True,
+        )

@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.0
+IDLE_TIMEOUT_S = 4.0
 MIN_RATE_KIB_S = 64
 # an upper bound for "cut off": the timeout plus generous room for a loaded machine;
 # without the fix the connection is held for an hour (aiohttp's keep-alive default)
@@ -40,6 +41,7 @@ async def served(
     settings = make_settings(
         tmp_path_factory.mktemp("slow"), broker,
         server__header_timeout_s=HEADER_TIMEOUT_S, server__body_timeout_s=BODY_TIMEOUT_S,
+        server__idle_timeout_s=IDLE_TIMEOUT_S,
         server__min_upload_rate_kib_s=MIN_RATE_KIB_S,
         server__max_uploads=3, server__max_uploads_per_tenant=2,
         pool__min_idle=0,
@@ -211,3 +213,34 @@ async def test_many_slowloris_connections_are_all_cut_off(alpha: Client) -> None
     finally:
         for _, writer in held:
             writer.close()
+
+
+async def test_idle_keep_alive_connection_outlives_the_header_timeout(alpha: Client) -> None:
+    """A kept-alive connection waiting for its next request is not a slow head: it stays
+    open past server.header_timeout_s (closing it then would race a client reusing
+    it) and serves the next request; server.idle_timeout_s closes it later."""
+    reader, writer = await connect(alpha)
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = b'{"status": "ok"}'
+    try:
+        writer.write(request)
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        assert await reader.readexactly(len(body)) == body
+        peek = asyncio.ensure_future(reader.read(1))
+        done, _ = await asyncio.wait([peek], timeout=2 * HEADER_TIMEOUT_S)
+        assert not done, "the idle connection was closed at the header timeout"
+        writer.write(request)
+        head = await peek + await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert await reader.readexactly(len(body)) == body
+        assert await until_closed(reader) == b""  # then closed by the idle timeout
+    finally:
+        writer.close()
+
+
+async def test_connection_that_sends_nothing_is_closed(alpha: Client) -> None:
+    reader, writer = await connect(alpha)
+    try:
+        assert await until_closed(reader) == b""
+    finally:
+        writer.close()
