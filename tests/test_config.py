@@ -54,12 +54,12 @@ AIOHTTP_CLIENT_KEEPALIVE_S = 15.0
 @pytest.mark.parametrize("path", [None, LOCAL, REPO / "config" / "cluster.toml"],
                          ids=["default", "local.toml", "cluster.toml"])
 def test_idle_connections_outlive_the_clients_keepalive(path: Path | None) -> None:
-    """aiohttp closes idle keep-alive connections at server.header_timeout_s. Below a
+    """poold closes idle keep-alive connections at server.idle_timeout_s. Below a
     client's own keep-alive, a request the client sends on a connection it still deems
     alive is reset (the soak's POSTs were, under load), and a reset POST leaves the
     client not knowing whether its job was accepted."""
     settings = Settings() if path is None else load_settings(path, environ={})
-    assert settings.server.header_timeout_s > AIOHTTP_CLIENT_KEEPALIVE_S
+    assert settings.server.idle_timeout_s > AIOHTTP_CLIENT_KEEPALIVE_S
 
 
 def _comment_block_above(lines: list[str], i: int) -> str:
