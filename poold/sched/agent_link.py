@@ -27,8 +27,12 @@ CONNECT_TIMEOUT_S = 5.0
 class Link(Protocol):
     """poold's side of the line to one agent (:class:`AgentLink`, or a script in tests)."""
 
+    async def nudge(self) -> None:
+        """Tell the agent its ``job.json`` is there (best effort: it also polls)."""
+
     def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Nudge the agent, then yield its events until ``finished`` or a broken line."""
+        """Yield the agent's events until ``finished`` or a broken line (nudging
+        it first if :meth:`nudge` was not called)."""
         ...
 
     async def cancel(self) -> None: ...
@@ -44,6 +48,7 @@ class AgentLink:
         self._session = session
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._nudged = False
         self._connecting: asyncio.Task[None] = asyncio.create_task(
             self._connect(), name=f"link-{endpoint}"
         )
@@ -59,14 +64,28 @@ class AgentLink:
             # RuntimeError: the session closed under us (poold is stopping)
             log.info("no link to the agent; nudging over plain HTTP", error=str(e))
 
+    async def nudge(self) -> None:
+        """The nudge, sent by the job's own task right after delivery: no hand-off
+        to another task stands between ``job.json`` and the agent hearing of it.
+        Without a line the nudge is ``POST /run`` in :meth:`events`."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._connecting
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(aiohttp.ClientError, OSError, ConnectionError):
+                await ws.send_str('{"op":"run"}')
+                self._nudged = True
+
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Nudge the agent, then yield its events until ``finished`` or a broken line."""
+        """Yield the agent's events until ``finished`` or a broken line (nudging it
+        first unless :meth:`nudge` did)."""
         with contextlib.suppress(asyncio.CancelledError):
             await self._connecting
         ws = self._ws
         if ws is not None and not ws.closed:
             try:
-                await ws.send_str('{"op":"run"}')
+                if not self._nudged:
+                    await ws.send_str('{"op":"run"}')
                 async for message in ws:
                     if message.type != aiohttp.WSMsgType.TEXT:
                         break

@@ -82,6 +82,9 @@ class ScriptedLink:
         self.nudged = asyncio.Event()
         self.cancelled = asyncio.Event()
 
+    async def nudge(self) -> None:
+        self.nudged.set()
+
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         self.nudged.set()
         while True:
