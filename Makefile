@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: install run test lint bench mutate clean
+.PHONY: install run test lint bench mutate clean cluster-build cluster-up cluster-down
 
 install: $(STAMP)
 
@@ -54,6 +54,17 @@ mutate: install
 	  $(MUTATE_VENV)/bin/python -m pip install --quiet '$(COSMIC_RAY)'; }
 	$(BIN)/python tests/mutation/run.py --cosmic-ray $(MUTATE_VENV)/bin \
 	  --modules $(MUTATE_MODULES) --budget-s $(MUTATE_BUDGET_S)
+
+# A real control plane on loopback (tests/cluster): etcd and kube-apiserver (RBAC, Pod Security)
+# built from the pinned k8s.io/kubernetes module. The build takes long once, then is instant.
+cluster-build:
+	bash tests/cluster/build.sh
+
+cluster-up: install cluster-build
+	@PYTHONPATH=tests $(BIN)/python -m cluster up
+
+cluster-down:
+	@PYTHONPATH=tests $(BIN)/python -m cluster down
 
 clean:
 	rm -rf $(VENV) $(MUTATE_VENV) .poold .mutate

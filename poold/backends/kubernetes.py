@@ -170,6 +170,8 @@ class KubernetesBackend:
         self._rv: str | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
+        self.relists = 0
+        """Full lists of the pool's pods: one at start, one after each expired watch."""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -285,6 +287,7 @@ class KubernetesBackend:
         for pod in seen.values():
             self._observe(pod)
         self._rv = data.get("metadata", {}).get("resourceVersion")
+        self.relists += 1
         self.synced.set()
 
     async def _watch_forever(self) -> None:

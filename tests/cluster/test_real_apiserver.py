@@ -1,0 +1,191 @@
+"""poold against a real kube-apiserver (RBAC, Pod Security, etcd, its watch cache) with the
+kubelet stand-in running runner pods as local agent processes: deploy/ applied as written,
+poold with the identity of the ServiceAccount deploy/ creates, the backend's claims, watches
+and leader election as a real server answers them."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import Client, make_settings
+from kubernetes_asyncio.client import ApiClient, CoreV1Api
+from kubernetes_asyncio.client.exceptions import ApiException
+from wasm_fixtures import module
+
+from poold.backends.kubernetes import KubernetesBackend
+from poold.backends.podtemplate import load_template, render
+from poold.daemon import Daemon
+from poold.types import JobId, PodName
+
+from .conftest import (
+    NAMESPACE,
+    TEMPLATE,
+    Account,
+    Applied,
+    akubectl,
+    audit_calls,
+    kubectl,
+    pods_of,
+)
+from .controlplane import REPO, ControlPlane
+from .kubelet import KubeletStandIn, configuration
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def settings_for(tmp_path: Path, broker: str, account: Account, pool_name: str,
+                 **overrides: Any) -> Any:
+    options: dict[str, Any] = {
+        "pool__backend": "kubernetes",
+        "kubernetes__kubeconfig": str(account.kubeconfig),
+        "kubernetes__pod_template": str(TEMPLATE),
+        "kubernetes__pool_name": pool_name,
+        "kubernetes__lease_name": f"poold-leader-{pool_name}",
+        "kubernetes__lease_duration_s": "4",
+        "kubernetes__owner_deployment": "poold",
+        "pool__start_timeout_s": "60",
+    }
+    options.update(overrides)
+    return make_settings(tmp_path, broker, **options)
+
+
+@pytest.fixture
+async def daemon(
+    standin: KubeletStandIn, poold_account: Account, tmp_path: Path, broker: str, pool_name: str,
+) -> AsyncIterator[Daemon]:
+    settings = settings_for(tmp_path, broker, poold_account, pool_name)
+    daemon = Daemon(settings)
+    try:
+        await daemon.start()
+        assert daemon.pool is not None
+        await asyncio.wait_for(daemon.active.wait(), 60)
+        pool = daemon.pool
+        await pool.wait_until(lambda: pool.figures()["idle"] >= settings.pool.min_idle, 120)
+        yield daemon
+    finally:
+        await daemon.stop()
+
+
+# -- deploy/ as written -----------------------------------------------------------------
+
+
+def test_both_overlays_apply_as_written(deployed: ControlPlane, applied: Applied) -> None:
+    for overlay, output in (("prod", applied.prod), ("dev", applied.dev)):
+        assert "deployment.apps/poold created" in output, output
+        assert "role.rbac.authorization.k8s.io/poold created" in output, output
+        assert "Warning" not in output, f"{overlay}: {output}"
+    assert "resourcequota/poold-pods created" in applied.prod
+    again = kubectl(deployed, "apply", "-k", str(REPO / "deploy" / "overlays" / "dev"))
+    assert "deployment.apps/poold unchanged" in again.stdout, again.stdout
+
+
+async def test_runner_pods_are_admitted_under_the_restricted_profile(
+    deployed: ControlPlane, admin_core: Any, pool_name: str
+) -> None:
+    labels = await akubectl(deployed, "get", "namespace", NAMESPACE, "-o",
+                     "jsonpath={.metadata.labels.pod-security\\.kubernetes\\.io/enforce}")
+    assert labels.stdout == "restricted"
+    pod = render(load_template(TEMPLATE), name=PodName(f"poold-w-{pool_name}aa"),
+                 pool=pool_name, env={"POOLD_AGENT_KAFKA": "kafka:9092"})
+    created = await admin_core.create_namespaced_pod(NAMESPACE, pod, dry_run="All")
+    assert created.metadata.name == pod["metadata"]["name"]
+    # the control: the same pod running as root is refused, so the profile is enforced
+    loose = copy.deepcopy(pod)
+    loose["spec"]["securityContext"].pop("runAsNonRoot")
+    loose["spec"]["securityContext"]["runAsUser"] = 0
+    with pytest.raises(ApiException) as refused:
+        await admin_core.create_namespaced_pod(NAMESPACE, loose, dry_run="All")
+    assert refused.value.status == 403
+    assert 'violates PodSecurity "restricted' in json.loads(refused.value.body or "{}")["message"]
+
+
+# -- poold as its ServiceAccount: a job end to end, and RBAC exactly what it uses -------------
+
+
+def granted(plane: ControlPlane, account: str) -> set[tuple[str, str]]:
+    """(resource, verb) rows of `kubectl auth can-i --list` for poold/<account>."""
+    out = kubectl(plane, "auth", "can-i", "--list", "-n", NAMESPACE,
+                  f"--as=system:serviceaccount:{NAMESPACE}:{account}").stdout
+    rows = set()
+    for line in out.splitlines()[1:]:
+        parts = line.split()
+        if not parts or parts[0].startswith("["):  # nonResourceURLs
+            continue
+        match = re.search(r"\[([^\]]*)\]\s*$", line)
+        verbs = match.group(1).split() if match else []
+        rows |= {(parts[0], verb) for verb in verbs}
+    return rows
+
+
+async def test_poold_runs_a_job_end_to_end_as_its_service_account(
+    deployed: ControlPlane, daemon: Daemon, standin: KubeletStandIn, pool_name: str,
+    poold_account: Account,
+) -> None:
+    pool = daemon.pool
+    assert pool is not None
+    before = await pods_of(deployed, pool_name)
+    assert len(before) == 2
+    async with aiohttp.ClientSession() as session:
+        job = await Client(daemon, session, "alpha").run(module("upper"), input=["real", "api"])
+        assert job["state"] == "succeeded", job
+        assert job["warm"] is True and job["pod"] in before
+        out = await Client(daemon, session, "alpha").text(f"/v1/jobs/{job['id']}/output")
+        assert out.splitlines() == ["REAL", "API"]
+    await pool.wait_until(lambda: job["pod"] not in pool.workers
+                          and pool.figures()["idle"] == 2, 120)
+    await akubectl(deployed, "wait", "--for=delete", f"pod/{job['pod']}", "-n", NAMESPACE,
+            "--timeout=60s")  # the kubelet stand-in stopped its agent and removed it
+    after = await pods_of(deployed, pool_name)
+    assert job["pod"] not in after and len(after) == 2, "recycled and refilled"
+    pod = await _read(deployed, sorted(after)[0])
+    owner = pod["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"]) == ("Deployment", "poold")
+
+    # two claimants on one pod: the loser's 409 makes it read the pod (pods get)
+    backend = daemon.backend
+    assert isinstance(backend, KubernetesBackend)
+    other = KubernetesBackend(settings=backend.settings, template={}, kafka="unused")
+    await other.start(lambda event: None)
+    try:
+        target = PodName(sorted(after)[0])
+        assert target in other.pods  # start() lists before it returns
+        results = await asyncio.gather(backend.claim(target, JobId("j-one")),
+                                       other.claim(target, JobId("j-two")))
+        assert sorted(results) == [False, True]
+    finally:
+        await other.stop()
+
+    # every call poold made was allowed, and it was granted nothing it did not use
+    user = f"system:serviceaccount:{NAMESPACE}:poold"
+    calls = audit_calls(deployed, user)
+    refused = [c for c in calls if (c.get("responseStatus") or {}).get("code") == 403]
+    assert not refused, refused
+    used = set()
+    for call in calls:
+        ref = call.get("objectRef") or {}
+        group = ref.get("apiGroup") or ""
+        resource = ref.get("resource", "")
+        if ref.get("subresource"):
+            resource += "/" + ref["subresource"]
+        used.add((f"{resource}.{group}" if group else resource, call["verb"]))
+    baseline = await asyncio.to_thread(granted, deployed, "default")
+    extra = await asyncio.to_thread(granted, deployed, "poold") - baseline
+    assert extra == used, (
+        f"granted but unused: {sorted(extra - used)}; used but not granted: {sorted(used - extra)}")
+
+
+async def _read(plane: ControlPlane, name: str) -> dict[str, Any]:
+    async with ApiClient(configuration=await configuration(plane.kubeconfig())) as client:
+        core: Any = CoreV1Api(client)
+        response = await core.read_namespaced_pod(name, NAMESPACE, _preload_content=False)
+        async with response:
+            data: dict[str, Any] = json.loads(await response.text())
+            return data
