@@ -156,9 +156,11 @@ class Pod:
             port = next((p["containerPort"] for p in container.get("ports") or []
                          if p.get("name") == port), 0)
         timeout = aiohttp.ClientTimeout(total=float(probe.get("timeoutSeconds", 1)))
+        headers = {h["name"]: h["value"] for h in http.get("httpHeaders") or []}
         try:
             async with self.kubelet.http.get(
-                    f"http://{self.ip}:{port}{http.get('path', '/')}", timeout=timeout) as r:
+                    f"http://{self.ip}:{port}{http.get('path', '/')}", headers=headers,
+                    timeout=timeout) as r:
                 return 200 <= r.status < 400
         except (OSError, TimeoutError, aiohttp.ClientError):
             return False

@@ -49,7 +49,6 @@ def settings_for(tmp_path: Path, broker: str, account: Account, pool_name: str,
         "kubernetes__pod_template": str(TEMPLATE),
         "kubernetes__pool_name": pool_name,
         "kubernetes__lease_name": f"poold-leader-{pool_name}",
-        "kubernetes__lease_duration_s": "4",
         "kubernetes__owner_deployment": "poold",
         "pool__start_timeout_s": "60",
     }
