@@ -1,0 +1,165 @@
+"""How many idle workers to keep when ``pool.min_idle = "auto"``.
+
+A job that arrives to an empty pool waits for a worker to start. While a
+replacement starts (its start time, ``s``), jobs keep arriving at rate ``λ``:
+by Little's law ``λ·s`` of them arrive during one start, so that many idle
+workers cover the gap. Arrivals are bursty (Poisson at best), so the count in
+``s`` seconds varies by about ``√(λ·s)``; the target adds ``margin`` of those
+standard deviations (square-root staffing):
+
+    need   = λ · s
+    target = ceil(need + margin · √need)      bounded to [floor, max_pods]
+
+``λ`` is the larger of two measured rates: a short window sees a burst within
+a second, a long window keeps the pool while a burst pauses. ``s`` is the p90
+of recent worker start times. The target rises at once; it falls only when
+the need drops below the current target by more than ``hysteresis`` (a
+fraction), so a steady rate whose need sits on an integer boundary does not
+make the pool grow and shrink in turn. Idle workers beyond the target are
+retired only after ``pool.idle_ttl_s`` idle (see :mod:`poold.sched.pool`),
+which damps it further.
+
+:func:`decide` is pure (tested on its own); :class:`DemandMeter` measures the
+inputs with an injectable clock.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+SHORT_WINDOW_S = 2.0
+"""Arrivals counted for the short rate: half a second of a burst already lifts it."""
+LONG_WINDOW_S = 10.0
+"""Arrivals counted for the long rate: holds the pool through a pause in a
+burst, yet short enough that an idle pool is back at its floor within
+``idle_ttl_s`` + 10 s after the load stops."""
+MARGIN = 2.0
+"""Standard deviations of the arrival count added to the need (≈98 % of
+Poisson counts fall within need + 2·√need)."""
+HYSTERESIS = 0.25
+"""The target falls only when the need with this fraction added is below it."""
+DEFAULT_START_S = 1.0
+"""Start time assumed before any worker has started (the local backend starts
+one in well under that; a pod in a few seconds, which the p90 then shows)."""
+START_SAMPLES = 50
+"""Recent worker start times the p90 is taken over."""
+MAX_ARRIVALS = 100_000
+"""Arrival times kept at most (bounds memory at very high rates; beyond it the
+long rate is underestimated, which the short rate covers)."""
+
+
+class Bound(StrEnum):
+    """What decided the target, for ``GET /v1/pool`` and the logs."""
+
+    NEED = "need"
+    FLOOR = "floor"
+    MAX_PODS = "max_pods"
+    HYSTERESIS = "hysteresis"
+
+
+@dataclass(frozen=True)
+class SizingInputs:
+    short_rate: float
+    """Arrivals per second over :data:`SHORT_WINDOW_S`."""
+    long_rate: float
+    """Arrivals per second over :data:`LONG_WINDOW_S`."""
+    start_p90_s: float
+    """p90 of recent worker start times, in seconds."""
+    floor: int
+    """``pool.min_idle_floor``: idle workers kept even with no arrivals."""
+    max_pods: int
+    """``pool.max_pods``: the target never exceeds it."""
+    previous: int
+    """The target of the last decision (``floor`` for the first)."""
+    margin: float = MARGIN
+    hysteresis: float = HYSTERESIS
+
+
+@dataclass(frozen=True)
+class Decision:
+    target: int
+    """Idle workers to keep."""
+    rate: float
+    """The arrival rate used (per second): the larger of the two windows."""
+    need: float
+    """``rate * start_p90_s``: arrivals expected while one worker starts."""
+    start_p90_s: float
+    margin: float
+    bound: Bound
+    """What decided ``target``: the need, the floor, max_pods, or hysteresis
+    (kept at the previous target)."""
+
+    def reason(self) -> str:
+        return (
+            f"rate {self.rate:.2f}/s * start p90 {self.start_p90_s:.2f} s = need "
+            f"{self.need:.2f}, + {self.margin:g}·√need → {self.target} ({self.bound.value})"
+        )
+
+
+def decide(inputs: SizingInputs) -> Decision:
+    """The idle target for ``inputs``; see the module docstring for the formula."""
+    rate = max(inputs.short_rate, inputs.long_rate, 0.0)
+    start = max(inputs.start_p90_s, 0.0)
+    need = rate * start
+
+    def bounded(value: float) -> tuple[int, Bound]:
+        wanted = math.ceil(value + inputs.margin * math.sqrt(value)) if value > 0 else 0
+        if wanted >= inputs.max_pods:
+            return inputs.max_pods, Bound.MAX_PODS
+        if wanted <= inputs.floor:
+            return min(inputs.floor, inputs.max_pods), Bound.FLOOR
+        return wanted, Bound.NEED
+
+    up, bound = bounded(need)
+    if up < inputs.previous:
+        # falling: only as far as the need with the hysteresis band added allows
+        damped, damped_bound = bounded(need * (1 + inputs.hysteresis))
+        if damped >= inputs.previous:
+            target, bound = min(inputs.previous, inputs.max_pods), Bound.HYSTERESIS
+            if target == inputs.max_pods:
+                bound = Bound.MAX_PODS
+        else:
+            target, bound = damped, damped_bound
+    else:
+        target = up
+    return Decision(target=target, rate=rate, need=need, start_p90_s=start,
+                    margin=inputs.margin, bound=bound)
+
+
+class DemandMeter:
+    """Arrivals and worker start times, as :func:`decide` needs them."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._arrivals: deque[float] = deque(maxlen=MAX_ARRIVALS)
+        self._starts: deque[float] = deque(maxlen=START_SAMPLES)
+
+    def arrived(self, count: int = 1) -> None:
+        now = self.clock()
+        self._arrivals.extend([now] * count)
+
+    def started(self, seconds: float) -> None:
+        self._starts.append(max(0.0, seconds))
+
+    def rates(self) -> tuple[float, float]:
+        """Arrivals per second over the short and the long window."""
+        now = self.clock()
+        while self._arrivals and self._arrivals[0] <= now - LONG_WINDOW_S:
+            self._arrivals.popleft()
+        short = 0
+        for t in reversed(self._arrivals):  # newest first: stop at the window's edge
+            if t <= now - SHORT_WINDOW_S:
+                break
+            short += 1
+        return short / SHORT_WINDOW_S, len(self._arrivals) / LONG_WINDOW_S
+
+    def start_p90(self) -> float:
+        if not self._starts:
+            return DEFAULT_START_S
+        ordered = sorted(self._starts)
+        return ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
