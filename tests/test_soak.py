@@ -52,6 +52,8 @@ JOBS = 2000
 KILLS = JOBS // 20
 """About 5% of the workers (one per job) are SIGKILLed while their module runs."""
 IN_FLIGHT = 64
+END_WITHIN_S = 120
+"""Every accepted job ends within this (the queue holds at most IN_FLIGHT jobs)."""
 """Jobs submitted and not yet ended, at most: the queue stays short."""
 MIN_IDLE = 8
 MAX_PODS = 16
@@ -120,6 +122,8 @@ class Planned:
     first_line: bytes | None = None
     """What a followed output began with (cancel_run and victim jobs)."""
     final: dict[str, Any] | None = None
+    stuck: str | None = None
+    """Its record, if it had not ended ``END_WITHIN_S`` after it was submitted."""
 
 
 def _plan(rng: random.Random) -> list[Planned]:
@@ -229,7 +233,12 @@ async def _run_one(job: Planned, client: Tenant, modules: dict[str, str],
                     else:
                         await _delete(client, job)
                 await r.read()
-        await wait_done(client.daemon, job.id, timeout=120)
+        try:
+            await wait_done(client.daemon, job.id, timeout=END_WITHIN_S)
+        except TimeoutError:  # reported with the others' outcomes, not by cutting them off
+            pool = client.daemon.pool.figures() if client.daemon.pool else None
+            job.stuck = f"{client.daemon.store.get(job.id)}; pool {pool}"
+            return
         job.final = await client.json("GET", f"/v1/jobs/{job.id}", 200)
 
 
@@ -379,6 +388,9 @@ async def _soak(start_daemon: DaemonFactory, session: aiohttp.ClientSession, see
         f"worker failures by reason: {worker_failures}"
     )
     assert not refused, f"submissions refused: {dict(refused)}"
+    stuck = [f"{j.kind} {j.id}: {j.stuck}" for j in accepted if j.stuck]
+    assert not stuck, (f"{len(stuck)} accepted jobs had not ended {END_WITHIN_S} s after "
+                       "they were submitted:\n" + "\n".join(stuck[:10]))
 
     # every accepted job reached exactly one terminal state, in the API ...
     for name, client in clients.items():
