@@ -163,7 +163,7 @@ class LocalBackend:
         self._claims[pod] = job
         return True
 
-    async def release(self, pod: PodName) -> None:
+    async def release_claim(self, pod: PodName) -> None:
         """The pod's job ended and it stays for another (``pool.reuse``)."""
         self._claims.pop(pod, None)
 

@@ -444,13 +444,13 @@ class Pool:
             and worker.jobs < self.settings.max_jobs_per_worker
             and worker.state is WorkerState.BUSY
             and not self._stopping
-            and hasattr(self.backend, "release")
+            and hasattr(self.backend, "release_claim")
         )
 
     async def reuse(self, worker: Worker, tenant: TenantName) -> None:
         """The worker's job succeeded and its slot is clear: it waits, hot, for the
         next job of ``tenant``."""
-        await self.backend.release(worker.pod)  # type: ignore[attr-defined]
+        await self.backend.release_claim(worker.pod)  # type: ignore[attr-defined]
         if worker.state is not WorkerState.BUSY:  # gone meanwhile
             return
         worker.state = WorkerState.IDLE

@@ -12,7 +12,7 @@ from poold.backends.base import EventSink, WorkerEvent
 from poold.config import PoolSettings
 from poold.metrics import Metrics
 from poold.sched.pool import Pool, WorkerState
-from poold.types import JobId, PodName
+from poold.types import JobId, PodName, TenantName
 
 
 class ScriptedBackend:
@@ -181,3 +181,50 @@ async def test_lost_claim_leaves_the_worker_to_its_winner(make_pool) -> None:  #
     assert worker.pod not in backend.deleted, "never delete a pod under someone else's job"
     assert worker.pod not in pool.workers
     await pool.wait_until(lambda: pool.count(WorkerState.IDLE) == 2, 5)
+
+
+class ReusingBackend(ScriptedBackend):
+    """A backend that can hand a claimed worker back for another job (as the local one)."""
+
+    async def release_claim(self, pod: PodName) -> None:
+        self.claims.pop(pod, None)
+
+
+async def test_a_hot_worker_takes_only_its_own_tenants_jobs(make_pool) -> None:  # type: ignore[no-untyped-def]
+    backend = ReusingBackend()
+    pool: Pool = await make_pool(backend, reuse="tenant", hot_idle_ttl_s=0)
+    await pool.wait_until(lambda: pool.count(WorkerState.IDLE) == 2, 5)
+    worker = pool.take_idle(TenantName("a"))
+    assert worker is not None and await pool.claim(worker, JobId("j-1"))
+    assert pool.can_reuse(worker)
+    await pool.reuse(worker, TenantName("a"))
+    assert pool.figures()["hot"] == 1 and worker.state is WorkerState.IDLE
+    other = pool.take_idle(TenantName("b"))
+    assert other is not None and other is not worker, "another tenant got a hot worker"
+    assert pool.take_idle(TenantName("a")) is worker
+    assert worker.jobs == 2
+
+
+async def test_hot_workers_make_way_when_the_pool_is_full(make_pool) -> None:  # type: ignore[no-untyped-def]
+    backend = ReusingBackend()
+    pool: Pool = await make_pool(backend, reuse="tenant", hot_idle_ttl_s=0, min_idle=2,
+                                 max_pods=2)
+    await pool.wait_until(lambda: pool.count(WorkerState.IDLE) == 2, 5)
+    taken = [pool.take_idle(TenantName("a")) for _ in range(2)]
+    for worker, job in zip(taken, ("j-1", "j-2"), strict=True):
+        assert worker is not None and await pool.claim(worker, JobId(job))
+        await pool.reuse(worker, TenantName("a"))
+    assert pool.figures()["hot"] == 2 and not pool.has_idle_for(TenantName("b"))
+    # tenant a has nothing queued: its hot workers go, fresh ones come for b
+    assert pool.retire_hot(keep=lambda t: t == TenantName("b")) == 2
+    await pool.wait_until(lambda: pool.has_idle_for(TenantName("b")), 5)
+    assert pool.figures()["hot"] == 0
+
+
+async def test_reuse_never_recycles(make_pool) -> None:  # type: ignore[no-untyped-def]
+    backend = ReusingBackend()
+    pool: Pool = await make_pool(backend)
+    await pool.wait_until(lambda: pool.count(WorkerState.IDLE) == 2, 5)
+    worker = pool.take_idle(TenantName("a"))
+    assert worker is not None and await pool.claim(worker, JobId("j-1"))
+    assert not pool.can_reuse(worker)
