@@ -65,8 +65,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"pods": args.pods, "claims": args.claims,
                            "max_starting": args.max_starting}
     rss_start, _ = _rss_kib()
-    configuration = Configuration(host=args.api)
-    configuration.verify_ssl = False
+    if args.kubeconfig:  # a real API server (bench/kubescale.py, api = "real")
+        from kubernetes_asyncio import config as kube_config  # noqa: PLC0415
+
+        configuration = Configuration()
+        await kube_config.load_kube_config(config_file=args.kubeconfig,
+                                           client_configuration=configuration,
+                                           persist_config=False)
+    else:
+        configuration = Configuration(host=args.api)
+        configuration.verify_ssl = False
     settings = KubernetesSettings(namespace="poold", pod_template=Path(args.template),
                                   leader_election=False)
     backend = KubernetesBackend(settings=settings, template=load_template(Path(args.template)),
@@ -142,7 +150,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--api", required=True)
+    p.add_argument("--api", help="URL of the fake API server (no credentials)")
+    p.add_argument("--kubeconfig", help="a real API server's kubeconfig instead of --api")
     p.add_argument("--pods", type=int, required=True)
     p.add_argument("--claims", type=int, required=True)
     p.add_argument("--max-starting", type=int, required=True)

@@ -26,7 +26,9 @@ import contextlib
 import importlib
 import itertools
 import json
+import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -145,6 +147,8 @@ class KubeRun:
     pods_readied: int = 0
     wall_s: float = 0.0
     failure: str | None = None
+    skipped: str | None = None
+    """Why it did not run (the real control plane is not built): not a failure."""
 
 
 def _cpu() -> float:
@@ -158,9 +162,12 @@ async def run_kube_scale(scale: KubeScale, logs_dir: Path, *, deadline: float | 
     ``deadline`` (perf_counter) shortens the daemon's time limit to the run's budget."""
     run = KubeRun(scale)
     began = time.monotonic()
-    print(f"{scale.name}: fake API server, {scale.pods} pods, {scale.claims} claims ...",
+    print(f"{scale.name}: {scale.api} API server, {scale.pods} pods, {scale.claims} claims ...",
           file=sys.stderr, flush=True)
     try:
+        if scale.api == "real":
+            await _real(scale, run, logs_dir, deadline)
+            return _finish(run, began)
         fk = _fakekube()
         async with fk.FakeApiServer(history=HISTORY) as api, InstantKubelet(api) as kubelet:
             with tempfile.TemporaryDirectory(prefix="poold-bench-kube-") as tmp:
@@ -178,7 +185,16 @@ async def run_kube_scale(scale: KubeScale, logs_dir: Path, *, deadline: float | 
             run.failure = str(run.result["error"])
     except Exception as e:  # a broken scenario must not stop the others
         run.failure = f"{type(e).__name__}: {e}"
-    if run.failure:
+    return _finish(run, began)
+
+
+def _finish(run: KubeRun, began: float) -> KubeRun:
+    scale = run.scale
+    if "error" in run.result and not run.failure:
+        run.failure = str(run.result["error"])
+    if run.skipped:
+        print(f"{scale.name}: skipped: {run.skipped}", file=sys.stderr, flush=True)
+    elif run.failure:
         print(f"{scale.name}: FAILED: {run.failure}", file=sys.stderr, flush=True)
     else:
         r = run.result
@@ -188,14 +204,77 @@ async def run_kube_scale(scale: KubeScale, logs_dir: Path, *, deadline: float | 
     return run
 
 
-async def _daemon(scale: KubeScale, url: str, tmp: Path, out: Path, logs_dir: Path, *,
-                  limit_s: float) -> None:
+def _proc_cpu(pids: list[int]) -> float:
+    """User + system CPU seconds of processes (the API server and etcd)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+async def _real(scale: KubeScale, run: KubeRun, logs_dir: Path, deadline: float | None) -> None:
+    """The same daemon against a real kube-apiserver + etcd (tests/cluster), whose pods a
+    hollow kubelet stand-in binds and marks Ready (two writes each, through the API)."""
+    tests = str(REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    controlplane = importlib.import_module("cluster.controlplane")
+    kubelet_mod = importlib.import_module("cluster.kubelet")
+    if not controlplane.built():
+        run.skipped = str(controlplane.HOW_TO_ENABLE)
+        return
+    with tempfile.TemporaryDirectory(prefix="poold-bench-kube-real-") as tmp:
+        plane = controlplane.ControlPlane(Path(tmp) / "plane", controller_manager=True)
+        await asyncio.to_thread(plane.start)
+        try:
+            admin = plane.kubeconfig("admin", namespace="poold")
+            for args in (["create", "namespace", "poold"],
+                         ["label", "namespace", "poold",
+                          "pod-security.kubernetes.io/enforce=restricted"],
+                         ["wait", "--for=create", "-n", "poold",
+                          "serviceaccount/default", "--timeout=60s"]):
+                env = {**os.environ, "KUBECONFIG": str(admin)}
+                await asyncio.to_thread(subprocess.run, [_kubectl(), *args], env=env,
+                                        check=True, capture_output=True, timeout=120)
+            pids = [p.pid for p in plane.processes.values()]
+            async with kubelet_mod.KubeletStandIn(
+                node_kubeconfig=plane.kubeconfig("node"),
+                scheduler_kubeconfig=plane.kubeconfig("scheduler"),
+                node_name=controlplane.NODE, label_selector="app.kubernetes.io/name=poold-runner",
+                pvc_paths={}, hollow=True,
+            ) as kubelet:
+                out = Path(tmp) / "result.json"
+                cpu = _proc_cpu(pids)
+                mine = _cpu()
+                timeout = scale.timeout_s
+                if deadline is not None:
+                    timeout = max(10.0, min(timeout, (deadline - time.perf_counter()) / 2))
+                await _daemon(scale, None, Path(tmp), out, logs_dir, limit_s=timeout,
+                              kubeconfig=admin)
+                run.server_cpu_s = round(_proc_cpu(pids) - cpu + _cpu() - mine, 3)
+                run.pods_readied = sum(1 for _ in kubelet.pods.values())
+                run.result = json.loads(out.read_text(encoding="utf-8"))
+        finally:
+            await asyncio.to_thread(plane.stop)
+
+
+def _kubectl() -> str:
+    venv = REPO / ".venv" / "bin" / "kubectl"
+    return str(venv) if venv.exists() else "kubectl"
+
+
+async def _daemon(scale: KubeScale, url: str | None, tmp: Path, out: Path, logs_dir: Path, *,
+                  limit_s: float, kubeconfig: Path | None = None) -> None:
     slots = tmp / "slots"
     slots.mkdir()
     log = logs_dir / f"{scale.name}.daemon.log"
     with log.open("wb") as f:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(DAEMON), "--api", url, "--pods", str(scale.pods),
+            sys.executable, str(DAEMON),
+            *(["--kubeconfig", str(kubeconfig)] if kubeconfig else ["--api", str(url)]),
+            "--pods", str(scale.pods),
             "--claims", str(scale.claims), "--max-starting", str(scale.max_starting),
             "--idle-s", str(scale.idle_s), "--timeout", str(limit_s),
             "--template", str(TEMPLATE), "--slots", str(slots), "--out", str(out),

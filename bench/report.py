@@ -248,13 +248,22 @@ def sizing_table(summaries: Sequence[Summary]) -> list[str]:
     return lines
 
 
+def _server(k: KubeRun) -> str:
+    if k.scale.api == "real":
+        return "kube-apiserver + etcd + controller manager + hollow kubelet stand-in"
+    return "fake API server + instant kubelet"
+
+
 def kube_table(kube: Sequence[KubeRun]) -> list[str]:
     if not kube:
         return []
-    lines = ["Kubernetes backend at scale (fake API server, instant kubelet: no pod runs; "
-             "see docs/benchmarks.md)"]
+    lines = ["Kubernetes backend at scale (no pod runs: an instant kubelet on the fake API "
+             "server, a hollow kubelet stand-in on the real one; see docs/benchmarks.md)"]
     for k in kube:
         r = k.result
+        if k.skipped:
+            lines.append(f"{k.scale.name}: skipped: {k.skipped}")
+            continue
         if k.failure and not r.get("fill_s"):
             lines.append(f"{k.scale.name}: did not run: {k.failure}")
             continue
@@ -274,8 +283,9 @@ def kube_table(kube: Sequence[KubeRun]) -> list[str]:
             f"{_f(r.get('claims_cpu_s'), '.2f')} s; take_idle alone p50 "
             f"{_ms(r.get('take_idle_p50_ms'))} ms, p99 {_ms(r.get('take_idle_p99_ms'))} ms; "
             f"lost claims {r.get('claims_lost')}",
-            f"{'':<4}fake API server + instant kubelet CPU {_f(k.server_cpu_s, '.2f')} s; "
-            f"API requests {dict(sorted(k.api_requests.items()))}",
+            f"{'':<4}{_server(k)} CPU {_f(k.server_cpu_s, '.2f')} s; "
+            + (f"API requests {dict(sorted(k.api_requests.items()))}" if k.api_requests
+               else "API requests not counted"),
         ]
         if k.failure:
             lines.append(f"{'':<4}problem: {k.failure}")

@@ -30,7 +30,7 @@ STANDARD = (
     "warm-sequential", "warm-fsync", "cold-sequential", "throughput", "throughput-reuse",
     "upper-input", "burst",
     "arrival-even", "arrival-ramp-up", "arrival-ramp-down",
-    "compile-small", "compile-large", "poisson-sizing", "kube-scale",
+    "compile-small", "compile-large", "poisson-sizing", "kube-scale", "kube-scale-real",
 )
 """The standard set ``python -m bench`` runs, in this order (file stems; a file
 with a ``sweep`` becomes several scenarios)."""
@@ -73,6 +73,9 @@ class KubeScale:
     quick_pods: int = 50
     quick_claims: int = 20
     timeout_s: float = 180.0
+    api: str = "fake"
+    """``fake``: the in-repo fake API server; ``real``: kube-apiserver and etcd built by
+    tests/cluster (``make cluster-build``), with a hollow kubelet stand-in."""
     description: str = ""
     source: str | None = None
     kind: str = "kube_scale"
@@ -176,7 +179,7 @@ _TOP_KEYS = {
 }
 _KUBE_KEYS = {
     "kind", "name", "description", "pods", "claims", "max_starting", "idle_s", "quick_pods",
-    "quick_claims", "timeout_s",
+    "quick_claims", "timeout_s", "api",
 }
 _SWEEP_KEYS = {"min_idle", "max_pods", "max_starting"}
 
@@ -260,8 +263,11 @@ def parse_kube(data: dict[str, Any], path: Path | None = None) -> KubeScale:
         quick_pods=_int(data, "quick_pods", d.quick_pods, path, minimum=1),
         quick_claims=_int(data, "quick_claims", d.quick_claims, path, minimum=0),
         timeout_s=_float(data, "timeout_s", path) or d.timeout_s,
+        api=str(data.get("api", d.api)),
         source=str(path) if path else None,
     )
+    if scale.api not in ("fake", "real"):
+        raise ScenarioError(f"{_where(path, 'api')}: must be \"fake\" or \"real\"")
     if scale.claims > scale.pods:
         raise ScenarioError(f"{_where(path, 'claims')}: exceeds pods ({scale.pods})")
     return scale

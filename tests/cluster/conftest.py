@@ -90,7 +90,7 @@ def wait_for_default_account(plane: ControlPlane, namespace: str) -> None:
     """Pods need their namespace's "default" ServiceAccount: the controller manager makes
     it; without one running, make it here as it would."""
     if "kube-controller-manager" in plane.processes:
-        kubectl(plane, "wait", "--for=jsonpath={.metadata.name}=default", "-n", namespace,
+        kubectl(plane, "wait", "--for=create", "-n", namespace,
                 "serviceaccount/default", "--timeout=60s")
     else:
         kubectl(plane, "create", "serviceaccount", "default", "-n", namespace, check=False)

@@ -35,7 +35,7 @@ NODE = "poold-standin"
 HOW_TO_ENABLE = (
     "the real-control-plane tests need kube-apiserver and etcd built from source: install Go "
     "(https://go.dev/doc/install), then run `make cluster-build` once (tests/cluster/build.sh; "
-    "about half an hour cold on 2 cores, instant after)"
+    "10 to 40 minutes cold on 2 cores, instant after)"
 )
 
 AUDIT_POLICY = """\

@@ -22,6 +22,7 @@ from wasm_fixtures import module
 
 from poold.backends.kubernetes import KubernetesBackend
 from poold.backends.podtemplate import load_template, render
+from poold.config import ConfigError, KubernetesSettings
 from poold.daemon import Daemon
 from poold.types import JobId, PodName
 
@@ -188,3 +189,36 @@ async def _read(plane: ControlPlane, name: str) -> dict[str, Any]:
         async with response:
             data: dict[str, Any] = json.loads(await response.text())
             return data
+
+
+async def test_runner_pods_are_collected_with_the_deployment_that_owns_them(
+    deployed: ControlPlane, admin_core: Any, standin: KubeletStandIn, pool_name: str,
+    poold_account: Account,
+) -> None:
+    """kubernetes.owner_deployment: deleting poold's Deployment deletes its runner pods
+    (the controller manager's garbage collector, as in a real cluster)."""
+    owner_name = f"owner-{pool_name}"
+    await akubectl(deployed, "create", "deployment", owner_name, "-n", NAMESPACE,
+                   "--image=registry.invalid/none:1", "--replicas=0")
+    settings = KubernetesSettings(kubeconfig=poold_account.kubeconfig, pool_name=pool_name,
+                                  owner_deployment=owner_name)
+    backend = KubernetesBackend(settings=settings, template=load_template(TEMPLATE),
+                                kafka="kafka:9092")
+    try:
+        with pytest.raises(ConfigError, match=r"kubernetes\.owner_deployment"):
+            await backend.start(lambda event: None)  # the Role allows only "poold"
+    finally:
+        await backend.stop()
+    admin = KubernetesBackend(settings=settings.model_copy(update={"kubeconfig": None}),
+                              template=load_template(TEMPLATE), kafka="kafka:9092",
+                              configuration=await configuration(deployed.kubeconfig()))
+    await admin.start(lambda event: None)
+    try:
+        pod = PodName(f"poold-w-{pool_name}gc")
+        await admin.create(pod)
+        assert (await _read(deployed, pod))["metadata"]["ownerReferences"][0]["name"] == owner_name
+    finally:
+        await admin.stop()
+    await akubectl(deployed, "delete", "deployment", owner_name, "-n", NAMESPACE)
+    await akubectl(deployed, "wait", "--for=delete", f"pod/{pod}", "-n", NAMESPACE,
+                   "--timeout=90s")
