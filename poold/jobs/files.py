@@ -9,6 +9,7 @@ host files to the uploader.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -74,10 +75,14 @@ class JobFiles:
             queue.put_nowait(chunk)
 
     def close_log(self, job: JobId, final: Path | None) -> None:
-        """The job ended: the slot's log is the complete one; subscribers are done."""
-        if final is not None and final.is_file():
+        """The job ended: the slot's log is the complete one; subscribers are done.
+
+        The slot may be going at the same moment (its worker was killed, and the
+        pool removes a dead worker's slot): then the live log is what there is."""
+        if final is not None:
             self.log_path(job).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(final, self.log_path(job))
+            with contextlib.suppress(FileNotFoundError):
+                shutil.copyfile(final, self.log_path(job))
         for queue in self._subscribers.pop(job, []):
             queue.put_nowait(None)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,3 +128,28 @@ def test_collect_takes_regular_files_only_and_follows_no_link(tmp_path: Path) ->
     assert all("not a regular file" in reason for _, reason in dropped)
     copied = [p for p in store.artifact_dir(MINE).rglob("*") if p.is_file()]
     assert copied == [store.artifact_dir(MINE) / "c.txt"]
+
+
+async def test_closing_a_log_whose_slot_is_going_keeps_the_live_log(
+    files: JobFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed under its job: its slot (with the complete log) may be removed
+    while poold closes the job's log. The live log stays, followers are told the end,
+    and nothing is raised (the job must end as 'the worker died', not as a poold
+    failure)."""
+    final = tmp_path / "slot-stderr.log"
+    final.write_bytes(b"my log\nand the rest\n")
+    real_copyfile = shutil.copyfile
+
+    def slot_removed_meanwhile(src: Any, dst: Any, **kw: Any) -> Any:
+        Path(src).unlink(missing_ok=True)
+        return real_copyfile(src, dst, **kw)
+
+    monkeypatch.setattr(shutil, "copyfile", slot_removed_meanwhile)
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    follower = files.follow_log(MINE, ended=never)
+    assert await anext(follower) == b"my log\n"
+    files.close_log(MINE, final)
+    assert [chunk async for chunk in follower] == []
+    assert files.read_log(MINE) == b"my log\n"
+    never.cancel()
