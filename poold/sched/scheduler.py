@@ -531,6 +531,12 @@ class Scheduler:
                     if result is not None:
                         return Reported(result)
                     source = asyncio.create_task(self._poll_result(slot))
+                else:
+                    # the stream may be alive yet silent (a line opened after the
+                    # agent finished and moved on): the slot is the truth
+                    found = self._read_result(slot)
+                    if found is not None and found.job_id == job.id:
+                        return Reported(found)
                 if lost.done():
                     found = self._read_result(slot)
                     return Reported(found) if found is not None else WorkerLost(lost.result())

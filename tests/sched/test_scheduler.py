@@ -27,6 +27,7 @@ from poold.jobs.store import MemoryJobStore
 from poold.metrics import Metrics
 from poold.sched.pool import Pool, Worker
 from poold.sched.scheduler import Scheduler
+from poold.slots import Slot, write_json_atomic
 from poold.types import JobId, ModuleHash, PodName, TenantName, new_job_id
 
 TENANT = TenantName("alpha")
@@ -358,4 +359,23 @@ async def test_output_ends_follow_the_agent_reports(harness: Harness) -> None:
         await following
     assert seen == [1, 4, 6]
     await harness.until(job.id, lambda j: j.state.terminal)
+    harness.assert_released()
+
+
+async def test_a_result_in_the_slot_ends_the_job_when_the_line_stays_silent(
+    harness: Harness,
+) -> None:
+    """A line opened after the agent finished (and moved on to a fresh event log)
+    never hears of the job: the result committed to the slot ends it anyway."""
+    job = await harness.submit()
+    await harness.link_of(job.id)  # nudged; the link will never say anything
+    assigned = await harness.until(job.id, lambda j: j.pod is not None)
+    assert assigned.pod is not None
+    result = {"job_id": job.id, "state": "succeeded", "exit_code": 0, "error": None,
+              "started_at": time.time(), "finished_at": time.time(), "output_end": None,
+              "output_records": 0}
+    slot = Slot.of(harness.scheduler.settings.slots.root, assigned.pod)
+    write_json_atomic(slot.result_json, result, fsync=False)
+    done = await harness.until(job.id, lambda j: j.state.terminal)
+    assert done.state is JobState.SUCCEEDED
     harness.assert_released()
