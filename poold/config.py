@@ -19,7 +19,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(Exception):
@@ -95,11 +103,28 @@ class ServerSettings(_Section):
     Keep it below the pod's terminationGracePeriodSeconds (30 in deploy/)."""
 
 
+def _min_idle(value: object) -> int | Literal["auto"]:
+    """A whole number of workers (0 or more; a numeric string from the environment
+    too) or ``"auto"``, with one message for anything else."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f'must be a whole number of workers (0 or more) or "auto", not {value!r}')
+
+
 class PoolSettings(_Section):
     backend: Literal["local", "kubernetes"] = "local"
     """Where workers run: local agent processes, or runner pods on Kubernetes."""
-    min_idle: Annotated[int, Field(ge=0)] = 4
-    """Idle, ready workers kept waiting. 0 makes every job start a worker (cold)."""
+    min_idle: Annotated[int | Literal["auto"], PlainValidator(_min_idle)] = 4
+    """Idle, ready workers kept waiting. 0 makes every job start a worker (cold).
+    ``"auto"``: a target computed from the measured arrival rate and worker start
+    time (docs/pool-sizing.md), never below ``min_idle_floor``."""
+    min_idle_floor: Annotated[int, Field(ge=0)] = 1
+    """With ``min_idle = "auto"``: idle workers kept even with no arrivals, so the
+    first job after a lull starts warm."""
     max_pods: Annotated[int, Field(ge=1)] = 16
     """Hard cap on workers in any state (starting, idle, busy, deleting)."""
     max_starting: Annotated[int, Field(ge=1)] = 8
@@ -123,6 +148,21 @@ class PoolSettings(_Section):
     hot_idle_ttl_s: Annotated[float, Field(ge=0)] = 10.0
     """With reuse: a hot worker (bound to a tenant) idle this long is recycled,
     so capacity held for one tenant returns to all (0 = never)."""
+
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PoolSettings:
+        if self.min_idle != "auto" and self.min_idle > self.max_pods:
+            raise ValueError(
+                f"pool.min_idle ({self.min_idle}) exceeds pool.max_pods "
+                f"({self.max_pods}); lower min_idle or raise max_pods"
+            )
+        if self.min_idle_floor > self.max_pods:
+            raise ValueError(
+                f"pool.min_idle_floor ({self.min_idle_floor}) exceeds pool.max_pods "
+                f"({self.max_pods}); lower min_idle_floor or raise max_pods"
+            )
+        return self
 
 
 class SlotSettings(_Section):
@@ -313,11 +353,6 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        if self.pool.min_idle > self.pool.max_pods:
-            raise ValueError(
-                f"pool.min_idle ({self.pool.min_idle}) exceeds pool.max_pods "
-                f"({self.pool.max_pods}); lower min_idle or raise max_pods"
-            )
         if self.limits.default_timeout_s > self.limits.max_timeout_s:
             raise ValueError("limits.default_timeout_s exceeds limits.max_timeout_s")
         if self.limits.default_memory_mb > self.limits.max_memory_mb:

@@ -35,6 +35,21 @@ class Metrics:
             "poold_pool_target_workers", "Workers the pool is steering towards.", registry=r
         )
         self.pool_max = Gauge("poold_pool_max_workers", "pool.max_pods.", registry=r)
+        self.pool_idle_target = Gauge(
+            "poold_pool_idle_target_workers",
+            'Idle workers the pool keeps: pool.min_idle, or the measured target of "auto".',
+            registry=r,
+        )
+        self.pool_arrival_rate = Gauge(
+            "poold_pool_arrival_rate_per_second",
+            "Jobs submitted per second over the sizing windows (short 2 s, long 10 s).",
+            ["window"], registry=r,
+        )
+        self.pool_start_p90 = Gauge(
+            "poold_pool_sizing_start_seconds",
+            "Quantile of the last 50 worker start times, as the idle target uses it.",
+            ["quantile"], registry=r,
+        )
         self.jobs_submitted = Counter(
             "poold_jobs_submitted_total", "Jobs accepted (202).", ["tenant"], registry=r
         )

@@ -143,6 +143,20 @@ def test_min_idle_above_max_pods(tmp_path: Path) -> None:
             "pool.min_idle", "pool.max_pods")
 
 
+def test_min_idle_auto_and_its_floor(tmp_path: Path) -> None:
+    pool = load_settings(write(tmp_path, '[pool]\nmin_idle = "auto"\nmin_idle_floor = 2\n'),
+                         environ={}).pool
+    assert (pool.min_idle, pool.min_idle_floor) == ("auto", 2)
+    assert load_settings(None, environ={"POOLD_POOL__MIN_IDLE": "auto"}).pool.min_idle == "auto"
+    assert load_settings(None, environ={"POOLD_POOL__MIN_IDLE": "3"}).pool.min_idle == 3
+    message = refused(write(tmp_path, '[pool]\nmin_idle = "automatic"\n'), "pool.min_idle")
+    assert '"auto"' in message and "literal" not in message, message
+    refused(write(tmp_path, "[pool]\nmin_idle = -1\n"), "pool.min_idle")
+    refused(write(tmp_path, "[pool]\nmin_idle = true\n"), "pool.min_idle")
+    refused(write(tmp_path, '[pool]\nmin_idle = "auto"\nmin_idle_floor = 9\nmax_pods = 4\n'),
+            "pool.min_idle_floor", "pool.max_pods")
+
+
 def test_bad_token_sha256(tmp_path: Path) -> None:
     refused(write(tmp_path, '[tenants.acme]\ntoken_sha256 = "not-a-hash"\n'),
             "tenants.acme.token_sha256")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -24,6 +25,7 @@ from poold.backends.base import Backend, BackendUnavailable, WorkerEvent
 from poold.config import PoolSettings
 from poold.metrics import Metrics
 from poold.sched.agent_link import Link
+from poold.sched.sizing import Sizer
 from poold.slots import Slot
 from poold.types import JobId, PodName, TenantName, new_pod_name
 
@@ -88,12 +90,15 @@ class Pool:
         slots_root: Path,
         metrics: Metrics,
         demand: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
         self.settings = settings
         self.slots_root = slots_root
         self.metrics = metrics
         self.demand = demand
+        self.sizer = Sizer(clock=clock)
+        """The idle target (``pool.min_idle``, or measured with ``"auto"``)."""
         self.workers: dict[PodName, Worker] = {}
         self.on_ready: Callable[[Worker], None] = lambda worker: None
         self.on_orphan: Callable[[Worker], bool] = lambda worker: False
@@ -123,9 +128,18 @@ class Pool:
         ``min_idle`` (or the demand) more that any job can take."""
         held = sum(1 for w in self.workers.values()
                    if w.state is WorkerState.BUSY and not w.settling) + self.hot_idle()
-        return min(self.settings.max_pods, held + max(self.settings.min_idle, self.demand()))
+        return min(self.settings.max_pods, held + max(self.idle_target(), self.demand()))
 
-    def figures(self) -> dict[str, int]:
+    def idle_target(self) -> int:
+        return self.sizer.idle_target(min_idle=self.settings.min_idle,
+                                      floor=self.settings.min_idle_floor,
+                                      max_pods=self.settings.max_pods)
+
+    def arrived(self) -> None:
+        """A job was submitted (the arrival rate of ``min_idle = "auto"``)."""
+        self.sizer.meter.arrived()
+
+    def figures(self) -> dict[str, Any]:
         return {
             "idle": self.count(WorkerState.IDLE),
             "busy": self.count(WorkerState.BUSY),
@@ -134,7 +148,10 @@ class Pool:
             "hot": self.hot_idle(),
             "target": self.target(),
             "min_idle": self.settings.min_idle,
+            "idle_target": self.idle_target(),
             "max": self.settings.max_pods,
+            "sizing": {"min_idle_floor": self.settings.min_idle_floor,
+                       "idle_ttl_s": self.settings.idle_ttl_s, **self.sizer.figures()},
         }
 
     def _export(self) -> None:
@@ -142,6 +159,11 @@ class Pool:
             self.metrics.pool_workers.labels(state.value).set(self.count(state))
         self.metrics.pool_target.set(self.target())
         self.metrics.pool_max.set(self.settings.max_pods)
+        self.metrics.pool_idle_target.set(self.idle_target())
+        short, long = self.sizer.meter.rates()
+        self.metrics.pool_arrival_rate.labels("short").set(short)
+        self.metrics.pool_arrival_rate.labels("long").set(long)
+        self.metrics.pool_start_p90.labels("0.9").set(self.sizer.meter.start_p90())
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -254,6 +276,7 @@ class Pool:
         pod = new_pod_name()
         worker = Worker(pod)
         self.workers[pod] = worker
+        self.sizer.creating(pod)
         try:
             # in a thread: on NFS a mkdir is a round trip to the server
             await asyncio.to_thread(Slot.of(self.slots_root, pod).create)
@@ -290,6 +313,7 @@ class Pool:
                 log.info("worker is ready again", pod=event.pod)
             else:
                 self.metrics.worker_start.observe(worker.ready_at - worker.created)
+                self.sizer.ready(event.pod)
                 self._failures = 0
             self._idle_changed.set()
             self.on_ready(worker)

@@ -161,6 +161,7 @@ class Scheduler:
         self._queued_inputs[job.id] = records
         self.queue.push(job.tenant, job.id)
         self.metrics.jobs_submitted.labels(job.tenant).inc()
+        self.pool.arrived()
         # dispatch from here, not via the dispatcher's task: one task switch
         # fewer between the 202 and the job's start
         self._dispatch()

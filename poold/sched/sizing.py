@@ -32,6 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 SHORT_WINDOW_S = 2.0
 """Arrivals counted for the short rate: half a second of a burst already lifts it."""
 LONG_WINDOW_S = 10.0
@@ -163,3 +167,60 @@ class DemandMeter:
             return DEFAULT_START_S
         ordered = sorted(self._starts)
         return ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+class Sizer:
+    """The pool's idle target: ``pool.min_idle`` when it is a number, else
+    :func:`decide` on what :class:`DemandMeter` measured (keeping the last
+    decision for the hysteresis). Also times worker starts on the same clock."""
+
+    MAX_PENDING = 1024
+    """Creations remembered while waiting for their ready event (a worker that
+    never becomes ready is forgotten once this many newer ones started)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.meter = DemandMeter(clock=clock)
+        self._previous: int | None = None
+        self._pending: dict[str, float] = {}
+        self.last: Decision | None = None
+
+    def creating(self, pod: str) -> None:
+        self._pending[pod] = self.meter.clock()
+        if len(self._pending) > self.MAX_PENDING:
+            del self._pending[next(iter(self._pending))]
+
+    def ready(self, pod: str) -> None:
+        created = self._pending.pop(pod, None)
+        if created is not None:
+            self.meter.started(self.meter.clock() - created)
+
+    def idle_target(self, *, min_idle: int | str, floor: int, max_pods: int) -> int:
+        if min_idle != "auto":
+            self.last = None
+            self._previous = None
+            return int(min_idle)
+        short, long = self.meter.rates()
+        decision = decide(SizingInputs(
+            short_rate=short, long_rate=long, start_p90_s=self.meter.start_p90(),
+            floor=floor, max_pods=max_pods,
+            previous=floor if self._previous is None else self._previous,
+        ))
+        if self.last is None or decision.target != self.last.target:
+            log.info("idle target changed", target=decision.target, reason=decision.reason())
+        self._previous, self.last = decision.target, decision
+        return decision.target
+
+    def figures(self) -> dict[str, object]:
+        """The inputs and the outcome of the last decision (``GET /v1/pool``)."""
+        short, long = self.meter.rates()
+        out: dict[str, object] = {
+            "arrival_rate_short_per_s": round(short, 3),
+            "arrival_rate_long_per_s": round(long, 3),
+            "start_p90_s": round(self.meter.start_p90(), 3),
+            "margin": MARGIN,
+            "hysteresis": HYSTERESIS,
+        }
+        if self.last is not None:
+            out.update(need=round(self.last.need, 3), bound=self.last.bound.value,
+                       reason=self.last.reason())
+        return out
