@@ -123,6 +123,7 @@ async def test_a_claim_lost_to_another_job_stays_lost(
     assert holder(fake_api, pod) == "j-first"
 
 
+@pytest.mark.timeout(300)
 async def test_restarted_daemon_follows_a_job_only_on_the_pod_its_journal_names(
     start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, tmp_path: Path
 ) -> None:
@@ -142,7 +143,7 @@ async def test_restarted_daemon_follows_a_job_only_on_the_pod_its_journal_names(
         client = Client(first, session, "alpha")
         sha = await client.upload(module("ticker"))
         first.pool.workers[decoy].state = WorkerState.BUSY  # keep the job off the decoy
-        job = await client.submit(sha, args=["20"])
+        job = await client.submit(sha, args=["20"], limits={"timeout_s": 300})
         async with client.request("GET", f"/v1/jobs/{job['id']}/output?follow=true") as r:
             assert await r.content.readline() == b"tick 1\n"
         pod = (await client.json("GET", f"/v1/jobs/{job['id']}", 200))["pod"]
@@ -155,7 +156,7 @@ async def test_restarted_daemon_follows_a_job_only_on_the_pod_its_journal_names(
             wait_idle=False, state__dir=str(first.settings.state.dir),
             kafka__topic_prefix=first.settings.kafka.topic_prefix,
         )
-        final = await wait_done(second, job["id"])
+        final = await wait_done(second, job["id"], timeout=240)
         assert final.state.value == "succeeded", final
         assert final.pod == pod
     await fake_api.wait_until(lambda: decoy not in pod_names(fake_api), 30)
