@@ -271,6 +271,45 @@ class ModuleSettings(_Section):
     artifacts are removed beyond it (a job whose artifact went compiles it again)."""
 
 
+GuestPath = Annotated[str, Field(pattern=r"^/[^\x00]*$", max_length=1024)]
+
+
+class InterpreterSettings(_Section):
+    """One interpreter a job may name as ``"runtime"`` (``[runtimes.<name>]``).
+
+    The job's ``script`` is placed read-only at ``/script/<script_name>`` in the
+    guest; the interpreter runs with ``args`` before the job's own arguments and
+    ``env`` under the job's own variables. Only the folders in ``mounts`` (read-only)
+    and the job's ``/out`` are visible to it."""
+
+    module: Path
+    """The interpreter's WASI module (``.wasm``); relative paths resolve against the
+    config file's folder."""
+    mounts: dict[GuestPath, Path] = {}
+    """Guest path -> host folder, each mounted read-only (a standard library, say).
+    Relative host paths resolve against the config file's folder. Folders only:
+    WASI opens folders, and a file's siblings would be visible through its folder."""
+    args: Annotated[list[str], Field(max_length=100)] = []
+    """Arguments before the job's own, e.g. ``["/script/main.py"]``."""
+    env: dict[str, str] = {}
+    """Environment under the job's own (a job's variable of the same name wins)."""
+    script_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,100}$")] = "script"
+    """The script's file name under ``/script``."""
+    max_script_kb: Annotated[int, Field(ge=1, le=1024)] = 64
+    """Largest ``script`` a job may send, in KiB (it is kept in the job record)."""
+
+    @field_validator("mounts")
+    @classmethod
+    def _no_reserved(cls, mounts: dict[str, Path]) -> dict[str, Path]:
+        for guest in mounts:
+            if guest.rstrip("/") in ("", "/out", "/script"):
+                raise ValueError(f"{guest!r} is reserved (/out and /script are the job's own)")
+        return mounts
+
+
+RuntimeName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+
+
 class LimitSettings(_Section):
     default_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     """Wall-clock limit of a job that asks for none, in seconds."""
@@ -350,6 +389,8 @@ class Settings(_Section):
     kubernetes: KubernetesSettings = KubernetesSettings()
     retention: RetentionSettings = RetentionSettings()
     tenants: dict[TenantName, TenantSettings] = {}
+    runtimes: dict[RuntimeName, InterpreterSettings] = {}
+    """Interpreters jobs may name instead of a module (docs/runtimes.md)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -440,8 +481,25 @@ def _relative_to(folder: Path, data: dict[str, Any]) -> None:
         values = data.get(section)
         value = values.get(key) if isinstance(values, dict) else None
         if isinstance(value, str) and value:
-            path = Path(value).expanduser()
-            values[key] = str(path if path.is_absolute() else folder / path)  # type: ignore[index]
+            values[key] = _resolve(folder, value)  # type: ignore[index]
+    runtimes = data.get("runtimes")
+    if not isinstance(runtimes, dict):
+        return
+    for runtime in runtimes.values():
+        if not isinstance(runtime, dict):
+            continue
+        if isinstance(runtime.get("module"), str) and runtime["module"]:
+            runtime["module"] = _resolve(folder, runtime["module"])
+        mounts = runtime.get("mounts")
+        if isinstance(mounts, dict):
+            for guest, host in mounts.items():
+                if isinstance(host, str) and host:
+                    mounts[guest] = _resolve(folder, host)
+
+
+def _resolve(folder: Path, value: str) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else folder / path)
 
 
 def load_settings(

@@ -31,6 +31,7 @@ from poold.jobs.journal import JournalJobStore
 from poold.jobs.model import utcnow
 from poold.metrics import Metrics
 from poold.modules.compiler import Precompiler
+from poold.modules.runtimes import install_runtimes
 from poold.modules.store import ModuleStore
 from poold.modules.structure import StructureLimits
 from poold.runtime.engine import CompileCache
@@ -95,6 +96,7 @@ class Daemon:
             structure=StructureLimits.from_settings(s.modules),
         )
         await self.modules.start()
+        runtimes = await asyncio.to_thread(install_runtimes, s, self.modules)
         files = self.files = JobFiles(s.state.dir / "jobs", fsync=s.state.fsync)
         self.backend = self._backend(bootstrap)
         if isinstance(self.backend, KubernetesBackend):
@@ -114,7 +116,7 @@ class Daemon:
         api = Api(
             settings=s, store=self.store, scheduler=self.scheduler, pool=self.pool,
             modules=self.modules, data=self.data, files=files, metrics=self.metrics,
-            ready=lambda: self._ready,
+            runtimes=runtimes, ready=lambda: self._ready,
             accepting=lambda: not self.draining,
         )
         self.api = api

@@ -6,7 +6,7 @@ agent's event stream repeats the result so poold learns it without polling.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -30,6 +30,11 @@ class JobDocument:
     fuel: int | None
     input: PartitionRef | None
     output: PartitionRef
+    mounts: list[list[str]] = field(default_factory=list)
+    """``[host folder, guest path]`` pairs the module sees read-only (a runtime's)."""
+    script: str | None = None
+    """For a runtime's job: the script's file name in ``in/script/``, which the
+    module sees read-only at ``/script/``."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -50,6 +50,11 @@ class Slot:
         return self.inbox / "module.wasm"
 
     @property
+    def scripts(self) -> Path:
+        """A runtime job's script lives here; the module sees the folder read-only."""
+        return self.inbox / "script"
+
+    @property
     def stdin(self) -> Path:
         return self.inbox / "stdin"
 

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from poold.config import ConfigError, Settings, load_settings, memory_overcommit
+from poold.config import (
+    ConfigError,
+    InterpreterSettings,
+    Settings,
+    load_settings,
+    memory_overcommit,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -101,15 +107,17 @@ def test_config_files_cover_every_setting() -> None:
     for path in sorted((REPO / "config").glob("*.toml")):
         table = ""
         for line in path.read_text().splitlines():
-            if header := re.match(r"^\[([A-Za-z0-9_.]+)\]", line.strip()):
+            if header := re.match(r"^#?\s*\[([A-Za-z0-9_.]+)\]", line.strip()):
                 table = header.group(1)
             elif key := re.match(r"^#?\s*([A-Za-z_][A-Za-z0-9_]*)\s*=", line.strip()):
                 present.add(f"{table}.{key.group(1)}")
     wanted = [
         f"{section}.{key}"
-        for section, field in Settings.model_fields.items() if section != "tenants"
+        for section, field in Settings.model_fields.items()
+        if section not in ("tenants", "runtimes")
         for key in field.annotation.model_fields  # type: ignore[union-attr]
     ]
+    wanted += [f"runtimes.python.{key}" for key in InterpreterSettings.model_fields]
     missing = [key for key in wanted if key not in present]
     assert not missing, f"settings no config/*.toml file shows: {missing}"
 

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -320,6 +321,13 @@ class Agent:
         if reset is not None:
             reset()
 
+    def _read_only(self, doc: JobDocument) -> tuple[tuple[Path, str], ...]:
+        """The runtime's folders and, for a script, the slot's script folder."""
+        folders = [(Path(host), guest) for host, guest in doc.mounts]
+        if doc.script is not None:
+            folders.append((self.slot.scripts, "/script"))
+        return tuple(folders)
+
     async def _serve_one(self, doc: JobDocument) -> None:
         self.state = "busy"
         structlog.contextvars.bind_contextvars(job_id=doc.job_id, pod=self.settings.pod)
@@ -430,6 +438,7 @@ class Agent:
             env=tuple((k, v) for k, v in doc.env), timeout_s=doc.timeout_s,
             memory_mb=doc.memory_mb, fuel=doc.fuel, out_dir=self.slot.artifacts,
             stdin_path=stdin,
+            read_only=self._read_only(doc),
         )
 
         def work() -> RunResult:

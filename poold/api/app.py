@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -41,6 +41,7 @@ from poold.jobs.files import JobFiles
 from poold.jobs.model import Job, Limits
 from poold.jobs.store import JobStore
 from poold.metrics import Metrics
+from poold.modules.runtimes import Runtime, runtime_names
 from poold.modules.store import ModuleStore
 from poold.runtime.inspect import ModuleRejected
 from poold.sched.pool import Pool
@@ -75,8 +76,10 @@ class Api:
         metrics: Metrics,
         ready: Callable[[], bool],
         accepting: Callable[[], bool] = lambda: True,
+        runtimes: Mapping[str, Runtime] | None = None,
     ) -> None:
         self.settings = settings
+        self.runtimes = dict(runtimes or {})
         self.store = store
         self.scheduler = scheduler
         self.pool = pool
@@ -120,6 +123,7 @@ class Api:
         r.add_get("/v1/jobs/{id}/artifacts", self.list_artifacts)
         r.add_get("/v1/jobs/{id}/artifacts/{name:.+}", self.get_artifact)
         r.add_get("/v1/pool", self.get_pool)
+        r.add_get("/v1/runtimes", self.list_runtimes)
         r.add_get("/openapi.json", self.openapi)
         return app
 
@@ -334,13 +338,30 @@ class Api:
         if problem:
             return error(400, problem)
         assert limits is not None
-        size = self.modules.size(body.module, tenant=tenant)
-        if size is None:
-            return error(404 if len(body.module) == 64 else 400,
-                         f"unknown module {body.module}; upload it with PUT /v1/modules first")
-        problem = self.modules.compile_problem(body.module)
+        runtime: Runtime | None = None
+        module: str
+        size: int | None
+        if body.runtime is not None:
+            runtime = self.runtimes.get(body.runtime)
+            if runtime is None:
+                return error(400, f"unknown runtime {body.runtime!r}; this server offers: "
+                             f"{runtime_names(self.runtimes)}")
+            script_bytes = len((body.script or "").encode("utf-8"))
+            if script_bytes > runtime.max_script_bytes:
+                return error(400, f"the script is {script_bytes} bytes; the {runtime.name} "
+                             f"runtime takes scripts of at most {runtime.max_script_bytes} bytes "
+                             f"(runtimes.{runtime.name}.max_script_kb)")
+            module, size = runtime.sha256, runtime.size
+        else:
+            assert body.module is not None
+            module = body.module
+            size = self.modules.size(module, tenant=tenant)
+            if size is None:
+                return error(404 if len(module) == 64 else 400,
+                             f"unknown module {module}; upload it with PUT /v1/modules first")
+        problem = self.modules.compile_problem(module)
         if problem is not None:
-            return error(400, f"module {body.module} cannot run on this server: {problem}. "
+            return error(400, f"module {module} cannot run on this server: {problem}. "
                          "Make it smaller (fewer or smaller functions) or ask the operator to "
                          "raise the limit; uploading it again retries the compilation")
         if not await self.data.check():
@@ -350,8 +371,9 @@ class Api:
             return error(503, "the worker backend is unavailable, so the job cannot be "
                          "accepted; nothing was stored, retry shortly", **{"Retry-After": "5"})
         job = Job(
-            id=new_job_id(), tenant=tenant, module=ModuleHash(body.module), module_size=size,
-            limits=limits, args=tuple(body.args), env=tuple(body.env.items()),
+            id=new_job_id(), tenant=tenant, module=ModuleHash(module), module_size=size,
+            limits=limits, args=_args(runtime, body), env=_env(runtime, body),
+            runtime=body.runtime, script=body.script if runtime is not None else None,
             input_count=len(body.input), idempotency_key=key,
         )
         try:
@@ -360,6 +382,10 @@ class Api:
             return error(429, str(e), **{"Retry-After": "5"})
         return web.json_response(job.public(), status=202,
                                  headers={"Location": f"/v1/jobs/{job.id}"})
+
+    async def list_runtimes(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"runtimes": [r.public() for _, r in sorted(self.runtimes.items())]})
 
     def _limits(self, body: JobRequest) -> tuple[Limits | None, str | None]:
         caps = self.settings.limits
@@ -506,3 +532,16 @@ def listed(job: Job) -> dict[str, Any]:
 
 async def _once(value: int) -> AsyncIterator[int]:
     yield value
+
+
+def _args(runtime: Runtime | None, body: JobRequest) -> tuple[str, ...]:
+    """A runtime's own arguments (its script's path, say) come before the job's."""
+    before = runtime.settings.args if runtime is not None else []
+    return (*before, *body.args)
+
+
+def _env(runtime: Runtime | None, body: JobRequest) -> tuple[tuple[str, str], ...]:
+    """The job's variables win over the runtime's defaults of the same name."""
+    merged = dict(runtime.settings.env) if runtime is not None else {}
+    merged.update(body.env)
+    return tuple(merged.items())

@@ -13,6 +13,7 @@ from pydantic import (
     StrictStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from poold.data.kafka import MAX_RECORD_BYTES
@@ -28,11 +29,27 @@ class LimitsRequest(BaseModel):
 
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    module: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    module: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = None
+    runtime: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = None
+    script: StrictStr | None = None
+    """With ``runtime``: the program the interpreter runs (its size cap is the runtime's)."""
     args: Annotated[list[StrictStr], Field(max_length=1000)] = []
     env: dict[Annotated[StrictStr, Field(pattern=r"^[^=\x00]+$")], StrictStr] = {}
     input: list[StrictStr] = []
     limits: LimitsRequest = LimitsRequest()
+
+    @model_validator(mode="after")
+    def _module_or_runtime(self) -> JobRequest:
+        if self.module is None and self.runtime is None:
+            raise ValueError("module is required: name a module (a sha256 from PUT "
+                             "/v1/modules) or a runtime (GET /v1/runtimes lists them)")
+        if self.module is not None and self.runtime is not None:
+            raise ValueError("name a module or a runtime, not both")
+        if self.script is not None and self.runtime is None:
+            raise ValueError("script needs a runtime to run it (GET /v1/runtimes lists them)")
+        if self.script is not None and "\x00" in self.script:
+            raise ValueError("script contains a NUL character; send it as text")
+        return self
 
     @field_validator("args")
     @classmethod
@@ -78,11 +95,13 @@ def describe(error: ValidationError) -> str:
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             allowed = ("timeout_s, memory_mb, fuel" if item["loc"][:1] == ("limits",)
-                       else "module, args, env, input, limits")
+                       else "module, runtime, script, args, env, input, limits")
             message = f"unknown field (allowed: {allowed})"
         elif item["type"] == "model_type":
             message = "must be a JSON object"
-        parts.append(f"{where}: {message}")
+        if not item["loc"]:  # the whole body: a rule across fields
+            message = message.removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if item["loc"] else message)
     return "invalid job: " + "; ".join(parts[:5])
 
 

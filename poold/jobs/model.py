@@ -106,6 +106,9 @@ class Job:
     idempotency_key: str | None = None
     usage: Usage | None = None
     """What the job consumed, as its worker reported it with the result."""
+    runtime: str | None = None
+    """The ``[runtimes.<name>]`` interpreter that runs ``script``; ``module`` is its module."""
+    script: str | None = None
 
     def evolve(self, **changes: Any) -> Job:
         return dataclasses.replace(self, **changes)
@@ -124,6 +127,7 @@ class Job:
             "id": self.id,
             "state": self.state.value,
             "module": self.module,
+            "runtime": self.runtime,
             "args": list(self.args),
             "env": dict(self.env),
             "limits": {
@@ -180,6 +184,7 @@ def to_record(job: Job) -> dict[str, Any]:
         "delivering": job.delivering, "attempts": job.attempts,
         "idempotency_key": job.idempotency_key,
         "usage": job.usage.to_json() if job.usage is not None else None,
+        "runtime": job.runtime, "script": job.script,
     }
 
 
@@ -202,6 +207,7 @@ def from_record(data: dict[str, Any]) -> Job:
         delivering=bool(data["delivering"]), attempts=int(data["attempts"]),
         idempotency_key=data.get("idempotency_key"),
         usage=Usage.from_json(data["usage"]) if data.get("usage") is not None else None,
+        runtime=data.get("runtime"), script=data.get("script"),
     )
 
 

@@ -28,6 +28,8 @@ class RunRequest:
     fuel: int | None
     out_dir: Path
     stdin_path: Path | None
+    read_only: tuple[tuple[Path, str], ...] = ()
+    """Host folders the module sees read-only, each at its guest path."""
 
 
 @dataclass(frozen=True)

@@ -359,6 +359,9 @@ def _unpassable(request: RunRequest) -> str | None:
     for key, _ in request.env:
         if key.startswith("-"):
             return f"the environment variable name {key!r} cannot be passed to wasmedge"
+    if request.read_only:
+        return ("this job needs read-only folders (a runtime's), which the wasmedge driver "
+                "does not mount yet; run runtimes on a wasmtime pool")
     return None
 
 

@@ -188,6 +188,9 @@ class WasmtimeRunner:
         wasi.stdout_custom = stdout
         wasi.stderr_custom = stderr
         wasi.preopen_dir(str(request.out_dir), "/out")
+        for host, guest in request.read_only:
+            # this wasmtime-py's form of read-only dir and file permissions
+            wasi.preopen_dir(str(host), guest, False)
         store.set_wasi(wasi)
         linker = self.linker(engine, fuel=fuel)
         try:

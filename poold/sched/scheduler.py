@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -43,7 +44,7 @@ from poold.sched.running import (
     TimedOut,
     WorkerLost,
 )
-from poold.slots import Slot, place_atomic, read_json, write_json_atomic
+from poold.slots import Slot, place_atomic, read_json, write_atomic, write_json_atomic
 from poold.types import JobId, ModuleHash, TenantName
 
 log = structlog.get_logger(__name__)
@@ -488,6 +489,15 @@ class Scheduler:
             if in_range else None,
             output=PartitionRef(out_topic, partition, out_start),
         )
+        if job.runtime is not None:
+            runtime = self.settings.runtimes.get(job.runtime)
+            if runtime is None:
+                return await self._finish(
+                    job, JobState.ERROR, error=f"the runtime {job.runtime!r} is no longer "
+                    "configured on this server; submit the job again")
+            document = dataclasses.replace(
+                document, mounts=[[str(host), guest] for guest, host in runtime.mounts.items()],
+                script=runtime.script_name if job.script is not None else None)
         slot = Slot.of(self.settings.slots.root, worker.pod)
         if run.cancel.is_set():
             return await self._finish(job, JobState.CANCELLED, error="cancelled before it started")
@@ -503,6 +513,9 @@ class Scheduler:
         """Module first, ``job.json`` last: its rename is the commit point."""
         source = self.modules.path(job.module)
         fsync = self.settings.slots.fsync
+        if document.script is not None and job.script is not None:
+            slot.scripts.mkdir(exist_ok=True)
+            write_atomic(slot.scripts / document.script, job.script.encode(), fsync=fsync)
         if job.module_size > 4 * 1024 * 1024:
             await asyncio.to_thread(place_atomic, source, slot.module, fsync=fsync)
         else:

@@ -262,6 +262,7 @@ async def test_answers_conform_to_the_document(
     running = await call(alpha, served, "POST", "/v1/jobs", 202, json={"module": ticker})
     await call(alpha, served, "DELETE", "/v1/jobs/{id}", 200, "/v1/jobs/" + running["id"])
     await call(alpha, served, "GET", "/v1/pool", 200)
+    await call(alpha, served, "GET", "/v1/runtimes", 200)
     await call(alpha, served, "GET", "/v1/jobs/export", 200)
     await call(alpha, served, "GET", "/v1/jobs/export", 200, "/v1/jobs/export?format=ndjson")
     await call(alpha, served, "GET", "/v1/jobs/export", 400, "/v1/jobs/export?state=done")
