@@ -543,6 +543,11 @@ class AsyncClient:
         return Pool.from_json((await self._call("GET", "/v1/pool", safe=True,
                                                 timeout=timeout)).json())
 
+    async def list_runtimes(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """The interpreters jobs may name as ``runtime`` (``GET /v1/runtimes``)."""
+        body = (await self._call("GET", "/v1/runtimes", safe=True, timeout=timeout)).json()
+        return list(body.get("runtimes", []))
+
     async def health(self, *, timeout: float | None = None) -> bool:
         """``/healthz``: the daemon is alive."""
         reply = await self._call("GET", "/healthz", safe=True, timeout=timeout)

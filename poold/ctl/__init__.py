@@ -13,7 +13,7 @@ import click
 
 from poold.ctl.config import config
 from poold.ctl.jobs import artifacts, jobs, logs, output, run
-from poold.ctl.resources import api, modules, pool
+from poold.ctl.resources import api, modules, pool, runtimes
 
 
 def register(main: click.Group) -> None:
@@ -27,5 +27,6 @@ def register(main: click.Group) -> None:
     main.add_command(artifacts)
     main.add_command(modules)
     main.add_command(pool)
+    main.add_command(runtimes)
     main.add_command(config)
     main.add_command(api)

@@ -1,4 +1,4 @@
-"""``poold modules list|upload`` and ``poold pool show``."""
+"""``poold modules list|upload``, ``poold pool show`` and ``poold runtimes list``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ UPLOAD_COLUMNS = [
     Column("SIZE", lambda r: size(r.get("size"))),
     Column("STORED", lambda r: "new" if r.get("created") else "existing"),
     Column("FILE", lambda r: text(r.get("file")), shrink=True),
+]
+
+RUNTIME_COLUMNS = [
+    Column("NAME", lambda r: text(r.get("name"))),
+    Column("SIZE", lambda r: size(r.get("size"))),
+    Column("SCRIPT", lambda r: text(r.get("script_path"))),
+    Column("MOUNTS", lambda r: ",".join(r.get("mounts") or []) or "-", shrink=True),
 ]
 
 POOL_COLUMNS = [
@@ -73,6 +80,25 @@ def list_modules(conn: Connection, quiet: bool, fmt: str) -> None:
             click.echo(module.sha256)
         return
     emit([m.record for m in found], fmt=fmt, columns=MODULE_COLUMNS)
+
+
+@click.group()
+def runtimes() -> None:
+    """Interpreters a job may name instead of a module."""
+
+
+@runtimes.command("list")
+@client_command
+@quiet_option
+@output_option
+def list_runtimes(conn: Connection, quiet: bool, fmt: str) -> None:
+    """The interpreters this server offers (GET /v1/runtimes)."""
+    found = conn.call(lambda c: c.list_runtimes())
+    if quiet:
+        for runtime in found:
+            click.echo(runtime["name"])
+        return
+    emit(found, fmt=fmt, columns=RUNTIME_COLUMNS)
 
 
 @click.group()

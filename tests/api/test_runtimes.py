@@ -7,12 +7,14 @@ something it must not be allowed to do; so these tests run everywhere.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Client, make_settings, serving, wait_done
+from conftest import TOKENS, Client, make_settings, serving, wait_done
+from ctl.test_cli import environ, poold  # the CLI as a user runs it
 from wasm_fixtures import module
 
 from poold.config import ConfigError, InterpreterSettings, Settings, load_settings
@@ -72,6 +74,13 @@ async def test_what_a_script_must_not_do_fails_cleanly(tiny: Client, mode: str, 
     assert "refused" in await tiny.text(f"/v1/jobs/{job['id']}/logs")
     out = await tiny.text(f"/v1/jobs/{job['id']}/output")
     assert "allowed" not in out
+
+
+async def test_poold_runtimes_list(tiny: Client, tmp_path: Path) -> None:
+    env = environ(tmp_path / "home", POOLD_URL=tiny.daemon.url, POOLD_TOKEN=TOKENS["alpha"])
+    done = await poold("runtimes", "list", "-o", "json", env=env)
+    assert done.rc == 0, done
+    assert [r["name"] for r in json.loads(done.out)] == ["tiny"]
 
 
 async def test_an_unknown_runtime_is_a_400_naming_the_runtimes(tiny: Client) -> None:
