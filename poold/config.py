@@ -136,7 +136,10 @@ class PoolSettings(_Section):
     failure_backoff_max_s: Annotated[float, Field(ge=0)] = 30.0
     """Cap of that delay: a broken image slows creation down, never into a hot loop."""
     idle_ttl_s: Annotated[float, Field(ge=0)] = 0.0
-    """Recycle an idle worker after this many seconds (0 = never)."""
+    """Idle workers beyond the target (it dropped, or min_idle was lowered) are
+    retired after this many seconds idle (+ up to 10 % jitter), longest idle
+    first. With a fixed min_idle any idle worker is also recycled after it (0 =
+    never); with ``"auto"`` only surplus ones, and 0 means 30 s."""
     reuse: Literal["never", "tenant"] = "never"
     """``never``: one job per worker, then a fresh one (the strictest isolation).
     ``tenant``: a worker whose job succeeded may take the next job of the same

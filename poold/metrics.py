@@ -45,6 +45,16 @@ class Metrics:
             "Jobs submitted per second over the sizing windows (short 2 s, long 10 s).",
             ["window"], registry=r,
         )
+        self.pool_creations = Counter(
+            "poold_pool_worker_creations_total", "Workers the pool asked the backend for.",
+            registry=r,
+        )
+        self.pool_retirements = Counter(
+            "poold_pool_worker_retirements_total",
+            "Idle workers the pool retired, by reason: surplus (beyond the idle target), "
+            "idle_ttl, hot_idle_ttl.",
+            ["reason"], registry=r,
+        )
         self.pool_start_p90 = Gauge(
             "poold_pool_sizing_start_seconds",
             "Quantile of the last 50 worker start times, as the idle target uses it.",

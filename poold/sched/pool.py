@@ -25,7 +25,7 @@ from poold.backends.base import Backend, BackendUnavailable, WorkerEvent
 from poold.config import PoolSettings
 from poold.metrics import Metrics
 from poold.sched.agent_link import Link
-from poold.sched.sizing import Sizer
+from poold.sched.sizing import AUTO_IDLE_TTL_S, Sizer, retirable
 from poold.slots import Slot
 from poold.types import JobId, PodName, TenantName, new_pod_name
 
@@ -234,7 +234,10 @@ class Pool:
                 self._note_failure("start_timeout")
                 await self._retire(worker)
             elif worker.state is WorkerState.IDLE and self._idled_out(worker, now):
+                reason = "hot_idle_ttl" if worker.tenant is not None else "idle_ttl"
+                self.metrics.pool_retirements.labels(reason).inc()
                 await self._retire(worker)
+        await self._retire_surplus(now)
         if now < self._not_before:
             self._wake_at(self._not_before)
             return
@@ -250,14 +253,39 @@ class Pool:
 
     def _idled_out(self, worker: Worker, now: float) -> bool:
         """Idle past its TTL: ``hot_idle_ttl_s`` for a hot worker (held for one
-        tenant), ``idle_ttl_s`` for any (0 = never)."""
+        tenant), ``idle_ttl_s`` for any (0 = never). With ``min_idle = "auto"`` a
+        generic worker is only retired as surplus (:meth:`_retire_surplus`): one
+        within the target would just be replaced."""
         if worker.ready_at is None:
             return False
         idle = now - worker.ready_at
         hot_ttl = self.settings.hot_idle_ttl_s
         if worker.tenant is not None and hot_ttl > 0 and idle > hot_ttl:
             return True
+        if self.settings.min_idle == "auto":
+            return False
         return self.settings.idle_ttl_s > 0 and idle > self.settings.idle_ttl_s
+
+    async def _retire_surplus(self, now: float) -> None:
+        """Idle workers beyond the target (it dropped, or min_idle was lowered) go,
+        longest idle first, once idle ``idle_ttl_s`` (with jitter); with
+        ``min_idle = "auto"`` and no TTL, after :data:`AUTO_IDLE_TTL_S`."""
+        ttl = self.settings.idle_ttl_s
+        if ttl == 0 and self.settings.min_idle == "auto":
+            ttl = AUTO_IDLE_TTL_S
+        live = sum(1 for w in self.workers.values() if w.state is not WorkerState.DELETING)
+        idle = [(w.pod, w.ready_at) for w in self.workers.values()
+                if w.state is WorkerState.IDLE and w.tenant is None and w.ready_at is not None]
+        due, next_at = retirable(idle, surplus=live - self.target(), ttl_s=ttl, now=now)
+        for pod in due:
+            worker = self.workers[PodName(pod)]
+            if worker.state is WorkerState.IDLE:
+                log.info("retiring a surplus idle worker", pod=pod,
+                         idle_s=round(now - (worker.ready_at or now), 1))
+                self.metrics.pool_retirements.labels("surplus").inc()
+                await self._retire(worker)
+        if next_at is not None:
+            self._wake_at(next_at)
 
     def _wake_at(self, when: float) -> None:
         loop = asyncio.get_running_loop()
@@ -277,6 +305,7 @@ class Pool:
         worker = Worker(pod)
         self.workers[pod] = worker
         self.sizer.creating(pod)
+        self.metrics.pool_creations.inc()
         try:
             # in a thread: on NFS a mkdir is a round trip to the server
             await asyncio.to_thread(Slot.of(self.slots_root, pod).create)

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -52,6 +53,12 @@ DEFAULT_START_S = 1.0
 one in well under that; a pod in a few seconds, which the p90 then shows)."""
 START_SAMPLES = 50
 """Recent worker start times the p90 is taken over."""
+RETIRE_JITTER = 0.1
+"""Each surplus worker waits ``idle_ttl_s`` plus up to this fraction more (fixed
+per worker), so workers that became idle together do not all go at once."""
+AUTO_IDLE_TTL_S = 30.0
+"""With ``min_idle = "auto"`` and ``idle_ttl_s = 0``: how long a surplus worker
+stays idle before it is retired (auto sizing must be able to shrink)."""
 MAX_ARRIVALS = 100_000
 """Arrival times kept at most (bounds memory at very high rates; beyond it the
 long rate is underestimated, which the short rate covers)."""
@@ -167,6 +174,30 @@ class DemandMeter:
             return DEFAULT_START_S
         ordered = sorted(self._starts)
         return ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+def jitter(pod: str) -> float:
+    """A worker's own fraction of :data:`RETIRE_JITTER`, the same at every pass."""
+    return RETIRE_JITTER * (zlib.crc32(pod.encode()) % 1000) / 1000
+
+
+def retirable(
+    idle: Sequence[tuple[str, float]], *, surplus: int, ttl_s: float, now: float
+) -> tuple[list[str], float | None]:
+    """Which idle workers to retire: of ``idle`` (pod, idle since), the ``surplus``
+    that have been idle longest, each once it has been idle ``ttl_s`` plus its
+    jitter. Also when the next of those falls due (None if none waits)."""
+    if surplus <= 0 or ttl_s <= 0:
+        return [], None
+    due: list[str] = []
+    waiting: list[float] = []
+    for pod, since in sorted(idle, key=lambda item: item[1])[:surplus]:
+        at = since + ttl_s * (1 + jitter(pod))
+        if now >= at:
+            due.append(pod)
+        else:
+            waiting.append(at)
+    return due, min(waiting, default=None)
 
 
 class Sizer:

@@ -75,12 +75,13 @@ class Rig:
         raise AssertionError(f"the pool did not reach {idle} idle: {self.pool.figures()}")
 
 
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+@pytest.fixture(params=[0.0])
+async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     backend = Backend()
     clock = Clock()
     settings = PoolSettings.model_validate({
-        "min_idle": "auto", "min_idle_floor": 1, "max_pods": 16, "max_starting": 16})
+        "min_idle": "auto", "min_idle_floor": 1, "max_pods": 16, "max_starting": 16,
+        "idle_ttl_s": request.param})
     pool = Pool(backend=backend, settings=settings, slots_root=tmp_path,
                 metrics=Metrics(), clock=clock)
     await pool.start()
@@ -162,3 +163,26 @@ async def test_a_fixed_min_idle_ignores_arrivals(tmp_path: Path) -> None:
         assert "reason" not in figures["sizing"]
     finally:
         await pool.stop()
+
+
+@pytest.mark.parametrize("rig", [0.2], indirect=True)
+async def test_surplus_idle_workers_retire_longest_idle_first_once_the_load_stops(
+        rig: Rig) -> None:
+    pool = rig.pool
+    await rig.backend.until(lambda: len(rig.backend.created) == 1)
+    await rig.start_all(taking_s=0.5)
+    rig.arrive(rate=10, for_s=2)
+    await rig.settle(idle=10)
+    assert rig.backend.deleted == [], "workers within the target stay however long idle"
+    youngest = max((w for w in pool.workers.values()), key=lambda w: w.ready_at or 0.0)
+
+    rig.clock.now += LONG_WINDOW_S + 0.1  # the load stopped: the target is the floor
+    pool.poke()
+    # after idle_ttl_s (0.2 s, real time) with jitter, all but the floor go
+    await pool.wait_until(lambda: len(pool.workers) == 1, 10)
+    assert len(rig.backend.deleted) == 9
+    assert list(pool.workers) == [youngest.pod], "the longest idle went first"
+    text = pool.metrics.render().decode()
+    assert 'poold_pool_worker_retirements_total{reason="surplus"} 9.0' in text
+    assert "poold_pool_worker_creations_total 10.0" in text
+    assert len(rig.backend.created) == 10, "nothing retired was replaced"

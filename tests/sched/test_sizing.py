@@ -12,6 +12,8 @@ from poold.sched.sizing import (
     DemandMeter,
     SizingInputs,
     decide,
+    jitter,
+    retirable,
 )
 
 
@@ -139,3 +141,23 @@ def test_meter_start_p90() -> None:
     for _ in range(100):  # only recent starts count
         meter.started(0.2)
     assert meter.start_p90() == pytest.approx(0.2)
+
+
+def test_retires_the_longest_idle_surplus_after_the_ttl() -> None:
+    idle = [("a", 100.0), ("b", 90.0), ("c", 95.0), ("d", 120.0)]
+    # two surplus, the two idle longest (b, c), once idle 10 s (+ up to 10 %)
+    due, next_at = retirable(idle, surplus=2, ttl_s=10, now=111.0)
+    assert due == ["b", "c"] and next_at is None
+    due, next_at = retirable(idle, surplus=2, ttl_s=10, now=99.0)
+    assert due == [] and next_at == pytest.approx(90 + 10 * (1 + jitter("b")))
+    # no surplus, or no TTL: nobody
+    assert retirable(idle, surplus=0, ttl_s=10, now=1000.0) == ([], None)
+    assert retirable(idle, surplus=4, ttl_s=0, now=1000.0) == ([], None)
+
+
+def test_jitter_spreads_workers_idle_since_the_same_moment() -> None:
+    pods = [f"poold-w-{i:010x}" for i in range(20)]
+    fractions = {jitter(p) for p in pods}
+    assert len(fractions) > 10
+    assert all(0 <= f < 0.1 for f in fractions)
+    assert jitter(pods[0]) == jitter(pods[0])
