@@ -66,6 +66,16 @@ class ServerSettings(_Section):
     """Address the HTTP API binds to. Loopback by default: exposing it is a choice."""
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     """TCP port of the HTTP API (0 picks a free one, for tests)."""
+    admin_token_sha256: str | None = None
+    """Hex sha256 of the administrator's bearer token (``PUT /v1/pool``); no
+    tenant may have it. None: nobody may re-tune the pool at run time."""
+
+    @field_validator("admin_token_sha256")
+    @classmethod
+    def _admin_hex(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("must be 64 lowercase hex characters (sha256 of the token)")
+        return value
     max_upload_mb: Annotated[int, Field(ge=1, le=4096)] = 128
     """Largest module accepted, in MiB. Interpreters compiled to WASI are tens of MB."""
     max_input_mb: Annotated[int, Field(ge=1, le=1024)] = 16
@@ -411,6 +421,9 @@ class Settings(_Section):
         hashes = [t.token_sha256 for t in self.tenants.values()]
         if len(hashes) != len(set(hashes)):
             raise ValueError("two tenants share one token_sha256; each tenant needs its own token")
+        if self.server.admin_token_sha256 in hashes:
+            raise ValueError("server.admin_token_sha256 is also a tenant's token_sha256; "
+                             "the administrator needs a token no tenant has")
         return self
 
     @property

@@ -37,6 +37,7 @@ from poold.modules.structure import StructureLimits
 from poold.runtime.engine import CompileCache
 from poold.sched.pool import Pool
 from poold.sched.scheduler import Scheduler
+from poold.sched.tuning import PoolOverrides, tuned
 
 log = structlog.get_logger(__name__)
 
@@ -101,8 +102,11 @@ class Daemon:
         self.backend = self._backend(bootstrap)
         if isinstance(self.backend, KubernetesBackend):
             await self.backend.prepare()
+        pool_settings = tuned(
+            s.pool, PoolOverrides(s.state.dir, fsync=s.state.fsync).load())  # PUT /v1/pool
         self.pool = Pool(
-            backend=self.backend, settings=s.pool, slots_root=s.slots.root, metrics=self.metrics
+            backend=self.backend, settings=pool_settings, slots_root=s.slots.root,
+            metrics=self.metrics,
         )
         self.scheduler = Scheduler(
             settings=s, store=self.store, pool=self.pool, data=self.data, modules=self.modules,
@@ -132,7 +136,8 @@ class Daemon:
         if overcommit is not None:
             log.warning("worker memory may exceed the machine's", detail=overcommit)
         log.info("poold is serving", url=self.url, backend=s.pool.backend,
-                 kafka=bootstrap, min_idle=s.pool.min_idle, max_pods=s.pool.max_pods)
+                 kafka=bootstrap, min_idle=self.pool.settings.min_idle,
+                 max_pods=self.pool.settings.max_pods)
 
     def _backend(self, bootstrap: str) -> Backend:
         s = self.settings

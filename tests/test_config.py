@@ -299,3 +299,11 @@ def test_overcommitted_worker_memory_is_named() -> None:
     assert memory_overcommit(small, 24 * gib) is None
     cluster = load_settings(None, environ={"POOLD_POOL__BACKEND": "kubernetes"})
     assert memory_overcommit(cluster, 1 * gib) is None
+
+
+def test_admin_token_must_be_no_tenants(tmp_path: Path) -> None:
+    text = (f'[server]\nadmin_token_sha256 = "{GOOD_SHA}"\n'
+            f'[tenants.demo]\ntoken_sha256 = "{GOOD_SHA}"\n')
+    refused(write(tmp_path, text), "server.admin_token_sha256", "tenant")
+    refused(write(tmp_path, '[server]\nadmin_token_sha256 = "secret"\n'),
+            "server.admin_token_sha256", "sha256")

@@ -46,6 +46,7 @@ from poold.modules.store import ModuleStore
 from poold.runtime.inspect import ModuleRejected
 from poold.sched.pool import Pool
 from poold.sched.scheduler import QueueFull, Scheduler
+from poold.sched.tuning import PoolOverrides, TuningError, tuned
 from poold.types import JobId, ModuleHash, TenantName, new_job_id
 
 log = structlog.get_logger(__name__)
@@ -124,6 +125,7 @@ class Api:
         r.add_get("/v1/jobs/{id}/artifacts/{name:.+}", self.get_artifact)
         r.add_get("/v1/pool", self.get_pool)
         r.add_get("/v1/runtimes", self.list_runtimes)
+        r.add_put("/v1/pool", self.put_pool)
         r.add_get("/openapi.json", self.openapi)
         return app
 
@@ -174,6 +176,18 @@ class Api:
             return error(401, "this route needs an 'Authorization: Bearer <token>' header",
                          **{"WWW-Authenticate": "Bearer"})
         digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        admin = self.settings.server.admin_token_sha256
+        is_admin = admin is not None and hmac.compare_digest(admin, digest)
+        if request.path == "/v1/pool" and request.method == "PUT":
+            if is_admin:
+                return await handler(request)
+            if any(hmac.compare_digest(known, digest) for known in self._tokens):
+                return error(403, "changing the pool needs the administrator's token "
+                                  "(server.admin_token_sha256), not a tenant's")
+            return error(401, "the bearer token is not the administrator's",
+                         **{"WWW-Authenticate": "Bearer"})
+        if is_admin and request.path == "/v1/pool":
+            return await handler(request)
         tenant = None
         for known, name in self._tokens.items():
             if hmac.compare_digest(known, digest):
@@ -202,6 +216,31 @@ class Api:
         return web.Response(body=OPENAPI, content_type="application/json")
 
     async def get_pool(self, _: web.Request) -> web.Response:
+        return web.json_response(self.pool.figures())
+
+    async def put_pool(self, request: web.Request) -> web.Response:
+        """Re-tune the pool (admin only): validated like the config file, kept in
+        ``state.dir/pool.json`` so a restart keeps it."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return error(400, "the body must be a JSON object of [pool] keys, "
+                              'e.g. {"min_idle": 8}')
+        if not isinstance(body, dict) or not body:
+            return error(400, "the body must be a non-empty JSON object of [pool] keys, "
+                              'e.g. {"min_idle": 8}')
+        overrides = PoolOverrides(self.settings.state.dir, fsync=self.settings.state.fsync)
+        saved = await asyncio.to_thread(overrides.load)
+        try:
+            new = tuned(self.settings.pool, {**saved, **body})
+        except TuningError as e:
+            return error(400, str(e))
+        await asyncio.to_thread(overrides.save, {**saved, **body})
+        old = self.pool.settings
+        self.pool.settings = new
+        self.pool.poke()
+        log.info("pool re-tuned", changes=body,
+                 was={k: getattr(old, k) for k in body}, file=str(overrides.path))
         return web.json_response(self.pool.figures())
 
     # -- modules -------------------------------------------------------------------

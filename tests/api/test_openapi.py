@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import re
@@ -83,11 +84,15 @@ def skeleton(method: str, path: str) -> str:
 # -- the document and the router -------------------------------------------------------
 
 
+ADMIN = b"openapi-admin-token-" + b"q" * 12
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(
     tmp_path_factory: pytest.TempPathFactory, broker: str
 ) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession]]:
     settings = make_settings(tmp_path_factory.mktemp("openapi"), broker, pool__min_idle=1,
+                             server__admin_token_sha256=hashlib.sha256(ADMIN).hexdigest(),
                              server__max_upload_mb=1, server__max_input_mb=1,
                              server__body_timeout_s=1, server__max_uploads_per_tenant=1)
     async with serving(settings) as served_:
@@ -263,6 +268,11 @@ async def test_answers_conform_to_the_document(
     await call(alpha, served, "DELETE", "/v1/jobs/{id}", 200, "/v1/jobs/" + running["id"])
     await call(alpha, served, "GET", "/v1/pool", 200)
     await call(alpha, served, "GET", "/v1/runtimes", 200)
+    admin = {"Authorization": "Bearer " + ADMIN.decode()}
+    await call(None, served, "PUT", "/v1/pool", 200, json={"min_idle": 1}, headers=admin)
+    await call(None, served, "PUT", "/v1/pool", 400, json={"reuse": "tenant"}, headers=admin)
+    await call(alpha, served, "PUT", "/v1/pool", 403, json={"min_idle": 1})
+    await call(None, served, "PUT", "/v1/pool", 401, json={"min_idle": 1})
     await call(alpha, served, "GET", "/v1/jobs/export", 200)
     await call(alpha, served, "GET", "/v1/jobs/export", 200, "/v1/jobs/export?format=ndjson")
     await call(alpha, served, "GET", "/v1/jobs/export", 400, "/v1/jobs/export?state=done")
