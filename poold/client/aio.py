@@ -543,6 +543,13 @@ class AsyncClient:
         return Pool.from_json((await self._call("GET", "/v1/pool", safe=True,
                                                 timeout=timeout)).json())
 
+    async def tune_pool(self, changes: dict[str, Any], *,
+                        timeout: float | None = None) -> Pool:
+        """Change ``min_idle``, ``min_idle_floor``, ``max_pods``, ``idle_ttl_s`` at run
+        time (``PUT /v1/pool``; needs the administrator's token)."""
+        reply = await self._call("PUT", "/v1/pool", safe=True, timeout=timeout, json=changes)
+        return Pool.from_json(reply.json())
+
     async def list_runtimes(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
         """The interpreters jobs may name as ``runtime`` (``GET /v1/runtimes``)."""
         body = (await self._call("GET", "/v1/runtimes", safe=True, timeout=timeout)).json()

@@ -198,6 +198,9 @@ class Client:
     def pool(self, *, timeout: float | None = None) -> Pool:
         return self._run(self._aio.pool(timeout=timeout))
 
+    def tune_pool(self, changes: dict[str, Any], *, timeout: float | None = None) -> Pool:
+        return self._run(self._aio.tune_pool(changes, timeout=timeout))
+
     def list_runtimes(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
         return self._run(self._aio.list_runtimes(timeout=timeout))
 

@@ -133,6 +133,37 @@ def show(conn: Connection, watch: bool, interval: float, fmt: str) -> None:
         return
 
 
+def _min_idle(value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f'a number of workers or "auto", not {value!r}') from None
+
+
+@pool.command("set")
+@client_command
+@click.option("--min-idle", help='Idle workers kept: a number, or "auto" (follows demand).')
+@click.option("--min-idle-floor", type=click.IntRange(min=0),
+              help='With --min-idle auto: idle workers kept even with no arrivals.')
+@click.option("--max-pods", type=click.IntRange(min=1), help="Cap on workers in any state.")
+@click.option("--idle-ttl-s", type=click.FloatRange(min=0),
+              help="Idle workers beyond the target retire after this long idle, seconds.")
+@output_option
+def set_(conn: Connection, min_idle: str | None, min_idle_floor: int | None,
+         max_pods: int | None, idle_ttl_s: float | None, fmt: str) -> None:
+    """Re-tune the pool without a restart (PUT /v1/pool; the administrator's token).
+    The change is kept across restarts in poold's state folder."""
+    changes = {key: value for key, value in (
+        ("min_idle", _min_idle(min_idle)), ("min_idle_floor", min_idle_floor),
+        ("max_pods", max_pods), ("idle_ttl_s", idle_ttl_s)) if value is not None}
+    if not changes:
+        raise click.UsageError("give at least one of --min-idle, --min-idle-floor, "
+                               "--max-pods, --idle-ttl-s")
+    emit(conn.call(lambda c: c.tune_pool(changes)).record, fmt=fmt, columns=POOL_COLUMNS)
+
+
 @click.command("api")
 @client_command
 @click.argument("path")

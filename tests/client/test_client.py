@@ -417,6 +417,7 @@ ROUTES: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/v1/jobs/{id}/artifacts"): ("list_artifacts", "artifacts"),
     ("GET", "/v1/jobs/{id}/artifacts/{name}"): ("get_artifact", "artifacts"),
     ("GET", "/v1/pool"): ("pool", "pool show"),
+    ("PUT", "/v1/pool"): ("tune_pool", "pool set"),
     ("GET", "/v1/runtimes"): ("list_runtimes", "runtimes list"),
 }
 BROWSER_PAGES = {"/", "/console", "/console/", "/console/{name}"}

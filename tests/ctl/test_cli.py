@@ -8,6 +8,7 @@ One daemon serves the whole file (module-scoped loop).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import socket
@@ -46,10 +47,15 @@ class Done:
         return json.loads(self.out)
 
 
+ADMIN = "ctl-admin-token-" + "k" * 16
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def daemon(tmp_path_factory: pytest.TempPathFactory, broker: str
                  ) -> AsyncIterator[Daemon]:
-    async with serving(make_settings(tmp_path_factory.mktemp("ctl"), broker)) as served:
+    settings = make_settings(tmp_path_factory.mktemp("ctl"), broker,
+                             server__admin_token_sha256=hashlib.sha256(ADMIN.encode()).hexdigest())
+    async with serving(settings) as served:
         yield served[0]
 
 
@@ -285,6 +291,27 @@ async def test_pool_show(alpha: dict[str, str], daemon: Daemon) -> None:
     assert header == ["IDLE", "BUSY", "STARTING", "DELETING", "TARGET", "MIN-IDLE", "MAX"]
     assert values[-1] == str(daemon.settings.pool.max_pods)
     assert as_json.json()["max"] == daemon.settings.pool.max_pods
+
+
+async def test_pool_set_needs_the_administrator(alpha: dict[str, str], home: Path,
+                                                daemon: Daemon) -> None:
+    admin = environ(home, POOLD_URL=daemon.url, POOLD_TOKEN=ADMIN)
+    min_idle = str(daemon.settings.pool.min_idle)
+    done, refused, nothing, bad = await asyncio.gather(
+        poold("pool", "set", "--min-idle", min_idle, "--idle-ttl-s", "300", "-o", "json",
+              env=admin),
+        poold("pool", "set", "--idle-ttl-s", "5", env=alpha),
+        poold("pool", "set", env=admin),
+        poold("pool", "set", "--min-idle", "lots", env=admin),
+    )
+    assert done.rc == 0, done.err
+    assert done.json()["sizing"]["idle_ttl_s"] == 300
+    assert done.json()["min_idle"] == daemon.settings.pool.min_idle
+    assert refused.rc != 0 and "administrator" in refused.err, refused
+    assert nothing.rc == 2 and "at least one of" in nothing.err
+    assert bad.rc == 2 and '"auto"' in bad.err
+    shown = await poold("pool", "show", "-o", "json", env=alpha)
+    assert shown.json()["sizing"]["idle_ttl_s"] == 300
 
 
 async def test_api_reaches_any_route(alpha: dict[str, str], home: Path, daemon: Daemon) -> None:
