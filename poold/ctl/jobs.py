@@ -343,8 +343,10 @@ def run(conn: Connection, module: str, args: tuple[str, ...], input_file: TextIO
                 sys.stdout.buffer.write(record + b"\n")
                 sys.stdout.buffer.flush()
         finally:
+            # the log stream ends when the job does; on a loaded host that can come well
+            # after the last output record (10 s lost the log under load)
             with contextlib.suppress(TimeoutError, PooldError):
-                await asyncio.wait_for(logs, 10)
+                await asyncio.wait_for(logs, 60)
             logs.cancel()
         return await c.wait(job.id, timeout=30)
 
