@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import wasmtime
+from wasm_encode import uleb
 
 __all__ = ["FIXTURES", "module", "names", "truncated", "with_custom_section"]
 
@@ -57,21 +58,6 @@ def module(name: str) -> bytes:
     return data
 
 
-def _uleb128(value: int) -> bytes:
-    if value < 0:
-        msg = "LEB128 value must be non-negative"
-        raise ValueError(msg)
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def with_custom_section(wasm: bytes, name: str, payload: bytes) -> bytes:
     """Return ``wasm`` with a custom section (id 0) named ``name`` appended.
 
@@ -82,8 +68,8 @@ def with_custom_section(wasm: bytes, name: str, payload: bytes) -> bytes:
         msg = "not a wasm binary (missing \\0asm magic)"
         raise ValueError(msg)
     encoded = name.encode("utf-8")
-    content = _uleb128(len(encoded)) + encoded + payload
-    return wasm + b"\x00" + _uleb128(len(content)) + content
+    content = uleb(len(encoded)) + encoded + payload
+    return wasm + b"\x00" + uleb(len(content)) + content
 
 
 def truncated(wasm: bytes) -> bytes:

@@ -33,12 +33,12 @@ from poold.client.models import (
     Artifact,
     Job,
     JobResult,
-    JobState,
     Module,
     Pool,
 )
 from poold.client.retry import RetryPolicy
 from poold.client.sync import Client
+from poold.jobs.model import JobState
 
 __all__ = [
     "TERMINAL_STATES",

@@ -31,8 +31,9 @@ from poold.client.errors import (
     RequestTimeout,
     error_for,
 )
-from poold.client.models import Artifact, Job, JobResult, JobState, Module, Pool
+from poold.client.models import Artifact, Job, JobResult, Module, Pool
 from poold.client.retry import RetryPolicy, call_with_retries
+from poold.jobs.model import JobState
 
 ModuleSource = bytes | str | os.PathLike[str]
 
