@@ -58,9 +58,13 @@ function stateClass(state) {
 
 // -- errors ----------------------------------------------------------------------
 
-let pollError = false; // the error shown came from polling, so the next good poll clears it
+// The poller whose failure is shown ("pool", "jobs"), or null: only that poller's
+// next good answer clears it. Another poller answering says nothing about the
+// request that failed, and clearing on it made the report flicker away within
+// a second while the pool was still unreachable.
+let pollError = null;
 
-function showError(message, { fromPoll = false } = {}) {
+function showError(message, { fromPoll = null } = {}) {
   $("error-text").textContent = message;
   $("error").hidden = false;
   pollError = fromPoll;
@@ -69,17 +73,17 @@ function showError(message, { fromPoll = false } = {}) {
 function clearError() {
   $("error").hidden = true;
   $("error-text").textContent = "";
-  pollError = false;
+  pollError = null;
 }
 
-function polled() {
-  if (pollError) {
+function polled(poller) {
+  if (pollError === poller) {
     clearError();
   }
 }
 
 // An API failure: a rejected token signs out; anything else is shown.
-function failed(e, { fromPoll = false } = {}) {
+function failed(e, { fromPoll = null } = {}) {
   if (e.name === "AbortError") {
     return;
   }
@@ -168,10 +172,10 @@ async function refreshPool() {
   try {
     figures = await call("GET", "/v1/pool");
   } catch (e) {
-    failed(e, { fromPoll: true });
+    failed(e, { fromPoll: "pool" });
     return;
   }
-  polled();
+  polled("pool");
   for (const key of ["idle", "busy", "starting", "target", "max", "hot", "deleting"]) {
     $(`pool-${key}`).textContent = String(figures[key] ?? "–");
   }
@@ -189,10 +193,10 @@ async function refreshJobs() {
   try {
     lastJobs = (await call("GET", "/v1/jobs?limit=100")).jobs;
   } catch (e) {
-    failed(e, { fromPoll: true });
+    failed(e, { fromPoll: "jobs" });
     return;
   }
-  polled();
+  polled("jobs");
   renderJobs();
 }
 
