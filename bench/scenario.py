@@ -15,20 +15,20 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 Arrival = Literal["sequential", "all_at_once", "even", "poisson", "ramp_up", "ramp_down"]
-Role = Literal["warm", "cold", "throughput", "throughput_reuse", "output", "arrival"]
+Role = Literal["warm", "hot", "cold", "throughput", "throughput_reuse", "output", "arrival"]
 
 ARRIVALS: tuple[Arrival, ...] = (
     "sequential", "all_at_once", "even", "poisson", "ramp_up", "ramp_down",
 )
 RAMPS: tuple[Arrival, ...] = ("ramp_up", "ramp_down")
 ROLES: tuple[Role, ...] = (
-    "warm", "cold", "throughput", "throughput_reuse", "output", "arrival",
+    "warm", "hot", "cold", "throughput", "throughput_reuse", "output", "arrival",
 )
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 STANDARD = (
-    "warm-sequential", "warm-fsync", "cold-sequential", "throughput", "throughput-reuse",
-    "upper-input", "burst",
+    "warm-sequential", "hot-sequential", "warm-fsync", "cold-sequential", "throughput",
+    "throughput-reuse", "upper-input", "burst",
     "arrival-even", "arrival-ramp-up", "arrival-ramp-down",
     "compile-small", "compile-large", "poisson-sizing", "kube-scale", "kube-scale-real",
 )

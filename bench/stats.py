@@ -276,6 +276,7 @@ def ratio(summaries: Sequence[Summary]) -> tuple[float | None, Summary | None, S
 
 def verdicts(summaries: Sequence[Summary]) -> list[Verdict]:
     warm = _first(summaries, "warm")
+    hot = _first(summaries, "hot")
     thr = _first(summaries, "throughput")
     reuse = _first(summaries, "throughput_reuse")
     output = _first(summaries, "output")
@@ -301,6 +302,12 @@ def verdicts(summaries: Sequence[Summary]) -> list[Verdict]:
                 f"<= {P50_TARGET_MS:g}", "ms", at_most(p50, P50_TARGET_MS)),
         Verdict("warm submit-to-start p99", warm.label if warm else no_warm, p99,
                 f"<= {P99_TARGET_MS:g}", "ms", at_most(p99, P99_TARGET_MS)),
+        Verdict("hot submit-to-start p50", of(hot, "hot"), hot.wait_p50 if hot else None,
+                f"<= {P50_TARGET_MS:g}", "ms",
+                at_most(hot.wait_p50 if hot else None, P50_TARGET_MS)),
+        Verdict("hot submit-to-start p99", of(hot, "hot"), hot.wait_p99 if hot else None,
+                f"<= {P99_TARGET_MS:g}", "ms",
+                at_most(hot.wait_p99 if hot else None, P99_TARGET_MS)),
         Verdict("cold/warm p50 ratio",
                 f"{c.label}/{w.label}" if c and w else "no \"cold\" + \"warm\" pair run",
                 value, f">= {RATIO_TARGET:g}", "x", at_least(value, RATIO_TARGET)),
