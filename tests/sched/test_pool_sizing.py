@@ -1,5 +1,6 @@
 """``pool.min_idle = "auto"``: the pool follows arrivals, against the scripted
-backend, with a clock the test moves (arrival rates and start times)."""
+backend, with a clock the test moves (arrival rates and start times); and one
+real daemon started with it."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
+from wasm_fixtures import module
 
 from poold.config import PoolSettings
 from poold.metrics import Metrics
 from poold.sched.pool import Pool, WorkerState
 from poold.sched.sizing import LONG_WINDOW_S
 from poold.types import PodName
+from tests.conftest import Client, DaemonFactory
 from tests.sched.test_pool import ScriptedBackend
 
 
@@ -186,3 +190,16 @@ async def test_surplus_idle_workers_retire_longest_idle_first_once_the_load_stop
     assert 'poold_pool_worker_retirements_total{reason="surplus"} 9.0' in text
     assert "poold_pool_worker_creations_total 10.0" in text
     assert len(rig.backend.created) == 10, "nothing retired was replaced"
+
+
+async def test_a_daemon_with_auto_sizing_starts_with_its_floor_idle_and_runs_warm(
+        start_daemon: DaemonFactory, session: aiohttp.ClientSession) -> None:
+    # the fixture waits for the pool to fill to what the daemon aims to keep: with
+    # "auto" that is the floor, not a number in the settings
+    daemon = await start_daemon(pool__min_idle="auto", pool__min_idle_floor=2)
+    assert daemon.pool is not None
+    figures = daemon.pool.figures()
+    assert figures["min_idle"] == "auto" and figures["idle_target"] == 2, figures
+    assert figures["idle"] >= 2, figures
+    job = await Client(daemon, session, "alpha").run(module("upper"), input=["auto"])
+    assert job["state"] == "succeeded" and job["warm"] is True, job
