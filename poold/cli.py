@@ -35,7 +35,7 @@ def serve(config_path: Path | None, log_level: str) -> None:
 
     try:
         settings = load_settings(config_path)
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, config_path=config_path))
     except ConfigError as e:
         raise click.ClickException(str(e)) from e
 

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Mapping
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -23,7 +25,7 @@ from poold.backends.kubernetes import KubernetesBackend
 from poold.backends.leader import LeaseElector
 from poold.backends.local import LocalBackend
 from poold.backends.podtemplate import TemplateError, load_template
-from poold.config import ConfigError, Settings, memory_overcommit
+from poold.config import ConfigError, Settings, load_settings, memory_overcommit
 from poold.data.embedded import EmbeddedBroker
 from poold.data.kafka import DataPlane, topic_names
 from poold.jobs.files import JobFiles
@@ -37,7 +39,7 @@ from poold.modules.structure import StructureLimits
 from poold.runtime.engine import CompileCache
 from poold.sched.pool import Pool
 from poold.sched.scheduler import Scheduler
-from poold.sched.tuning import PoolOverrides, tuned
+from poold.sched.tuning import PoolOverrides, PoolTuner, TuningError, tuned
 
 log = structlog.get_logger(__name__)
 
@@ -45,10 +47,16 @@ log = structlog.get_logger(__name__)
 class Daemon:
     """Start with :meth:`start`, stop with :meth:`stop` (both safe to call twice)."""
 
-    def __init__(self, settings: Settings, *, kube_configuration: Any = None) -> None:
+    def __init__(self, settings: Settings, *, kube_configuration: Any = None,
+                 config_path: Path | None = None) -> None:
         """``kube_configuration`` overrides how the Kubernetes backend connects (tests
-        point it at a fake API server)."""
+        point it at a fake API server). ``config_path`` is the file ``settings`` came
+        from, read again on :attr:`reload_requested` (SIGHUP)."""
         self.settings = settings
+        self.config_path = config_path
+        self.reload_requested = asyncio.Event()
+        """Set (by SIGHUP) to re-read the config file's ``[pool]`` section."""
+        self.tuner: PoolTuner | None = None
         self._kube_configuration = kube_configuration
         self.metrics = Metrics()
         self.broker: EmbeddedBroker | None = None
@@ -102,12 +110,12 @@ class Daemon:
         self.backend = self._backend(bootstrap)
         if isinstance(self.backend, KubernetesBackend):
             await self.backend.prepare()
-        pool_settings = tuned(
-            s.pool, PoolOverrides(s.state.dir, fsync=s.state.fsync).load())  # PUT /v1/pool
+        overrides = PoolOverrides(s.state.dir, fsync=s.state.fsync)  # PUT /v1/pool
         self.pool = Pool(
-            backend=self.backend, settings=pool_settings, slots_root=s.slots.root,
-            metrics=self.metrics,
+            backend=self.backend, settings=tuned(s.pool, overrides.load()),
+            slots_root=s.slots.root, metrics=self.metrics,
         )
+        self.tuner = PoolTuner(pool=self.pool, file=s.pool, overrides=overrides)
         self.scheduler = Scheduler(
             settings=s, store=self.store, pool=self.pool, data=self.data, modules=self.modules,
             files=files, metrics=self.metrics,
@@ -119,7 +127,8 @@ class Daemon:
 
         api = Api(
             settings=s, store=self.store, scheduler=self.scheduler, pool=self.pool,
-            modules=self.modules, data=self.data, files=files, metrics=self.metrics,
+            tuner=self.tuner, modules=self.modules, data=self.data, files=files,
+            metrics=self.metrics,
             runtimes=runtimes, ready=lambda: self._ready,
             accepting=lambda: not self.draining,
         )
@@ -205,6 +214,7 @@ class Daemon:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.scheduler.run(), name="scheduler")
                 group.create_task(self._sweep(), name="retention")
+                group.create_task(self._reloads(), name="config-reload")
                 if self.elector is not None:
                     group.create_task(self.elector.run(), name="leader-election")
                     group.create_task(self._activate(), name="activation")
@@ -212,6 +222,48 @@ class Daemon:
             for e in errors.exceptions:
                 log.error("a poold task died; shutting down", error=repr(e), exc_info=e)  # noqa: TRY400
             raise
+
+    async def _reloads(self) -> None:
+        """Re-read the config file whenever :attr:`reload_requested` is set (SIGHUP)."""
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            await self.reload_config()
+
+    async def reload_config(self) -> bool:
+        """Apply the config file's ``[pool]`` section as it is now (the keys
+        ``PUT /v1/pool`` may change; see :mod:`poold.sched.tuning` for what wins over
+        ``pool.json``). A file that cannot be read or validated changes nothing. Ends
+        with one line, ``config re-read`` or ``config not re-read``."""
+        path = self.config_path
+        if path is None:
+            log.warning("config not re-read", path=None,
+                        error="poold serve was started without --config: there is no file "
+                              "to read; use PUT /v1/pool to change the pool")
+            return False
+        assert self.tuner is not None
+        try:
+            read = await asyncio.to_thread(load_settings, path)
+            outcome = await self.tuner.reload(read.pool)
+        except (ConfigError, TuningError) as e:
+            log.error("config not re-read", path=str(path), error=str(e),  # noqa: TRY400
+                      keeps="the settings it runs with")
+            return False
+        for key, (running, wanted) in outcome.needs_restart.items():
+            log.warning("config key changed in the file needs a restart; keeping its "
+                        "running value", key=f"pool.{key}", running=running, file=wanted)
+        for key in _changed_keys(self.settings.model_dump(exclude={"pool"}),
+                                 read.model_dump(exclude={"pool"})):
+            log.warning("config key changed in the file needs a restart; keeping its "
+                        "running value", key=key)  # values left out: tokens' hashes live here
+        for key, (saved, wanted) in outcome.replaced.items():
+            log.info("the file's edit replaces a value set by PUT /v1/pool", key=f"pool.{key}",
+                     pool_json=saved, file=wanted)
+        log.info("config re-read", path=str(path),
+                 changed={f"pool.{k}": {"was": a, "now": b}
+                          for k, (a, b) in outcome.changed.items()},
+                 kept_from_pool_json=outcome.overrides)
+        return True
 
     async def _sweep(self) -> None:
         """Retention: remove finished jobs past ``retention.finished_jobs_s``."""
@@ -292,13 +344,30 @@ class Daemon:
         await self.stop()
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT (which only set an event) or until a task dies."""
+def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
+                  ) -> list[str]:
+    """Dotted keys whose values differ between two nested settings dumps."""
+    keys: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+async def serve(settings: Settings, *, config_path: Path | None = None) -> None:
+    """Run until SIGTERM/SIGINT (which only set an event) or until a task dies.
+    SIGHUP (which only sets an event too) re-reads ``config_path``'s ``[pool]``."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Daemon(settings) as daemon:
+    daemon = Daemon(settings, config_path=config_path)
+    # before the start: SIGHUP's default action would end the process
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload_requested.set)
+    async with daemon:
         assert daemon._tasks is not None
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, daemon._tasks}, return_when=asyncio.FIRST_COMPLETED)

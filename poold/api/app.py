@@ -46,7 +46,7 @@ from poold.modules.store import ModuleStore
 from poold.runtime.inspect import ModuleRejected
 from poold.sched.pool import Pool
 from poold.sched.scheduler import QueueFull, Scheduler
-from poold.sched.tuning import PoolOverrides, TuningError, tuned
+from poold.sched.tuning import PoolTuner, TuningError
 from poold.types import JobId, ModuleHash, TenantName, new_job_id
 
 log = structlog.get_logger(__name__)
@@ -71,6 +71,7 @@ class Api:
         store: JobStore,
         scheduler: Scheduler,
         pool: Pool,
+        tuner: PoolTuner,
         modules: ModuleStore,
         data: DataPlane,
         files: JobFiles,
@@ -84,6 +85,8 @@ class Api:
         self.store = store
         self.scheduler = scheduler
         self.pool = pool
+        self.tuner = tuner
+        """Changes the pool's settings (``PUT /v1/pool``; SIGHUP goes through it too)."""
         self.modules = modules
         self.data = data
         self.files = files
@@ -229,18 +232,10 @@ class Api:
         if not isinstance(body, dict) or not body:
             return error(400, "the body must be a non-empty JSON object of [pool] keys, "
                               'e.g. {"min_idle": 8}')
-        overrides = PoolOverrides(self.settings.state.dir, fsync=self.settings.state.fsync)
-        saved = await asyncio.to_thread(overrides.load)
         try:
-            new = tuned(self.settings.pool, {**saved, **body})
+            await self.tuner.put(body)
         except TuningError as e:
             return error(400, str(e))
-        await asyncio.to_thread(overrides.save, {**saved, **body})
-        old = self.pool.settings
-        self.pool.settings = new
-        self.pool.poke()
-        log.info("pool re-tuned", changes=body,
-                 was={k: getattr(old, k) for k in body}, file=str(overrides.path))
         return web.json_response(self.pool.figures())
 
     # -- modules -------------------------------------------------------------------
