@@ -55,6 +55,17 @@ class Metrics:
             "idle_ttl, hot_idle_ttl.",
             ["reason"], registry=r,
         )
+        self.pool_sizing_need = Gauge(
+            "poold_pool_sizing_need_workers",
+            'With "auto": arrivals expected while one worker starts (rate x start p90); '
+            "the idle target adds the margin to it.",
+            registry=r,
+        )
+        self.pool_sizing_margin = Gauge(
+            "poold_pool_sizing_margin",
+            'With "auto": standard deviations of the arrival count added to the need.',
+            registry=r,
+        )
         self.pool_start_p90 = Gauge(
             "poold_pool_sizing_start_seconds",
             "Quantile of the last 50 worker start times, as the idle target uses it.",

@@ -164,6 +164,9 @@ class Pool:
         self.metrics.pool_arrival_rate.labels("short").set(short)
         self.metrics.pool_arrival_rate.labels("long").set(long)
         self.metrics.pool_start_p90.labels("0.9").set(self.sizer.meter.start_p90())
+        last = self.sizer.last
+        self.metrics.pool_sizing_need.set(0.0 if last is None else last.need)
+        self.metrics.pool_sizing_margin.set(0.0 if last is None else last.margin)
 
     # -- lifecycle -------------------------------------------------------------
 

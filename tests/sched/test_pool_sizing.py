@@ -5,6 +5,7 @@ real daemon started with it."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -128,6 +129,11 @@ async def test_auto_follows_the_arrival_rate_and_the_start_time(rig: Rig) -> Non
     start = figures["sizing"]["start_p90_s"]
     assert f'poold_pool_sizing_start_seconds{{quantile="0.9"}} {start}' in text
     assert 'poold_pool_arrival_rate_per_second{window="short"}' in text
+    # and why: the need (rate x start p90) the margin (2 standard deviations) is added to
+    need = re.search(r"^poold_pool_sizing_need_workers (\S+)$", text, re.MULTILINE)
+    assert need is not None and float(need[1]) > 0
+    assert float(need[1]) == pytest.approx(figures["sizing"]["need"], abs=1e-3)
+    assert "poold_pool_sizing_margin 2.0" in text
 
     # the load stops: once the long window has emptied the target is the floor again
     rig.clock.now += LONG_WINDOW_S + 0.1
