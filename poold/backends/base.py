@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from poold.types import JobId, PodName
+from poold.types import JobId, PodName, TenantName
 
 
 class BackendUnavailable(Exception):
@@ -34,6 +34,11 @@ class WorkerEvent:
     job: JobId | None = None
     token: str | None = None
     """The secret the worker's agent requires on every request."""
+    tenant: TenantName | None = None
+    """Set on ``ready`` when the worker is hot: it ran jobs of this tenant (``pool.reuse``)
+    and may only ever take that tenant's jobs; a restarted daemon keeps it so."""
+    jobs: int = 0
+    """How many jobs the worker has taken, as recorded on it (``pool.max_jobs_per_worker``)."""
 
 
 EventSink = Callable[[WorkerEvent], None]
@@ -53,6 +58,14 @@ class Backend(Protocol):
 
     async def claim(self, pod: PodName, job: JobId) -> bool:
         """Record on the worker that it holds ``job``; False if someone else won it."""
+
+    async def release_claim(
+        self, pod: PodName, *, job: JobId, tenant: TenantName, jobs: int
+    ) -> bool:
+        """``job`` succeeded and the worker stays for the next job of ``tenant``
+        (``pool.reuse``): record on it that it holds no job, belongs to ``tenant``
+        for the rest of its life, and has taken ``jobs`` jobs. False if it no longer
+        holds ``job`` or is gone: then it must not be reused."""
 
     async def delete(self, pod: PodName) -> None:
         """Remove the worker; a ``gone`` event follows once it really is."""

@@ -36,9 +36,17 @@ from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from poold.backends.base import BackendUnavailable, EventSink, WorkerEvent
-from poold.backends.podtemplate import ANNOTATION_JOB, claim_patch, render, selector, token_of
+from poold.backends.podtemplate import (
+    ANNOTATION_JOB,
+    claim_patch,
+    hot_tenant,
+    release_patch,
+    render,
+    selector,
+    token_of,
+)
 from poold.config import ConfigError, KubernetesSettings
-from poold.types import JobId, PodName
+from poold.types import JobId, PodName, TenantName
 
 log = structlog.get_logger(__name__)
 
@@ -361,9 +369,11 @@ class KubernetesBackend:
         if ip and _ready(status):
             if reported != "ready":  # for the first time, or again after a lapse
                 job = _holder(pod)
+                tenant, jobs = hot_tenant(pod)
                 self._emit(WorkerEvent(
                     "ready", name, endpoint=endpoint(ip, self.settings.agent_port),
                     job=JobId(job) if job else None, token=token_of(pod),
+                    tenant=tenant, jobs=jobs,
                 ))
         elif reported == "ready":
             self._emit(WorkerEvent("unready", name, reason=_unready_reason(status)))
@@ -411,15 +421,21 @@ class KubernetesBackend:
         409 also when our own write was committed but its answer lost (the retry carried
         the old resourceVersion), or when the kubelet wrote the status in between."""
         current = self.pods.get(pod)
+        fresh = False
         for _ in range(CLAIM_ATTEMPTS):
             if current is None or _gone_reason(current) is not None:
                 return False
             holder = _holder(current)
             if holder is not None:
-                if holder != job:
+                if holder == job:
+                    self.pods[pod] = current
+                    return True
+                if fresh:
                     return False
-                self.pods[pod] = current
-                return True
+                # the watch may still be delivering the pod's previous job (a hot pod,
+                # released a moment ago): ask the server before giving the pod up
+                current, fresh = await self._read_pod(pod), True
+                continue
             try:
                 current = await self._claim_once(pod, job, current)
             except BackendUnavailable:
@@ -431,12 +447,55 @@ class KubernetesBackend:
                 raise
             except ApiError as e:
                 if e.status == 409:
-                    current = await self._read_pod(pod)
+                    current, fresh = await self._read_pod(pod), True
                     continue
                 if e.status in (404, 422):
                     return False
                 raise BackendUnavailable(f"cannot claim runner pod {pod}: {e}") from e
         log.warning("claim kept conflicting; giving the pod up for now", pod=pod)
+        return False
+
+    async def release_claim(
+        self, pod: PodName, *, job: JobId, tenant: TenantName, jobs: int
+    ) -> bool:
+        """Fenced like the claim: the patch applies only to the version of the pod we
+        saw holding ``job``, so a pod is handed back only by the daemon whose job it
+        ran, and keeps ``tenant`` on it for good (a restarted daemon reads it there)."""
+        current = self.pods.get(pod)
+        for _ in range(CLAIM_ATTEMPTS):
+            if current is None or _gone_reason(current) is not None:
+                return False
+            holder = _holder(current)
+            if holder != job:
+                # our own release, committed with its answer lost, or not ours at all
+                released = holder is None and hot_tenant(current)[0] == tenant
+                if released:
+                    self.pods[pod] = current
+                return released
+            patch = release_patch(resource_version=current["metadata"]["resourceVersion"],
+                                  tenant=tenant, jobs=jobs)
+            core = self._core
+
+            async def call(patch: dict[str, Any] = patch) -> dict[str, Any]:
+                return await self._json(core.patch_namespaced_pod(
+                    pod, self.namespace, patch,
+                    _content_type="application/merge-patch+json", _preload_content=False))
+
+            try:
+                current = dict(await self._retry("release pod", call))
+            except BackendUnavailable:
+                current = await self._read_pod(pod)  # committed, answer lost?
+                continue
+            except ApiError as e:
+                if e.status == 409:  # the kubelet wrote the status meanwhile
+                    current = await self._read_pod(pod)
+                    continue
+                if e.status in (404, 422):
+                    return False
+                raise BackendUnavailable(f"cannot release runner pod {pod}: {e}") from e
+            self.pods[pod] = current
+            return True
+        log.warning("release kept conflicting; recycling the pod", pod=pod)
         return False
 
     async def _claim_once(

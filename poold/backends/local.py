@@ -21,7 +21,7 @@ import structlog
 
 from poold.backends.base import BackendUnavailable, EventSink, WorkerEvent
 from poold.backends.forkserver import PARENT_ENV
-from poold.types import JobId, PodName
+from poold.types import JobId, PodName, TenantName
 
 log = structlog.get_logger(__name__)
 
@@ -163,9 +163,15 @@ class LocalBackend:
         self._claims[pod] = job
         return True
 
-    async def release_claim(self, pod: PodName) -> None:
-        """The pod's job ended and it stays for another (``pool.reuse``)."""
-        self._claims.pop(pod, None)
+    async def release_claim(
+        self, pod: PodName, *, job: JobId, tenant: TenantName, jobs: int
+    ) -> bool:
+        """The pod's job succeeded and it stays for another of ``tenant`` (``pool.reuse``).
+        Nothing outlives this daemon here, so the tenant is the pool's to remember."""
+        if pod not in self._alive or self._claims.get(pod) != job:
+            return False
+        del self._claims[pod]
+        return True
 
     async def delete(self, pod: PodName) -> None:
         if pod in self._alive:

@@ -17,12 +17,17 @@ from typing import Any
 
 import yaml
 
-from poold.types import JobId, PodName
+from poold.types import JobId, PodName, TenantName
 
 LABEL_APP = "app.kubernetes.io/name"
 LABEL_POOL = "poold.dev/pool"
 LABEL_STATE = "poold.dev/state"
 ANNOTATION_JOB = "poold.dev/job"
+ANNOTATION_TENANT = "poold.dev/tenant"
+"""On a hot pod (``pool.reuse``): the one tenant whose jobs it may take, for life."""
+ANNOTATION_JOBS = "poold.dev/jobs"
+"""On a hot pod: how many jobs it has taken (``pool.max_jobs_per_worker``)."""
+UNKNOWN_JOBS = 2**31
 TOKEN_ENV = "POOLD_AGENT_TOKEN"  # noqa: S105 - the variable's name, not a secret
 APP = "poold-runner"
 
@@ -112,3 +117,30 @@ def claim_patch(*, resource_version: str, job: JobId) -> dict[str, Any]:
             "annotations": {ANNOTATION_JOB: job},
         }
     }
+
+
+def release_patch(
+    *, resource_version: str, tenant: TenantName, jobs: int
+) -> dict[str, Any]:
+    """A merge patch, for the version of the pod we saw holding our job, that hands the
+    pod back for the next job of ``tenant`` (``pool.reuse``): no job, the tenant and the
+    job count recorded on it, labelled ``hot``."""
+    return {
+        "metadata": {
+            "resourceVersion": resource_version,
+            "labels": {LABEL_STATE: "hot"},
+            "annotations": {ANNOTATION_JOB: None, ANNOTATION_TENANT: tenant,
+                            ANNOTATION_JOBS: str(jobs)},
+        }
+    }
+
+
+def hot_tenant(pod: dict[str, Any]) -> tuple[TenantName | None, int]:
+    """The tenant a pod is kept for and the jobs it has taken (None, 0: a fresh pod)."""
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    tenant = annotations.get(ANNOTATION_TENANT)
+    try:
+        jobs = int(annotations.get(ANNOTATION_JOBS, "0"))
+    except ValueError:
+        jobs = UNKNOWN_JOBS  # recycled after its next job rather than trusted
+    return (TenantName(tenant) if tenant else None), jobs

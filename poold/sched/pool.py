@@ -340,6 +340,9 @@ class Pool:
             worker.ready_at = time.monotonic()
             worker.endpoint = event.endpoint
             worker.token = event.token
+            if event.tenant is not None:  # adopted before it was ready: hot all the same
+                worker.tenant = event.tenant
+                worker.jobs = max(worker.jobs, event.jobs)
             if worker.lapsed:
                 worker.lapsed = False
                 log.info("worker is ready again", pod=event.pod)
@@ -406,14 +409,15 @@ class Pool:
         if event.kind == "gone":
             Slot.of(self.slots_root, event.pod).remove()
             return
-        worker = Worker(event.pod)
+        worker = Worker(event.pod, tenant=event.tenant, jobs=event.jobs)
         self.workers[event.pod] = worker
         if event.kind == "ready" and event.job is None:
             worker.state = WorkerState.IDLE
             worker.ready_at = time.monotonic()
             worker.endpoint = event.endpoint
             worker.token = event.token
-            log.info("adopted an idle worker", pod=event.pod)
+            # a hot one stays its tenant's: it takes no other tenant's job, ever
+            log.info("adopted an idle worker", pod=event.pod, hot_for=event.tenant)
             self._idle_changed.set()
             self.on_ready(worker)
         elif event.kind == "ready":
@@ -492,22 +496,31 @@ class Pool:
         return won
 
     def can_reuse(self, worker: Worker) -> bool:
-        """Whether ``worker`` may take another job: reuse is on, the worker has
-        jobs left, and the backend can release a claim (the local one can; the
-        Kubernetes one does not yet)."""
+        """Whether ``worker`` may take another job: reuse is on and the worker has
+        jobs left."""
         return (
             self.settings.reuse == "tenant"
             and worker.jobs < self.settings.max_jobs_per_worker
             and worker.state is WorkerState.BUSY
             and not self._stopping
-            and hasattr(self.backend, "release_claim")
         )
 
     async def reuse(self, worker: Worker, tenant: TenantName) -> None:
         """The worker's job succeeded and its slot is clear: it waits, hot, for the
-        next job of ``tenant``."""
-        await self.backend.release_claim(worker.pod)  # type: ignore[attr-defined]
+        next job of ``tenant``, once the backend has released its claim (a fenced
+        write on Kubernetes). If that fails, the worker is recycled instead."""
+        released = False
+        if worker.job is not None:
+            try:
+                released = await self.backend.release_claim(
+                    worker.pod, job=worker.job, tenant=tenant, jobs=worker.jobs)
+            except BackendUnavailable as e:
+                log.warning("could not hand a worker back for reuse; recycling it",
+                            pod=worker.pod, error=str(e))
         if worker.state is not WorkerState.BUSY:  # gone meanwhile
+            return
+        if not released:
+            await self._retire(worker)
             return
         worker.state = WorkerState.IDLE
         worker.tenant = tenant

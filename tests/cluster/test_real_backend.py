@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import os
 import secrets
@@ -24,7 +25,7 @@ from poold.backends.base import WorkerEvent
 from poold.backends.kubernetes import KubernetesBackend
 from poold.backends.podtemplate import load_template, render
 from poold.config import KubernetesSettings
-from poold.types import PodName
+from poold.types import JobId, PodName, TenantName
 
 from .conftest import NAMESPACE, TEMPLATE, Account, akubectl, pods_of
 from .controlplane import ControlPlane, free_port
@@ -98,6 +99,48 @@ async def test_a_watch_resumed_from_a_compacted_revision_relists_and_loses_no_po
         await events.wait(lambda: events.has("gone", first) and events.has("ready", third))
         assert backend.relists == 2, "the stale watch got 410 Gone and listed again"
         assert set(backend.pods) == {second, third}
+    finally:
+        await backend.stop()
+
+
+async def test_a_pod_is_handed_back_for_its_tenants_next_job_by_fenced_writes(
+    deployed: ControlPlane, standin: KubeletStandIn, poold_account: Account, pool_name: str,
+    admin_core: Any,
+) -> None:
+    """``pool.reuse``: the hand-back after a success is a merge patch that needs the pod's
+    resourceVersion (a real server, poold's own RBAC), drops the job, keeps the tenant."""
+    settings = KubernetesSettings(kubeconfig=poold_account.kubeconfig, pool_name=pool_name)
+    events = Events()
+    backend = KubernetesBackend(settings=settings, template=load_template(TEMPLATE),
+                                kafka="kafka:9092")
+    await backend.start(events)
+    try:
+        pod = PodName(f"poold-w-{pool_name}00")
+        await backend.create(pod)
+        await events.wait(lambda: events.has("ready", pod))
+        alpha = TenantName("alpha")
+
+        async def annotations() -> dict[str, str]:
+            found = await admin_core.read_namespaced_pod(pod, NAMESPACE)
+            return dict(found.metadata.annotations or {})
+
+        assert await backend.claim(pod, JobId("j-1"))
+        held = copy.deepcopy(backend.pods[pod])
+        assert not await backend.release_claim(pod, job=JobId("j-2"), tenant=alpha, jobs=1)
+        assert (await annotations()).get("poold.dev/job") == "j-1"
+        assert await backend.release_claim(pod, job=JobId("j-1"), tenant=alpha, jobs=1)
+        found = await admin_core.read_namespaced_pod(pod, NAMESPACE)
+        assert found.metadata.labels["poold.dev/state"] == "hot"
+        assert await annotations() == {"poold.dev/tenant": "alpha", "poold.dev/jobs": "1"}
+
+        # a stale view (the watch still delivering the last job) is checked with the server
+        backend.pods[pod] = held
+        assert await backend.claim(pod, JobId("j-2"))
+        assert await annotations() == {
+            "poold.dev/job": "j-2", "poold.dev/tenant": "alpha", "poold.dev/jobs": "1"}
+        assert not await backend.claim(pod, JobId("j-3")), "a claimed pod taken twice"
+        # a job the pod no longer holds cannot hand it back
+        assert not await backend.release_claim(pod, job=JobId("j-1"), tenant=alpha, jobs=2)
     finally:
         await backend.stop()
 

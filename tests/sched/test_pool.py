@@ -186,8 +186,10 @@ async def test_lost_claim_leaves_the_worker_to_its_winner(make_pool) -> None:  #
 class ReusingBackend(ScriptedBackend):
     """A backend that can hand a claimed worker back for another job (as the local one)."""
 
-    async def release_claim(self, pod: PodName) -> None:
-        self.claims.pop(pod, None)
+    async def release_claim(
+        self, pod: PodName, *, job: JobId, tenant: TenantName, jobs: int
+    ) -> bool:
+        return self.claims.pop(pod, None) == job
 
 
 async def test_a_hot_worker_takes_only_its_own_tenants_jobs(make_pool) -> None:  # type: ignore[no-untyped-def]
@@ -228,3 +230,30 @@ async def test_reuse_never_recycles(make_pool) -> None:  # type: ignore[no-untyp
     worker = pool.take_idle(TenantName("a"))
     assert worker is not None and await pool.claim(worker, JobId("j-1"))
     assert not pool.can_reuse(worker)
+
+
+async def test_a_worker_the_backend_cannot_hand_back_is_recycled(make_pool) -> None:  # type: ignore[no-untyped-def]
+    backend = ReusingBackend()
+    pool: Pool = await make_pool(backend, reuse="tenant", hot_idle_ttl_s=0)
+    await pool.wait_until(lambda: pool.count(WorkerState.IDLE) == 2, 5)
+    worker = pool.take_idle(TenantName("a"))
+    assert worker is not None and await pool.claim(worker, JobId("j-1"))
+    backend.claims[worker.pod] = JobId("j-not-ours")  # the fenced hand-back will fail
+    await pool.reuse(worker, TenantName("a"))
+    assert worker.pod in backend.deleted and pool.figures()["hot"] == 0
+
+
+@pytest.mark.parametrize("seen_first", [False, True], ids=["ready", "seen-then-ready"])
+async def test_an_adopted_hot_worker_stays_its_tenants(make_pool, seen_first: bool) -> None:  # type: ignore[no-untyped-def]
+    backend = ReusingBackend()
+    pool: Pool = await make_pool(backend, reuse="tenant", hot_idle_ttl_s=0, min_idle=0)
+    assert backend.sink is not None
+    pod = PodName("poold-w-00000000aa")
+    if seen_first:  # not ready when this daemon started: the tenant comes with "ready"
+        backend.sink(WorkerEvent("seen", pod))
+    backend.sink(WorkerEvent("ready", pod, endpoint="http://127.0.0.1:1",
+                             tenant=TenantName("a"), jobs=3))
+    assert pool.figures()["hot"] == 1 and pool.workers[pod].jobs == 3
+    assert pool.take_idle(TenantName("b")) is None, "another tenant got a hot worker"
+    taken = pool.take_idle(TenantName("a"))
+    assert taken is not None and taken.pod == pod and taken.jobs == 4
