@@ -461,6 +461,7 @@ class KubernetesBackend:
         """Fenced like the claim: the patch applies only to the version of the pod we
         saw holding ``job``, so a pod is handed back only by the daemon whose job it
         ran, and keeps ``tenant`` on it for good (a restarted daemon reads it there)."""
+        core = self._core
         current = self.pods.get(pod)
         for _ in range(CLAIM_ATTEMPTS):
             if current is None or _gone_reason(current) is not None:
@@ -474,7 +475,6 @@ class KubernetesBackend:
                 return released
             patch = release_patch(resource_version=current["metadata"]["resourceVersion"],
                                   tenant=tenant, jobs=jobs)
-            core = self._core
 
             async def call(patch: dict[str, Any] = patch) -> dict[str, Any]:
                 return await self._json(core.patch_namespaced_pod(
