@@ -1,25 +1,24 @@
 """Slots on the shared volume and the NFS-safe delivery protocol.
 
-Every file crosses the volume the same way: written under a temporary name,
-fsynced, closed, then renamed into place. A rename is atomic on local disks
-and on NFS, so a reader that opens the exact final path sees all of a file or
-none of it. ``job.json`` is written last and is the commit point of a
+Every file crosses the volume the same way (:mod:`poold.atomic`): written
+under a temporary name, fsynced, closed, then renamed into place. A rename is
+atomic on local disks and on NFS, so a reader that opens the exact final path
+sees all of a file or none of it. ``job.json`` is written last and is the commit point of a
 delivery; ``result.json`` plays the same role on the way back.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from poold.atomic import place_atomic, write_atomic
 from poold.types import PodName
 
-CHUNK = 1024 * 1024
+__all__ = ["Slot", "place_atomic", "read_json", "write_atomic", "write_json_atomic"]
 
 
 @dataclass(frozen=True)
@@ -91,48 +90,6 @@ class Slot:
                 else:
                     entry.unlink(missing_ok=True)
         self.create()
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-
-
-def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def place_atomic(src: Path, path: Path, *, fsync: bool = True) -> None:
-    """Put ``src`` at ``path`` by the protocol.
-
-    Where both are on one filesystem, a hard link replaces the copy: the module
-    store never rewrites a file (content-addressed, new files are renamed in),
-    and the agent only reads, so no writer can change one name through the
-    other. Across filesystems (poold's disk to NFS) the bytes are copied.
-    """
-    tmp = _tmp_name(path)
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout, CHUNK)
-                fout.flush()
-                if fsync:
-                    os.fsync(fout.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomic(path: Path, obj: Any, *, fsync: bool = True) -> None:

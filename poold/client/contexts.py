@@ -37,6 +37,7 @@ from typing import Any
 
 import tomli_w
 
+from poold.atomic import write_atomic
 from poold.client.errors import ConfigError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -113,16 +114,7 @@ class ClientConfig:
                                        ("token_file", c.token_file)) if v is not None}
             for c in self.contexts.values()
         }
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # O_CREAT's mode is cut by the umask; be exact
-            with os.fdopen(fd, "wb") as f:
-                f.write(tomli_w.dumps(data).encode())
-            os.replace(temp, self.path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, tomli_w.dumps(data).encode(), mode=0o600)
 
     def with_context(self, context: Context) -> ClientConfig:
         return replace(self, contexts={**self.contexts, context.name: context})

@@ -17,7 +17,7 @@ import stat
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
-from poold.slots import write_atomic
+from poold.atomic import write_atomic
 from poold.types import JobId
 
 MAX_DROPPED_LISTED = 100

@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from poold.atomic import write_atomic
 from poold.jobs.model import Job, from_record, to_record
 from poold.jobs.store import MemoryJobStore
 from poold.types import JobId, TenantName
@@ -92,12 +93,7 @@ class JournalJobStore(MemoryJobStore):
         return jobs
 
     def _write_snapshot(self, data: bytes) -> None:
-        tmp = self.path.with_suffix(".compact")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, data, mode=0o600)
         self._appended = 0
 
     def close(self) -> None:

@@ -9,12 +9,11 @@ pay for compiling it. A job that names the runtime runs that module.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from poold.atomic import copy_atomic
 from poold.config import ConfigError, InterpreterSettings, Settings
 from poold.modules.store import ModuleStore
 from poold.runtime.inspect import ModuleRejected, check_header
@@ -71,7 +70,7 @@ def install_runtimes(settings: Settings, store: ModuleStore) -> dict[str, Runtim
         target = store.path(sha)
         if not target.exists():
             # a copy, not a link: the operator may rewrite their file in place later
-            _copy(runtime.module, target)
+            copy_atomic(runtime.module, target)
         if store.precompiler is not None:
             store.precompiler.submit(tenant=f"runtime:{name}", sha256=sha, path=target)
         found[name] = Runtime(name=name, sha256=sha, size=size, settings=runtime)
@@ -86,17 +85,6 @@ def _sha256(path: Path) -> tuple[ModuleHash, int]:
             digest.update(chunk)
             size += len(chunk)
     return ModuleHash(digest.hexdigest()), size
-
-
-def _copy(source: Path, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.runtime.tmp")
-    try:
-        shutil.copyfile(source, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def runtime_names(runtimes: dict[str, Runtime]) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 import structlog
 import wasmtime
 
+from poold.atomic import commit
 from poold.modules.compiler import Precompiler, uncompilable_marker
 from poold.modules.structure import StructureLimits, check_structure
 from poold.runtime.engine import make_engine
@@ -195,7 +196,7 @@ class ModuleStore:
                     self.precompiler.submit(tenant=tenant, sha256=sha, path=final)
                 return StoredModule(sha, size, created=self._add_owner(sha, tenant))
             await asyncio.get_running_loop().run_in_executor(None, self._validate, tmp)
-            os.replace(tmp, final)
+            commit(tmp, final)
             self._sizes[sha] = size
             self._add_owner(sha, tenant)
         finally:

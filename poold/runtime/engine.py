@@ -13,11 +13,12 @@ import contextlib
 import fcntl
 import importlib.metadata
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import wasmtime
+
+from poold.atomic import write_atomic
 
 WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 
@@ -124,9 +125,4 @@ class CompileCache:
     @staticmethod
     def _store(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data)

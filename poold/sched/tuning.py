@@ -24,9 +24,9 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from poold.atomic import write_atomic
 from poold.config import PoolSettings
 from poold.sched.pool import Pool
-from poold.slots import write_atomic
 
 log = structlog.get_logger(__name__)
 

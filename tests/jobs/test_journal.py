@@ -169,3 +169,23 @@ async def test_versions_put_at_once_after_a_compaction_keep_their_order(
         assert again.open() == [versions[-1]]
     finally:
         again.close()
+
+
+async def test_the_journal_is_readable_by_poold_alone(tmp_path: Path) -> None:
+    """It holds every tenant's jobs (arguments, environment): mode 0600 from the
+    first write, compactions included, whatever the umask."""
+    path = tmp_path / "jobs.journal"
+    old = os.umask(0o022)
+    try:
+        store = JournalJobStore(path, fsync=False)
+        store.open()
+        await store.put(make_job(1))
+        store.close()
+        assert path.stat().st_mode & 0o777 == 0o600
+        again = JournalJobStore(path, fsync=False)
+        assert len(again.open()) == 1  # replayed and rewritten compacted
+        again.close()
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["jobs.journal"]  # no temporary file left
