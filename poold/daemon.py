@@ -30,7 +30,6 @@ from poold.data.embedded import EmbeddedBroker
 from poold.data.kafka import DataPlane, topic_names
 from poold.jobs.files import JobFiles
 from poold.jobs.journal import JournalJobStore
-from poold.jobs.model import utcnow
 from poold.metrics import Metrics
 from poold.modules.compiler import Precompiler
 from poold.modules.runtimes import install_runtimes
@@ -40,6 +39,7 @@ from poold.runtime.engine import CompileCache
 from poold.sched.pool import Pool
 from poold.sched.scheduler import Scheduler
 from poold.sched.tuning import PoolOverrides, PoolTuner, TuningError, tuned
+from poold.timestamps import utcnow
 
 log = structlog.get_logger(__name__)
 

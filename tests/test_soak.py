@@ -45,8 +45,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from wasm_fixtures import module
 
 from poold.daemon import Daemon
-from poold.jobs.model import JobState, utcnow
+from poold.jobs.model import JobState
 from poold.sched.pool import WorkerState
+from poold.timestamps import utcnow
 
 JOBS = 2000
 KILLS = JOBS // 20

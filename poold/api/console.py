@@ -17,9 +17,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from poold.jobs.model import rfc3339
 from poold.jobs.store import JobStore
 from poold.modules.store import ModuleStore
+from poold.timestamps import rfc3339
 from poold.types import TenantName
 
 STATIC = Path(str(resources.files("poold.console") / "static"))

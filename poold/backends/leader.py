@@ -24,26 +24,20 @@ import json
 import os
 import secrets
 import socket
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import structlog
 from kubernetes_asyncio.client import ApiClient, Configuration, CoordinationV1Api
 
+from poold.timestamps import rfc3339, utcnow
+
 log = structlog.get_logger(__name__)
 
 
 class LeadershipLost(Exception):
     pass
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _fmt(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaseElector:
@@ -90,7 +84,7 @@ class LeaseElector:
         return now - self._observed_at
 
     def _body(self, lease: dict[str, Any] | None, *, transitions: int) -> dict[str, Any]:
-        now = _fmt(_now())
+        now = rfc3339(utcnow())
         spec = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": max(1, int(self.duration_s)),
@@ -182,7 +176,7 @@ class LeaseElector:
             if status < 300 and lease.get("spec", {}).get("holderIdentity") == self.identity:
                 body = self._body(lease, transitions=int(lease["spec"].get("leaseTransitions", 0)))
                 body["spec"]["holderIdentity"] = ""
-                body["spec"]["renewTime"] = _fmt(_now() - timedelta(days=1))
+                body["spec"]["renewTime"] = rfc3339(utcnow() - timedelta(days=1))
                 await self._call("replace_namespaced_lease", self.name, self.namespace, body)
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             log.warning("could not release the lease", error=str(e))

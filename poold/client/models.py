@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from poold.jobs.model import JobState  # the record's states, defined once
+from poold.timestamps import parse_rfc3339
 
 TERMINAL_STATES = frozenset(
     {JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED,
@@ -23,7 +24,7 @@ def parse_time(text: Any) -> datetime | None:
     """RFC 3339 (``…Z``) as the API writes it, or None."""
     if not isinstance(text, str) or not text:
         return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parse_rfc3339(text)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from typing import Any
 import click
 import yaml
 
+from poold.timestamps import parse_rfc3339
+
 FORMATS = ("table", "wide", "json", "yaml")
 
 Record = dict[str, Any]
@@ -130,7 +132,7 @@ def age(value: Any, *, now: datetime | None = None) -> str:
     """``…Z`` time as kubectl's AGE: ``45s``, ``12m``, ``3h``, ``2d``."""
     if not isinstance(value, str) or not value:
         return ""
-    when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    when = parse_rfc3339(value)
     seconds = max(0, int(((now or datetime.now(UTC)) - when).total_seconds()))
     for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= span:

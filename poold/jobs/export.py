@@ -20,6 +20,7 @@ from typing import Any
 
 from poold.jobs.model import Job, JobState, Limits, OffsetRange
 from poold.protocol import Usage
+from poold.timestamps import parse_rfc3339
 from poold.types import JobId, ModuleHash, PodName, TenantName
 
 FORMATS = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
@@ -105,7 +106,7 @@ def parse_time(name: str, text: str | None) -> datetime | None:
     if text is None or text == "":
         return None
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
+        when = parse_rfc3339(text.replace(" ", "+"))  # a "+" in a query that was not escaped
     except ValueError:
         raise BadFilter(
             f"{name} must be an RFC 3339 time such as 2026-11-29T08:00:00Z, not {text!r}"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from poold.protocol import Usage
+from poold.timestamps import parse_rfc3339, rfc3339, utcnow
 from poold.types import JobId, ModuleHash, PodName, TenantName
 
 NOT_MEASURED = Usage()
@@ -51,16 +52,6 @@ class OffsetRange:
     partition: int
     start: int
     end: int | None = None
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def rfc3339(when: datetime | None) -> str | None:
-    if when is None:
-        return None
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _ms(start: datetime | None, end: datetime | None) -> float | None:
@@ -160,7 +151,7 @@ class Job:
 
 
 def _when(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return None if text is None else parse_rfc3339(text)
 
 
 def _offsets(data: dict[str, Any] | None) -> OffsetRange | None:

@@ -28,6 +28,7 @@ from poold.modules.compiler import Precompiler, uncompilable_marker
 from poold.modules.structure import StructureLimits, check_structure
 from poold.runtime.engine import make_engine
 from poold.runtime.inspect import ModuleRejected, check_header, inspect_module
+from poold.timestamps import parse_rfc3339, rfc3339, utcnow
 from poold.types import ModuleHash
 
 log = structlog.get_logger(__name__)
@@ -107,7 +108,7 @@ class ModuleStore:
 
     def _parse_time(self, sha256: ModuleHash, when: str) -> datetime:
         try:
-            return datetime.fromisoformat(when.replace("Z", "+00:00"))
+            return parse_rfc3339(when)
         except ValueError:
             try:
                 return datetime.fromtimestamp(self.path(sha256).stat().st_mtime, UTC)
@@ -118,9 +119,9 @@ class ModuleStore:
         owners = self.owners(sha256)
         if tenant in owners:
             return False
-        now = datetime.now(UTC)
+        now = utcnow()
         with open(self.path(sha256).with_suffix(".owners"), "a") as f:
-            f.write(f"{tenant}\t{now.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}\n")
+            f.write(f"{tenant}\t{rfc3339(now)}\n")
         owners[tenant] = now
         return True
 

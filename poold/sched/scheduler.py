@@ -28,7 +28,7 @@ from poold.data.kafka import DataUnavailable, topic_names
 from poold.data.leases import PartitionLeases
 from poold.faults import crash_point
 from poold.jobs.files import JobFiles
-from poold.jobs.model import Job, JobState, OffsetRange, utcnow
+from poold.jobs.model import Job, JobState, OffsetRange
 from poold.jobs.store import JobStore
 from poold.metrics import Metrics
 from poold.protocol import JobDocument, PartitionRef, ResultDocument
@@ -45,6 +45,7 @@ from poold.sched.running import (
     WorkerLost,
 )
 from poold.slots import Slot, place_atomic, read_json, write_atomic, write_json_atomic
+from poold.timestamps import utcnow
 from poold.types import JobId, ModuleHash, TenantName
 
 log = structlog.get_logger(__name__)

@@ -13,7 +13,8 @@ import pytest
 
 from poold.jobs import journal
 from poold.jobs.journal import JournalJobStore
-from poold.jobs.model import Job, JobState, Limits, OffsetRange, utcnow
+from poold.jobs.model import Job, JobState, Limits, OffsetRange
+from poold.timestamps import utcnow
 from poold.types import JobId, ModuleHash, PodName, TenantName
 
 
