@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from poold.types import TenantName
+
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and the fix."""
@@ -320,7 +322,8 @@ class InterpreterSettings(_Section):
         return mounts
 
 
-RuntimeName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+"""A tenant's or a runtime's name: a DNS label, so it fits a topic name, a label, a URL."""
 
 
 class LimitSettings(_Section):
@@ -387,9 +390,6 @@ class TenantSettings(_Section):
         return value
 
 
-TenantName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
-
-
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     pool: PoolSettings = PoolSettings()
@@ -401,8 +401,8 @@ class Settings(_Section):
     modules: ModuleSettings = ModuleSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
     retention: RetentionSettings = RetentionSettings()
-    tenants: dict[TenantName, TenantSettings] = {}
-    runtimes: dict[RuntimeName, InterpreterSettings] = {}
+    tenants: dict[Annotated[TenantName, Field(pattern=NAME_PATTERN)], TenantSettings] = {}
+    runtimes: dict[Annotated[str, Field(pattern=NAME_PATTERN)], InterpreterSettings] = {}
     """Interpreters jobs may name instead of a module (docs/runtimes.md)."""
 
     @model_validator(mode="after")
