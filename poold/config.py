@@ -206,8 +206,8 @@ class RetentionSettings(_Section):
     records stay in Kafka under the topics' own retention."""
     max_finished_jobs: Annotated[int, Field(ge=1)] = 100_000
     """Finished jobs kept at most; beyond it the oldest expire early. This bounds
-    the journal, poold's memory and its start-up replay (about 10 s per 100,000
-    jobs on a 2-core machine, see docs/architecture.md)."""
+    the journal, poold's memory and its start-up replay (19 s for 100,000 jobs
+    on a 2-core machine, measured in docs/architecture.md)."""
     sweep_interval_s: Annotated[float, Field(gt=0)] = 60.0
     """How often expired jobs are looked for."""
 
