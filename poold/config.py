@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -470,22 +470,42 @@ def _from_env(loc: tuple[int | str, ...], overrides: dict[str, Any]) -> str | No
     return ENV_PREFIX + "__".join(str(p).upper() for p in loc)
 
 
-def _describe(error: ValidationError, overrides: dict[str, Any] | None = None) -> str:
-    lines = []
+Loc = tuple[int | str, ...]
+
+
+def dotted(loc: Loc) -> str | None:
+    """``limits.timeout_s``; None for the whole document."""
+    return ".".join(str(part) for part in loc) or None
+
+
+def explain(
+    error: ValidationError,
+    *,
+    key: Callable[[Loc], str | None] = dotted,
+    messages: Mapping[str, Callable[[Loc], str]] | None = None,
+) -> list[str]:
+    """One sentence per problem, ``key: what is wrong``, for the config file, ``PUT
+    /v1/pool`` and request bodies alike. ``key`` names a location (None: say no key,
+    for a rule across fields); ``messages`` replaces pydantic's text for an error type
+    (``extra_forbidden``); pydantic's "Value error, " never reaches a person."""
+    sentences = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        variable = _from_env(item["loc"], overrides or {})
-        if variable is not None:
-            key = f"{key} (from the environment variable {variable})"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key (check its spelling against config/local.toml)"
-        elif key == "(top level)" and message.startswith("Value error, "):
-            message = message.removeprefix("Value error, ")
-        else:
-            message = message.removeprefix("Value error, ")
-        lines.append(f"{key}: {message}")
-    return "; ".join(lines)
+        loc = item["loc"]
+        special = (messages or {}).get(item["type"])
+        message = special(loc) if special else str(item["msg"]).removeprefix("Value error, ")
+        where = key(loc)
+        sentences.append(f"{where}: {message}" if where else message)
+    return sentences
+
+
+def _describe(error: ValidationError, overrides: dict[str, Any] | None = None) -> str:
+    def key(loc: Loc) -> str:
+        where = ".".join(str(part) for part in loc) or "(top level)"
+        variable = _from_env(loc, overrides or {})
+        return where if variable is None else f"{where} (from the environment variable {variable})"
+
+    unknown = "unknown key (check its spelling against config/local.toml)"
+    return "; ".join(explain(error, key=key, messages={"extra_forbidden": lambda _: unknown}))
 
 
 FILE_PATHS = (("kubernetes", "kubeconfig"), ("kubernetes", "pod_template"))

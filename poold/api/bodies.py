@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from poold.config import Loc, explain
 from poold.data.kafka import MAX_RECORD_BYTES
 
 
@@ -89,20 +90,14 @@ class JobRequest(BaseModel):
 
 def describe(error: ValidationError) -> str:
     """One sentence per problem, naming the field: ``limits.timeout_s: ...``."""
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "body"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            allowed = ("timeout_s, memory_mb, fuel" if item["loc"][:1] == ("limits",)
-                       else "module, runtime, script, args, env, input, limits")
-            message = f"unknown field (allowed: {allowed})"
-        elif item["type"] == "model_type":
-            message = "must be a JSON object"
-        if not item["loc"]:  # the whole body: a rule across fields
-            message = message.removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if item["loc"] else message)
-    return "invalid job: " + "; ".join(parts[:5])
+    def unknown(loc: Loc) -> str:
+        allowed = ("timeout_s, memory_mb, fuel" if loc[:1] == ("limits",)
+                   else "module, runtime, script, args, env, input, limits")
+        return f"unknown field (allowed: {allowed})"
+
+    sentences = explain(error, messages={"extra_forbidden": unknown,
+                                         "model_type": lambda _: "must be a JSON object"})
+    return "invalid job: " + "; ".join(sentences[:5])
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -25,7 +25,7 @@ import structlog
 from pydantic import ValidationError
 
 from poold.atomic import write_atomic
-from poold.config import PoolSettings
+from poold.config import PoolSettings, explain
 from poold.sched.pool import Pool
 
 log = structlog.get_logger(__name__)
@@ -50,12 +50,8 @@ def tuned(base: PoolSettings, changes: Mapping[str, Any]) -> PoolSettings:
     try:
         return PoolSettings.model_validate({**base.model_dump(), **changes})
     except ValidationError as e:
-        parts = []
-        for item in e.errors():
-            key = ".".join(str(p) for p in item["loc"])
-            message = str(item["msg"]).removeprefix("Value error, ")
-            parts.append(f"pool.{key}: {message}" if key else message)
-        raise TuningError("; ".join(parts)) from e
+        sentences = explain(e, key=lambda loc: "pool." + ".".join(map(str, loc)) if loc else None)
+        raise TuningError("; ".join(sentences)) from e
 
 
 class PoolOverrides:
