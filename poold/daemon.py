@@ -74,10 +74,10 @@ class Daemon:
         self._ready = False
         self.elector: LeaseElector | None = None
         self.active = asyncio.Event()
+        """Set once this daemon manages workers (at once, or when it leads)."""
         self.draining = False
         self.api: Api | None = None
         self.files: JobFiles | None = None
-        """Set once this daemon manages workers (at once, or when it leads)."""
 
     async def start(self) -> None:
         s = self.settings
