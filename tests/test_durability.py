@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from conftest import TOKENS, Client, DaemonFactory, make_settings, wait_done
 from wasm_fixtures import module
 
+from poold.api import app
 from poold.data.embedded import EmbeddedBroker
 from poold.faults import POINTS
 
@@ -298,6 +299,27 @@ async def test_module_upload_honours_idempotency_key(alpha: Client) -> None:
     async with alpha.request("PUT", "/v1/modules", data=wasm, headers=headers) as r:
         assert r.status == 201, "a retried upload gets the answer of the first"
         assert await r.json() == first
+
+
+async def test_module_idempotency_keys_are_bounded(
+    alpha: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """poold remembers the last MODULE_KEYS_KEPT keys, not every key forever: the
+    oldest is forgotten (its repeat is an ordinary 200), the newest still replays."""
+    monkeypatch.setattr(app, "MODULE_KEYS_KEPT", 2)
+    wasm = module("noop")
+
+    async def put(key: str) -> tuple[int, str | None]:
+        headers = {"Idempotency-Key": key, "Content-Type": "application/wasm"}
+        async with alpha.request("PUT", "/v1/modules", data=wasm, headers=headers) as r:
+            return r.status, r.headers.get("Idempotent-Replayed")
+
+    first = await put("bound-1")
+    assert first[1] is None
+    assert await put("bound-2") == (200, None)
+    assert await put("bound-3") == (200, None)
+    assert await put("bound-3") == (200, "true")
+    assert await put("bound-1") == (200, None), "the oldest key was kept beyond the bound"
 
 
 async def test_restart_requeues_queued_jobs_in_order(start_daemon: DaemonFactory,

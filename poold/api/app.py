@@ -51,6 +51,11 @@ from poold.types import JobId, ModuleHash, TenantName, new_job_id
 
 log = structlog.get_logger(__name__)
 
+MODULE_KEYS_KEPT = 10_000
+"""Idempotency-Keys of ``PUT /v1/modules`` remembered (all tenants), the oldest
+forgotten first. Only a retry needs its key, within seconds or minutes; an upload
+repeated after its key is forgotten is answered 200, as any repeat of the same
+bytes (modules are stored by content), just without ``Idempotent-Replayed``."""
 OPENAPI = (resources.files("poold.api") / "openapi.json").read_bytes()
 """The API's contract, also at docs/openapi.json (a link to this one file)."""
 
@@ -265,6 +270,8 @@ class Api:
         if key and response.status in (200, 201) and response.body is not None:
             self._module_keys[(request[TENANT], key)] = (
                 response.status, json.loads(bytes(response.body)))  # type: ignore[arg-type]
+            while len(self._module_keys) > MODULE_KEYS_KEPT:
+                del self._module_keys[next(iter(self._module_keys))]
         return response
 
     async def _put_module(self, request: web.Request) -> web.Response:
