@@ -29,10 +29,11 @@ from pydantic import (
     model_validator,
 )
 
+from poold.errors import Error
 from poold.types import TenantName
 
 
-class ConfigError(Exception):
+class ConfigError(Error):
     """The configuration cannot be used; the message names the key and the fix."""
 
 

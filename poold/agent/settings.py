@@ -7,9 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from poold.config import ConfigError
 
-class AgentConfigError(Exception):
-    pass
+
+class AgentConfigError(ConfigError):
+    """The agent's environment cannot be used; ``str()`` names the variable."""
 
 
 @dataclass(frozen=True)

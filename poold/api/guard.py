@@ -26,20 +26,23 @@ from aiohttp.web_protocol import RequestHandler
 from prometheus_client import Gauge
 
 from poold.config import ServerSettings
+from poold.errors import RequestError
 
 CHUNK = 256 * 1024
 
 
-class SlowBody(Exception):
+class SlowBody(RequestError):
     """The request body stalled or trickled; ``str()`` says which limit it missed."""
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(RequestError):
     """The request body is over its size cap; ``str()`` names the key."""
 
 
-class TooManyUploads(Exception):
+class TooManyUploads(RequestError):
     """An upload slot is not free; ``str()`` names the limit."""
+
+    retriable = True
 
 
 @dataclass(frozen=True)

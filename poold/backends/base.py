@@ -12,11 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from poold.errors import BackendError
 from poold.types import JobId, PodName, TenantName
 
 
-class BackendUnavailable(Exception):
+class BackendUnavailable(BackendError):
     """The backend could not do what was asked for a temporary reason."""
+
+    retriable = True
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from poold.backends.podtemplate import (
     token_of,
 )
 from poold.config import ConfigError, KubernetesSettings
+from poold.errors import BackendError
 from poold.types import JobId, PodName, TenantName
 
 log = structlog.get_logger(__name__)
@@ -56,15 +57,23 @@ CLAIM_ATTEMPTS = 3
 kubelet keeps writing its status) before the pool is told to try another pod."""
 
 
-class ApiError(Exception):
+class KubeApiError(BackendError):
+    """The Kubernetes API answered with an error status."""
+
     def __init__(self, status: int, body: str) -> None:
         super().__init__(f"{status}: {body[:300]}")
         self.status = status
         self.body = body
 
+    @property
+    def retriable(self) -> bool:  # type: ignore[override]
+        return self.status in TEMPORARY
 
-class Expired(Exception):
+
+class Expired(BackendError):
     """The watch's resourceVersion is too old (410): list again."""
+
+    retriable = True
 
 
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -229,11 +238,11 @@ class KubernetesBackend:
                 try:
                     response = await call
                 except ApiException as e:
-                    raise ApiError(int(e.status or 0), str(e.body)) from e
+                    raise KubeApiError(int(e.status or 0), str(e.body)) from e
                 async with response:
                     text = await response.text()
                     if response.status >= 300:
-                        raise ApiError(response.status, text)
+                        raise KubeApiError(response.status, text)
                     data: dict[str, Any] = json.loads(text) if text else {}
                     return data
         finally:
@@ -246,8 +255,8 @@ class KubernetesBackend:
         for attempt in range(1, attempts + 1):
             try:
                 return await call()
-            except ApiError as e:
-                if e.status not in TEMPORARY or attempt == attempts:
+            except KubeApiError as e:
+                if not e.retriable or attempt == attempts:
                     raise
                 error = str(e)
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
@@ -272,7 +281,7 @@ class KubernetesBackend:
 
         try:
             obj = await self._retry("read owner deployment", call)
-        except ApiError as e:
+        except KubeApiError as e:
             raise ConfigError(
                 f"kubernetes.owner_deployment: cannot read Deployment {deployment} in "
                 f"namespace {self.namespace} ({e}); poold's Role needs get on deployments "
@@ -309,11 +318,11 @@ class KubernetesBackend:
             except Expired:
                 log.info("watch expired (410); listing again")
                 self._rv = None
-            except (ApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+            except (KubeApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
                 log.warning("pod watch failed; reconnecting", error=str(e), backoff_s=backoff)
                 await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311
                 backoff = min(backoff * 2, 10.0)
-                if isinstance(e, ApiError) and e.status == 410:
+                if isinstance(e, KubeApiError) and e.status == 410:
                     self._rv = None
 
     async def _watch_once(self) -> None:
@@ -327,7 +336,7 @@ class KubernetesBackend:
         )
         async with response:
             if response.status >= 300:
-                raise ApiError(response.status, await response.text())
+                raise KubeApiError(response.status, await response.text())
             while True:
                 async with asyncio.timeout(timeout + 10):
                     line = await response.content.readline()
@@ -342,7 +351,7 @@ class KubernetesBackend:
         if kind == "ERROR":
             if obj.get("code") == 410:
                 raise Expired
-            raise ApiError(int(obj.get("code") or 500), str(obj.get("message")))
+            raise KubeApiError(int(obj.get("code") or 500), str(obj.get("message")))
         rv = obj.get("metadata", {}).get("resourceVersion")
         if kind == "BOOKMARK":
             self._rv = rv or self._rv
@@ -409,7 +418,7 @@ class KubernetesBackend:
 
         try:
             created = await self._retry("create pod", call)
-        except ApiError as e:
+        except KubeApiError as e:
             if e.status == 409:  # a retried create that had in fact succeeded
                 return
             raise BackendUnavailable(f"cannot create runner pod {pod}: {e}") from e
@@ -445,7 +454,7 @@ class KubernetesBackend:
                     self.pods[pod] = found
                     return True
                 raise
-            except ApiError as e:
+            except KubeApiError as e:
                 if e.status == 409:
                     current, fresh = await self._read_pod(pod), True
                     continue
@@ -486,7 +495,7 @@ class KubernetesBackend:
             except BackendUnavailable:
                 current = await self._read_pod(pod)  # committed, answer lost?
                 continue
-            except ApiError as e:
+            except KubeApiError as e:
                 if e.status == 409:  # the kubelet wrote the status meanwhile
                     current = await self._read_pod(pod)
                     continue
@@ -520,7 +529,7 @@ class KubernetesBackend:
 
         try:
             return dict(await self._retry("read pod", call))
-        except ApiError as e:
+        except KubeApiError as e:
             if e.status == 404:
                 return None
             raise BackendUnavailable(f"cannot read runner pod {pod}: {e}") from e
@@ -536,7 +545,7 @@ class KubernetesBackend:
 
         try:
             await self._retry("delete pod", call)
-        except ApiError as e:
+        except KubeApiError as e:
             if e.status == 404:
                 if pod not in self.pods:
                     self._deleted(pod, "the pod was deleted")

@@ -31,13 +31,14 @@ import aiohttp
 import structlog
 from kubernetes_asyncio.client import ApiClient, Configuration, CoordinationV1Api
 
+from poold.errors import BackendError
 from poold.timestamps import rfc3339, utcnow
 
 log = structlog.get_logger(__name__)
 
 
-class LeadershipLost(Exception):
-    pass
+class LeadershipLost(BackendError):
+    """This replica could not renew its Lease in time and must stop managing pods."""
 
 
 class LeaseElector:

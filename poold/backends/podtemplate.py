@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from poold.errors import BackendError
 from poold.types import JobId, PodName, TenantName
 
 LABEL_APP = "app.kubernetes.io/name"
@@ -32,8 +33,8 @@ TOKEN_ENV = "POOLD_AGENT_TOKEN"  # noqa: S105 - the variable's name, not a secre
 APP = "poold-runner"
 
 
-class TemplateError(Exception):
-    pass
+class TemplateError(BackendError):
+    """The runner pod template cannot be used; ``str()`` names the key and the fix."""
 
 
 def selector(pool: str) -> str:

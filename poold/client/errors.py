@@ -7,8 +7,10 @@ repeat (see :mod:`poold.client.retry`).
 
 from __future__ import annotations
 
+from poold.errors import Error
 
-class PooldError(Exception):
+
+class PooldError(Error):
     """Base of every error the client raises."""
 
     retriable: bool = False

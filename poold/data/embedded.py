@@ -13,11 +13,13 @@ import socket
 
 import structlog
 
+from poold.errors import DataError
+
 log = structlog.get_logger(__name__)
 
 
-class BrokerStartError(Exception):
-    pass
+class BrokerStartError(DataError):
+    """The embedded broker did not start; ``str()`` says why."""
 
 
 def free_port() -> int:

@@ -25,6 +25,8 @@ from tenacity import (
     wait_exponential,
 )
 
+from poold.errors import DataError
+
 log = structlog.get_logger(__name__)
 
 MAX_BATCH_BYTES = 512 * 1024
@@ -46,8 +48,10 @@ END_PROBE_MS = 50
 MAX_IDLE_READERS = 64
 
 
-class DataUnavailable(Exception):
+class DataUnavailable(DataError):
     """Kafka could not be reached or refused a request; the message says which."""
+
+    retriable = True
 
 
 def topic_names(prefix: str, tenant: str) -> tuple[str, str]:
@@ -62,7 +66,7 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-class RecordTooLarge(ValueError):
+class RecordTooLarge(DataError, ValueError):
     """A record over :data:`MAX_RECORD_BYTES`; callers check before (the API at
     submit, the agent per stdout line), so this is a last guard, never a split."""
 

@@ -7,11 +7,14 @@ without creating or deleting topics.
 
 from __future__ import annotations
 
+from poold.errors import DataError
 from poold.types import TenantName
 
 
-class NoPartitionFree(Exception):
-    pass
+class NoPartitionFree(DataError):
+    """Every partition is leased; one frees when a job ends."""
+
+    retriable = True
 
 
 class PartitionLeases:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from poold.errors import JobError
 from poold.jobs.model import Job, JobState, Limits, OffsetRange
 from poold.protocol import Usage
 from poold.timestamps import parse_rfc3339
@@ -98,7 +99,7 @@ def encode(jobs: Iterable[Job], fmt: str) -> Iterator[bytes]:
         yield buffer.getvalue().encode()
 
 
-class BadFilter(ValueError):
+class BadFilter(JobError, ValueError):
     """A query parameter of the export that cannot be used; the text says why."""
 
 

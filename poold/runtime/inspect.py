@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from poold.errors import ModuleError
+
 WASM_MAGIC = b"\x00asm"
 CORE_VERSION = b"\x01\x00\x00\x00"
 
@@ -45,7 +47,7 @@ _NATIVE = (
 )
 
 
-class ModuleRejected(Exception):
+class ModuleRejected(ModuleError):
     """The bytes are not a module poold will run; ``str()`` says why."""
 
     def __init__(self, message: str, *, reason: str) -> None:

@@ -26,6 +26,7 @@ import structlog
 from poold.config import Settings
 from poold.data.kafka import DataUnavailable, topic_names
 from poold.data.leases import PartitionLeases
+from poold.errors import SchedulerError
 from poold.faults import crash_point
 from poold.jobs.files import JobFiles
 from poold.jobs.model import Job, JobState, OffsetRange
@@ -57,8 +58,10 @@ interrupted by the epoch)."""
 CANCEL_GRACE_S = 3.0
 
 
-class QueueFull(Exception):
-    pass
+class QueueFull(SchedulerError):
+    """A tenant's queue is full; it drains as jobs start."""
+
+    retriable = True
 
 
 class ModulePaths(Protocol):

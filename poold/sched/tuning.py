@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from poold.atomic import write_atomic
 from poold.config import PoolSettings, explain
+from poold.errors import SchedulerError
 from poold.sched.pool import Pool
 
 log = structlog.get_logger(__name__)
@@ -35,7 +36,7 @@ TUNABLE = ("min_idle", "min_idle_floor", "max_pods", "idle_ttl_s")
 FILE_NAME = "pool.json"
 
 
-class TuningError(ValueError):
+class TuningError(SchedulerError, ValueError):
     """A change that cannot be applied; the message names the key."""
 
 
