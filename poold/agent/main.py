@@ -36,7 +36,7 @@ from poold.agent.streams import LinePump, LogSink
 from poold.agent.usage import Meter
 from poold.data.kafka import MAX_RECORD_BYTES, AgentData, DataUnavailable
 from poold.protocol import JobDocument, ResultDocument
-from poold.runtime.runner import Runner, RunRequest, RunResult
+from poold.runtime.runner import CANCELLED_BEFORE_START, Runner, RunRequest, RunResult
 from poold.slots import Slot, read_json, write_atomic, write_json_atomic
 
 log = structlog.get_logger("poold.agent")
@@ -369,7 +369,7 @@ class Agent:
             return result("error", "the module delivered to the worker does not match its "
                           "sha256; the delivery was damaged, submit the job again")
         if self._cancelled:
-            return result("cancelled", "the job was cancelled before it started")
+            return result("cancelled", CANCELLED_BEFORE_START)
         stdin = None
         if doc.input is not None and doc.input.end > doc.input.start:
             try:

@@ -40,6 +40,41 @@ class RunResult:
     cached: bool = False
 
 
+# The outcomes every driver reports, in the words of the job's record, written
+# once: a job ends with the same sentence whichever runtime ran it.
+
+CANCELLED_BEFORE_START = "the job was cancelled before it started"
+"""Also poold's and the agent's, wherever a cancellation is noticed before the
+module runs (the queue, the delivery, the agent)."""
+
+
+def cancelled(*, cached: bool = False) -> RunResult:
+    return RunResult("cancelled", None, "the job was cancelled while running", cached)
+
+
+def over_quota(*, cached: bool = False) -> RunResult:
+    return RunResult("failed", None, "the job went over a quota", cached)
+
+
+def timed_out(request: RunRequest, *, cached: bool = False) -> RunResult:
+    return RunResult(
+        "timed_out", None,
+        f"the module ran longer than its time limit of {request.timeout_s:g} s", cached,
+    )
+
+
+def out_of_fuel(request: RunRequest, *, cached: bool = False) -> RunResult:
+    return RunResult("failed", None, f"the module ran out of fuel (limit {request.fuel})", cached)
+
+
+def exited(code: int) -> str:
+    return f"the module exited with code {code}"
+
+
+def trapped(reason: str) -> str:
+    return f"the module trapped: {reason}"
+
+
 Sink = Callable[[bytes], None]
 
 

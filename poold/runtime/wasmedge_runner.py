@@ -70,7 +70,19 @@ import time
 from collections.abc import Callable, Mapping
 from typing import IO
 
-from poold.runtime.runner import InterruptReason, Outcome, RunRequest, RunResult, Sink
+from poold.runtime.runner import (
+    CANCELLED_BEFORE_START,
+    InterruptReason,
+    Outcome,
+    RunRequest,
+    RunResult,
+    Sink,
+    cancelled,
+    exited,
+    out_of_fuel,
+    timed_out,
+    trapped,
+)
 
 PAGES_PER_MIB = 16
 """WebAssembly pages are 64 KiB."""
@@ -171,9 +183,9 @@ class WasmedgeRunner:
         with self._lock:
             reason = self._reason
         if reason == "cancel":
-            return RunResult("cancelled", None, "the job was cancelled before it started")
+            return RunResult("cancelled", None, CANCELLED_BEFORE_START)
         if reason == "timeout":
-            return _timed_out(request)
+            return timed_out(request)
         problem = _unpassable(request)
         if problem is not None:
             return RunResult("error", None, problem)
@@ -309,9 +321,9 @@ def outcome(
     WasmEdge's log lines (their messages, without the date and level)."""
     if code < 0:
         if reason == "cancel":
-            return RunResult("cancelled", None, "the job was cancelled while running")
+            return cancelled()
         if reason == "timeout":
-            return _timed_out(request)
+            return timed_out(request)
         return RunResult(
             "failed", None, f"the wasmedge runtime was killed by {_signal_name(-code)}"
         )
@@ -320,16 +332,16 @@ def outcome(
     text = "\n".join(runtime).lower()
     if code == ABORTED:
         if request.fuel is not None and "cost limit exceeded" in text:
-            return RunResult("failed", None, f"the module ran out of fuel (limit {request.fuel})")
+            return out_of_fuel(request)
         if "interrupted" in text:
-            return _timed_out(request)
+            return timed_out(request)
         trap = _detail(runtime, "execution failed: ")
         if trap is not None:
             return RunResult(
-                "failed", None, _with_memory_note(f"the module trapped: {trap}", runtime, request)
+                "failed", None, _with_memory_note(trapped(trap), runtime, request)
             )
         if elapsed >= request.timeout_s:
-            return _timed_out(request)
+            return timed_out(request)
     elif code == 1:
         for marker, state, sentence in _SETUP_FAILURES:
             detail = _detail(runtime, marker)
@@ -339,13 +351,7 @@ def outcome(
             return RunResult("error", None, NO_START)
     return RunResult(
         "failed", code,
-        _with_memory_note(f"the module exited with code {code}", runtime, request),
-    )
-
-
-def _timed_out(request: RunRequest) -> RunResult:
-    return RunResult(
-        "timed_out", None, f"the module ran longer than its time limit of {request.timeout_s:g} s"
+        _with_memory_note(exited(code), runtime, request),
     )
 
 

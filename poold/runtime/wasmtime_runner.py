@@ -12,7 +12,19 @@ import wasmtime
 
 from poold.runtime.engine import CompileCache, make_engine
 from poold.runtime.inspect import MAX_MEMORIES, MAX_TABLES
-from poold.runtime.runner import InterruptReason, RunRequest, RunResult, RuntimeUsage, Sink
+from poold.runtime.runner import (
+    InterruptReason,
+    RunRequest,
+    RunResult,
+    RuntimeUsage,
+    Sink,
+    cancelled,
+    exited,
+    out_of_fuel,
+    over_quota,
+    timed_out,
+    trapped,
+)
 from poold.slots import write_atomic
 
 PAGE = 64 * 1024
@@ -223,8 +235,8 @@ class WasmtimeRunner:
             if code == 0:
                 return RunResult("succeeded", 0, None, cached)
             return RunResult(
-                "failed", code, _with_memory_note(f"the module exited with code {code}",
-                                                  instance, store, limit, request), cached,
+                "failed", code, _with_memory_note(exited(code), instance, store, limit, request),
+                cached,
             )
         except wasmtime.Trap as e:
             return self._trap(e, instance, store, limit, request, cached)
@@ -268,19 +280,13 @@ class WasmtimeRunner:
             with self._lock:
                 reason = self._reason
             if reason == "cancel":
-                return RunResult("cancelled", None, "the job was cancelled while running", cached)
+                return cancelled(cached=cached)
             if reason == "limit":
-                return RunResult("failed", None, "the job went over a quota", cached)
-            return RunResult(
-                "timed_out", None,
-                f"the module ran longer than its time limit of {request.timeout_s:g} s",
-                cached,
-            )
+                return over_quota(cached=cached)
+            return timed_out(request, cached=cached)
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
-            return RunResult(
-                "failed", None, f"the module ran out of fuel (limit {request.fuel})", cached
-            )
-        message = f"the module trapped: {_reason(trap)}{_where(trap)}"
+            return out_of_fuel(request, cached=cached)
+        message = trapped(f"{_reason(trap)}{_where(trap)}")
         return RunResult(
             "failed", None, _with_memory_note(message, instance, store, limit, request), cached
         )

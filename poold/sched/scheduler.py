@@ -33,6 +33,7 @@ from poold.jobs.model import Job, JobState, OffsetRange
 from poold.jobs.store import JobStore
 from poold.metrics import Metrics
 from poold.protocol import JobDocument, PartitionRef, ResultDocument
+from poold.runtime.runner import CANCELLED_BEFORE_START
 from poold.sched.agent_link import AgentLink, Link
 from poold.sched.pool import Pool, Worker, WorkerState
 from poold.sched.queue import FairQueue
@@ -175,7 +176,7 @@ class Scheduler:
     async def cancel(self, job: Job) -> Job:
         if job.state is JobState.QUEUED and self.queue.remove(job.tenant, job.id):
             self._queued_inputs.pop(job.id, None)
-            return await self._finish(job, JobState.CANCELLED, error="cancelled before it started")
+            return await self._finish(job, JobState.CANCELLED, error=CANCELLED_BEFORE_START)
         run = self.running.get(job.id)
         if run is not None:
             run.cancel.set()
@@ -419,7 +420,7 @@ class Scheduler:
                 disposal = Disposal.FORGET
                 if run.cancel.is_set():
                     job = await self._finish(
-                        job, JobState.CANCELLED, error="cancelled before it started")
+                        job, JobState.CANCELLED, error=CANCELLED_BEFORE_START)
                 else:
                     # back in line, with its records; the next worker takes it
                     if run.records is not None:
@@ -504,7 +505,7 @@ class Scheduler:
                 script=runtime.script_name if job.script is not None else None)
         slot = Slot.of(self.settings.slots.root, worker.pod)
         if run.cancel.is_set():
-            return await self._finish(job, JobState.CANCELLED, error="cancelled before it started")
+            return await self._finish(job, JobState.CANCELLED, error=CANCELLED_BEFORE_START)
         await self._deliver(slot, job, document)
         crash_point("delivered")
         if worker.link is None:

@@ -255,7 +255,7 @@ async def test_cancel_while_queued_never_takes_a_worker(harness: Harness) -> Non
     assert harness.scheduler.queue.size(TENANT) == 1
     cancelled = await harness.scheduler.cancel(third)
     assert cancelled.state is JobState.CANCELLED
-    assert cancelled.error == "cancelled before it started" and cancelled.pod is None
+    assert cancelled.error == "the job was cancelled before it started" and cancelled.pod is None
     assert harness.scheduler.queue.size(TENANT) == 0
     harness.backend.claim_gate.set()
     for job in (first, second):
@@ -273,7 +273,8 @@ async def test_cancel_during_the_claim_ends_it_before_delivery(harness: Harness)
     await asyncio.sleep(0)
     harness.backend.claim_gate.set()
     done = await cancelling
-    assert done.state is JobState.CANCELLED and done.error == "cancelled before it started"
+    assert done.state is JobState.CANCELLED
+    assert done.error == "the job was cancelled before it started"
     assert not harness.links[worker.pod].nudged.is_set(), "a cancelled job was delivered"
     async with asyncio.timeout(10):
         await harness.backend.deleted_one.wait()
