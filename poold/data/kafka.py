@@ -9,7 +9,6 @@ deleted per job. Errors leave this module as :class:`DataUnavailable`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -474,10 +473,12 @@ class AgentData:
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            if not producer.done():
-                producer.cancel()
-            with contextlib.suppress(BaseException):
-                await (await producer).stop()
+            producer.cancel()
+            # wait for it without taking its end as ours: its own failure or
+            # cancellation ends here, a cancellation of this call goes on
+            await asyncio.wait({producer})
+            if not producer.cancelled() and producer.exception() is None:
+                await producer.result().stop()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await _stop_quietly(consumer)

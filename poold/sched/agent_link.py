@@ -64,12 +64,17 @@ class AgentLink:
             # RuntimeError: the session closed under us (poold is stopping)
             log.info("no link to the agent; nudging over plain HTTP", error=str(e))
 
+    async def _connected(self) -> None:
+        """Wait for the connection attempt to end (closed by :meth:`close`, too)
+        without cancelling it: a cancellation of the caller goes on to the caller
+        (never on to ``POST /run``), the link stays for the worker's next use."""
+        await asyncio.wait({self._connecting})
+
     async def nudge(self) -> None:
         """The nudge, sent by the job's own task right after delivery: no hand-off
         to another task stands between ``job.json`` and the agent hearing of it.
         Without a line the nudge is ``POST /run`` in :meth:`events`."""
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._connecting
+        await self._connected()
         ws = self._ws
         if ws is not None and not ws.closed:
             with contextlib.suppress(aiohttp.ClientError, OSError, ConnectionError):
@@ -79,8 +84,7 @@ class AgentLink:
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Yield the agent's events until ``finished`` or a broken line (nudging it
         first unless :meth:`nudge` did)."""
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._connecting
+        await self._connected()
         ws = self._ws
         if ws is not None and not ws.closed:
             try:
@@ -115,8 +119,7 @@ class AgentLink:
 
     async def close(self) -> None:
         self._connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._connecting
+        await self._connected()
         if self._ws is not None:
             with contextlib.suppress(aiohttp.ClientError, OSError, ConnectionError):
                 await self._ws.close()
