@@ -28,6 +28,9 @@ from .report import (
 )
 from .runner import ScenarioRun, run_scenario
 from .scenario import STANDARD, AnyScenario, KubeScale, Scenario, ScenarioError, load, standard
+from .sizing import figures as sizing_figures
+from .sizing import table as sizing_table
+from .sizing import verdicts as sizing_verdicts
 from .stats import summarize, verdicts
 
 DEFAULT_RESULTS = REPO / "bench" / "results"
@@ -127,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     per_run = [summarize(r) for r in runs]
     summaries = [s for group in per_run for s in group]
-    checks = verdicts(summaries)
+    sized = [f for f in (sizing_figures(r) for r in runs) if f is not None]
+    checks = verdicts(summaries) + sizing_verdicts(sized, summaries)
     header = (
         f"poold bench {started.strftime('%Y-%m-%d %H:%M:%S')} UTC"
         f"{' (quick)' if args.quick else ''}: {host['cpu_model']}, {host['cores']} cores, "
@@ -135,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wasmtime {host['wasmtime']}, {host['python']}; "
         f"commit {(host['git_commit'] or '?')[:12]}{' (dirty)' if host['git_dirty'] else ''}\n"
     )
-    text = table(summaries, checks, header, kube)
+    text = table(summaries, checks, header, kube, auto_sizing=sizing_table(sized, summaries))
 
     write_csv(out / "jobs.csv", runs)
     write_pool_csv(out / "pool.csv", runs)
@@ -202,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             for k in kube
         ],
+        "sizing": [f.as_dict() for f in sized],
         "targets": [v.as_dict() for v in checks],
         "plots": plots,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,6 +62,11 @@ class Outcome:
     """The job was not seen ending within the deadline (and was cancelled)."""
 
 
+_COUNTERS = re.compile(r'^(poold_pool_worker_creations_total|'
+                       r'poold_pool_worker_retirements_total\{reason="surplus"\}) (\S+)$',
+                       re.MULTILINE)
+
+
 class Api:
     def __init__(self, session: aiohttp.ClientSession, base: str, token: str) -> None:
         self.session = session
@@ -82,6 +88,19 @@ class Api:
     async def pool(self) -> dict[str, Any]:
         figures: dict[str, Any] = await self._json("GET", "/v1/pool", (200,))
         return figures
+
+    async def pool_counters(self) -> dict[str, float]:
+        """Workers the pool created and surplus idle workers it retired so far
+        (``/metrics``: poold_pool_worker_creations_total and
+        poold_pool_worker_retirements_total{reason="surplus"})."""
+        async with self.session.get(self.base + "/metrics") as r:
+            if r.status != 200:
+                raise ApiError(f"GET /metrics: {r.status}")
+            text = await r.text()
+        found = {m[1]: float(m[2]) for m in _COUNTERS.finditer(text)}
+        return {"creations": found.get("poold_pool_worker_creations_total", 0.0),
+                "surplus_retired": found.get(
+                    'poold_pool_worker_retirements_total{reason="surplus"}', 0.0)}
 
     async def record(self, job_id: str) -> dict[str, Any]:
         record: dict[str, Any] = await self._json("GET", f"/v1/jobs/{job_id}", (200,))

@@ -142,6 +142,10 @@ class Poold:
             "state": {"dir": str(self.workdir / "state"), "fsync": s.fsync},
             "kafka": {"bootstrap": "embedded", "embedded_port": 0, "partitions": s.partitions},
         }
+        if s.pool.min_idle_floor is not None:
+            config["pool"]["min_idle_floor"] = s.pool.min_idle_floor
+        if s.pool.idle_ttl_s is not None:
+            config["pool"]["idle_ttl_s"] = s.pool.idle_ttl_s
         config = _merge(config, s.poold)
         config["tenants"] = {
             t.name: {
@@ -216,9 +220,10 @@ class Poold:
 
     async def wait_pool_settled(self, session: aiohttp.ClientSession, token: str,
                                 timeout_s: float = READY_TIMEOUT_S) -> dict[str, int]:
-        """Until GET /v1/pool shows idle == min_idle with nothing busy, starting or
-        being deleted: a warm pool at rest (polled: the API has no pool events)."""
-        want = self.scenario.pool.min_idle
+        """Until GET /v1/pool shows idle == its idle target (``min_idle``, or with
+        ``"auto"`` the measured target: its floor at rest) with nothing busy, starting
+        or being deleted: a warm pool at rest (polled: the API has no pool events)."""
+        want: int | str = self.scenario.pool.min_idle
         deadline = time.monotonic() + timeout_s
         figures: dict[str, int] = {}
         while True:
@@ -230,6 +235,7 @@ class Poold:
                 figures = await r.json()
             # hot workers (pool.reuse) wait for their tenant on top of min_idle
             generic = figures.get("idle", 0) - figures.get("hot", 0)
+            want = figures.get("idle_target", want)
             if (generic == want and figures.get("busy", 0) == 0
                     and figures.get("starting", 0) == 0 and figures.get("deleting", 0) == 0):
                 return figures

@@ -4,8 +4,9 @@
   end-to-end latency (``e2e_ms``) of every scenario (and mode), log scale;
 - ``timeline-<scenario>.png``: for one scenario, its own CDF beside the
   latency of every job over time (by when it was submitted), the pool
-  (idle / busy / starting workers from ``GET /v1/pool``) and poold's memory
-  over the same time axis, with the phases marked;
+  (idle / busy / starting workers from ``GET /v1/pool``, its target, with
+  ``min_idle = "auto"`` the idle target, and the arrivals per second) and
+  poold's memory over the same time axis, with the phases marked;
 - ``pool-sizing.png``: latency against memory for the pool-sizing sweep;
 - ``kube-scale.png``: the fill of the pool to 1,000 pods and the claim latencies.
 """
@@ -34,7 +35,8 @@ from .runner import SUCCEEDED, ScenarioRun
 from .stats import Summary
 
 DPI = 100
-PHASE_COLOURS = {"warmup": "#dddddd", "measure": "#e8f1fb", "aging": "#fbeee0"}
+PHASE_COLOURS = {"warmup": "#dddddd", "measure": "#e8f1fb", "aging": "#fbeee0",
+                 "tail": "#eef7e8"}
 MODE_COLOURS = {"": "tab:blue", "fresh": "tab:blue", "aged": "tab:orange",
                 "cold": "tab:red", "hot": "tab:green"}
 
@@ -139,6 +141,17 @@ def timeline(path: Path, run: ScenarioRun) -> Path:
         )
         pool.step(t, [s.target or 0 for s in samples], where="post", color="black", lw=0.8,
                   label="target")
+        if run.scenario.pool.min_idle == "auto":
+            pool.step(t, [s.idle_target or 0 for s in samples], where="post", color="tab:red",
+                      lw=1.0, linestyle="--", label="idle target (auto)")
+    sent = [r.sent_s for r in run.rows if r.state != "not_run"]
+    if sent:
+        arrivals = pool.twinx()
+        first, last = int(min(sent)), int(max(sent)) + 1
+        arrivals.hist(sent, bins=list(range(first, last + 1)), histtype="step",
+                      color="tab:blue", alpha=0.7, label="arrivals per second (right axis)")
+        arrivals.set_ylabel("jobs submitted / s")
+        arrivals.legend(fontsize=7, loc="upper left")
     pool.set_ylabel("workers")
     pool.set_title(f"pool (GET /v1/pool, {run.scenario.pool.min_idle} min idle, "
                    f"{run.scenario.pool.max_pods} max)")
@@ -179,7 +192,7 @@ def pool_sizing(path: Path, summaries: Sequence[Summary]) -> Path | None:
             ax.scatter(xs, ys, marker=marker, label=f"{what} {key}")
             if key == "p99":
                 for s, x, y in zip(sized, xs, ys, strict=True):
-                    ax.annotate(f"idle {s.min_idle}/max {s.max_pods}", (x, y), fontsize=7,
+                    ax.annotate(s.label, (x, y), fontsize=6,
                                 xytext=(4, 4), textcoords="offset points")
         ax.set_yscale("log")
         ax.set_xlabel("PSS of poold's process tree, mean (MiB)")
@@ -187,7 +200,8 @@ def pool_sizing(path: Path, summaries: Sequence[Summary]) -> Path | None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title("submit-to-start" if what == "wait" else "end to end")
-    fig.suptitle("pool sizing under a Poisson load: memory against latency")
+    fig.suptitle("pool sizing sweeps (Poisson, even, ramps, burst; fixed and auto): "
+                 "memory against latency")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

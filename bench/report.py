@@ -293,7 +293,8 @@ def kube_table(kube: Sequence[KubeRun]) -> list[str]:
 
 
 def table(summaries: Sequence[Summary], verdicts: Sequence[Verdict],
-          header: str = "", kube: Sequence[KubeRun] = ()) -> str:
+          header: str = "", kube: Sequence[KubeRun] = (),
+          auto_sizing: Sequence[str] = ()) -> str:
     """The summary as printed to stdout and kept in summary.txt."""
     lines = [header] if header else []
     lines += _main_table(summaries)
@@ -332,6 +333,8 @@ def table(summaries: Sequence[Summary], verdicts: Sequence[Verdict],
     sizing = sizing_table(summaries)
     if sizing:
         lines += ["", *sizing]
+    if auto_sizing:
+        lines += ["", *auto_sizing]
     kt = kube_table(kube)
     if kt:
         lines += ["", *kt]

@@ -15,7 +15,8 @@ Arrivals:
 
 A scenario's phases, in order: ``warmup`` (optional, sequential), ``measure``
 (mode ``""``, or ``fresh``, or ``cold``/``hot`` jobs mixed), then with
-``aged_jobs`` an ``aging`` phase and a second ``measure`` (mode ``aged``).
+``aged_jobs`` an ``aging`` phase and a second ``measure`` (mode ``aged``),
+then with ``tail_s`` a ``tail`` of that many seconds without jobs.
 Every time (``sent_s``, ``done_s``, the pool samples, the phase bounds) is in
 seconds since one clock origin per scenario: when poold answered ready.
 """
@@ -552,3 +553,11 @@ async def _phases(run: ScenarioRun, poold: Poold, session: aiohttp.ClientSession
         end(entry)
     run.client_cpu_s = round(_cpu(resource.RUSAGE_SELF) - cpu, 3)
     run.load_avg.append(round(os.getloadavg()[0], 2))
+    if scenario.tail_s and not driver.stuck:
+        entry = phase("tail")
+        tail = scenario.tail_s
+        if deadline is not None:
+            tail = min(tail, max(0.0, deadline - time.perf_counter()))
+        # no job runs: the sampler watches the pool shrink for a fixed span of time
+        await asyncio.sleep(tail)
+        end(entry)

@@ -1,14 +1,16 @@
 """The pool over time: ``GET /v1/pool`` at 10 Hz and poold's memory at 2 Hz.
 
 A sampler runs beside every scenario from the moment poold is ready until it
-is stopped. Two loops, so a slow answer from one never delays the other:
+is stopped. Three loops, so a slow answer from one never delays the others:
 
 - the pool loop asks the public API (the same figures a user sees), adding
   one small request per 100 ms to poold's load; its rows have the pool
   columns set and the memory columns empty;
 - the memory loop reads poold's process tree from /proc in a thread (so the
   event loop that times the jobs is not held up); its rows have the memory
-  columns set and the pool columns empty.
+  columns set and the pool columns empty;
+- the counters loop reads poold's worker creations and surplus retirements
+  from ``/metrics`` at 2 Hz (the churn of ``min_idle = "auto"``).
 
 Both are bounded: past ``max_samples`` rows of a loop every other one of its
 rows is dropped and its interval doubled, so a long scenario keeps its whole
@@ -48,6 +50,14 @@ class PoolSample:
     starting: int | None = None
     deleting: int | None = None
     target: int | None = None
+    idle_target: int | None = None
+    """Idle workers poold keeps now (``min_idle``, or measured with ``"auto"``)."""
+    rate_short: float | None = None
+    """Arrivals per second over poold's short window (its ``sizing`` figures)."""
+    creations: float | None = None
+    """Workers created so far (/metrics, on the counters loop's rows)."""
+    surplus_retired: float | None = None
+    """Surplus idle workers retired so far (/metrics)."""
     rss_mib: float | None = None
     """Sum of VmRSS over poold's process tree (this sample read memory)."""
     pss_mib: float | None = None
@@ -87,12 +97,14 @@ class Sampler:
         self.errors = 0
         self._pool_rows: list[PoolSample] = []
         self._memory_rows: list[PoolSample] = []
+        self._counter_rows: list[PoolSample] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def samples(self) -> list[PoolSample]:
         """Pool rows and memory rows in time order."""
-        return sorted(self._pool_rows + self._memory_rows, key=lambda s: s.t_s)
+        return sorted(self._pool_rows + self._memory_rows + self._counter_rows,
+                      key=lambda s: s.t_s)
 
     def _now(self) -> float:
         return round(time.perf_counter() - self.origin, 4)
@@ -109,8 +121,21 @@ class Sampler:
             scenario=self.scenario, t_s=t, phase=self.phase,
             idle=figures.get("idle"), busy=figures.get("busy"),
             starting=figures.get("starting"), deleting=figures.get("deleting"),
-            target=figures.get("target"),
+            target=figures.get("target"), idle_target=figures.get("idle_target"),
+            rate_short=(figures.get("sizing") or {}).get("arrival_rate_short_per_s"),
         )
+
+    async def counters_once(self) -> PoolSample | None:
+        t = self._now()
+        try:
+            async with asyncio.timeout(2.0):
+                counters = await self.api.pool_counters()
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            self.errors += 1
+            return None
+        return PoolSample(scenario=self.scenario, t_s=t, phase=self.phase,
+                          creations=counters["creations"],
+                          surplus_retired=counters["surplus_retired"])
 
     async def memory_once(self) -> PoolSample | None:
         if self.pid is None:
@@ -156,6 +181,9 @@ class Sampler:
             asyncio.create_task(self._loop(self._memory_rows, self.memory_interval_s,
                                            self.memory_once),
                                 name=f"memory-sampler-{self.scenario}"),
+            asyncio.create_task(self._loop(self._counter_rows, self.memory_interval_s,
+                                           self.counters_once),
+                                name=f"counter-sampler-{self.scenario}"),
         ]
         return self
 

@@ -51,9 +51,18 @@ class ScenarioError(Exception):
 
 @dataclass(frozen=True)
 class PoolConfig:
-    min_idle: int = 4
+    min_idle: int | Literal["auto"] = 4
+    """A fixed idle count, or ``"auto"`` (poold's measured target, docs/pool-sizing.md)."""
     max_pods: int = 16
     max_starting: int = 8
+    min_idle_floor: int | None = None
+    """``pool.min_idle_floor`` (None: poold's default, 1)."""
+    idle_ttl_s: float | None = None
+    """``pool.idle_ttl_s`` (None: poold's default)."""
+
+    @property
+    def auto(self) -> bool:
+        return self.min_idle == "auto"
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,9 @@ class Scenario:
     job_timeout_s: float | None = None
     """``limits.timeout_s`` sent with each job (None: the server's default)."""
     pool: PoolConfig = PoolConfig()
+    tail_s: float = 0.0
+    """After the measured phase, keep sampling the pool this long (phase ``tail``):
+    how fast it shrinks once the load stops."""
     max_concurrent_jobs: int = 8
     partitions: int = 16
     poold: dict[str, Any] = field(default_factory=dict)
@@ -175,13 +187,14 @@ _TOP_KEYS = {
     "rate_from", "rate_to", "max_in_flight", "module", "input_records", "tenants", "seed",
     "timeout_s", "job_timeout_s", "job_deadline_s", "pool", "tenant", "kafka", "poold",
     "aged_jobs", "aged_max_in_flight", "aged_timeout_s", "quick_aged_jobs", "new_module_every",
-    "sweep", "kind", "fsync",
+    "sweep", "kind", "fsync", "tail_s",
 }
 _KUBE_KEYS = {
     "kind", "name", "description", "pods", "claims", "max_starting", "idle_s", "quick_pods",
     "quick_claims", "timeout_s", "api",
 }
-_SWEEP_KEYS = {"min_idle", "max_pods", "max_starting"}
+_POOL_KEYS = {"min_idle", "max_pods", "max_starting", "min_idle_floor", "idle_ttl_s"}
+_SWEEP_KEYS = _POOL_KEYS | {"tail_s"}
 
 
 def _where(path: Path | None, key: str) -> str:
@@ -298,12 +311,14 @@ def parse_all(data: dict[str, Any], path: Path | None = None) -> list[AnyScenari
         base_pool = data.get("pool", {})
         if not isinstance(base_pool, dict):
             raise ScenarioError(f"{_where(path, 'pool')}: must be a table ([pool])")
-        pool = {**base_pool, **variant}
+        pool = {**base_pool, **{k: v for k, v in variant.items() if k in _POOL_KEYS}}
         name = f"{base}-idle{pool.get('min_idle', 4)}-max{pool.get('max_pods', 16)}"
         if "max_starting" in variant:
             name += f"-start{variant['max_starting']}"
         one = {k: v for k, v in data.items() if k != "sweep"}
         one.update(name=name, pool=pool)
+        if "tail_s" in variant:
+            one["tail_s"] = variant["tail_s"]
         out.append(dataclasses.replace(parse(one, path), group=base))
     return out
 
@@ -344,14 +359,30 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
         raise ScenarioError(f"{_where(path, 'module')}: must be a fixture name or a .wasm path")
     description = _description(data, path)
 
-    pool_t = _table(data, "pool", {"min_idle", "max_pods", "max_starting"}, path)
+    pool_t = _table(data, "pool", _POOL_KEYS, path)
+    auto = pool_t.get("min_idle") == "auto"
+    if isinstance(pool_t.get("min_idle"), str) and not auto:
+        raise ScenarioError(f"{_where(path, 'pool.min_idle')}: must be a whole number or "
+                            f"\"auto\", not {pool_t['min_idle']!r}")
+    floor = pool_t.get("min_idle_floor")
     pool = PoolConfig(
-        min_idle=_int(pool_t, "min_idle", 4, path, minimum=0, prefix="pool."),
+        min_idle="auto" if auto else _int(pool_t, "min_idle", 4, path, minimum=0,
+                                          prefix="pool."),
         max_pods=_int(pool_t, "max_pods", 16, path, minimum=1, prefix="pool."),
         max_starting=_int(pool_t, "max_starting", 8, path, minimum=1, prefix="pool."),
+        min_idle_floor=(None if floor is None
+                        else _int(pool_t, "min_idle_floor", None, path, minimum=0,
+                                  prefix="pool.")),
+        idle_ttl_s=_float(pool_t, "idle_ttl_s", path),
     )
-    if pool.min_idle > pool.max_pods:
+    if not isinstance(pool.min_idle, str) and pool.min_idle > pool.max_pods:
         raise ScenarioError(f"{_where(path, 'pool.min_idle')}: exceeds pool.max_pods")
+    if (pool.min_idle_floor or 0) > pool.max_pods:
+        raise ScenarioError(f"{_where(path, 'pool.min_idle_floor')}: exceeds pool.max_pods")
+    tail = data.get("tail_s", 0.0)
+    if isinstance(tail, bool) or not isinstance(tail, int | float) or tail < 0:
+        raise ScenarioError(f"{_where(path, 'tail_s')}: must be a number of seconds (0 or "
+                            f"more), not {tail!r}")
     tenant_t = _table(data, "tenant", {"max_concurrent_jobs"}, path)
     kafka_t = _table(data, "kafka", {"partitions"}, path)
     partitions = _int(kafka_t, "partitions", 16, path, minimum=1, prefix="kafka.")
@@ -414,6 +445,7 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Scenario:
         job_timeout_s=_float(data, "job_timeout_s", path),
         job_deadline_s=job_deadline_s if job_deadline_s is not None else 30.0,
         pool=pool,
+        tail_s=float(tail),
         max_concurrent_jobs=max_concurrent,
         partitions=partitions,
         poold=cast(dict[str, Any], poold),

@@ -55,7 +55,7 @@ class Summary:
     role: str | None
     group: str | None
     """The sweep this scenario came from (the pool-sizing table), if any."""
-    min_idle: int
+    min_idle: int | str
     max_pods: int
     jobs: int
     errors: int
