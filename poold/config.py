@@ -201,6 +201,19 @@ class StateSettings(_Section):
     lose the last changes."""
 
 
+class RetrySettings(_Section):
+    """How a call that failed for a temporary reason (a dropped connection, a 5xx, a
+    429, a timeout) waits before it is tried again (:mod:`poold.retry`): Kafka calls
+    (``kafka.retries`` attempts), Kubernetes API calls (``kubernetes.api_retries``)
+    and the pod watch's reconnects (no limit). Each pause is spread by +-50 %."""
+
+    backoff_s: Annotated[float, Field(ge=0)] = 0.1
+    """First pause, in seconds; doubles per failure in a row. Short: most temporary
+    failures (a leader election in Kafka, a restarted API server) pass in a second."""
+    backoff_max_s: Annotated[float, Field(ge=0)] = 5.0
+    """Longest pause, in seconds, so a long outage is noticed again within it."""
+
+
 class RetentionSettings(_Section):
     finished_jobs_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
     """How long a finished job (record, log, artifacts) is kept, in seconds. Output
@@ -402,6 +415,7 @@ class Settings(_Section):
     modules: ModuleSettings = ModuleSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
     retention: RetentionSettings = RetentionSettings()
+    retry: RetrySettings = RetrySettings()
     tenants: dict[Annotated[TenantName, Field(pattern=NAME_PATTERN)], TenantSettings] = {}
     runtimes: dict[Annotated[str, Field(pattern=NAME_PATTERN)], InterpreterSettings] = {}
     """Interpreters jobs may name instead of a module (docs/runtimes.md)."""

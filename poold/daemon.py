@@ -35,6 +35,7 @@ from poold.modules.compiler import Precompiler
 from poold.modules.runtimes import install_runtimes
 from poold.modules.store import ModuleStore
 from poold.modules.structure import StructureLimits
+from poold.retry import RetryPolicy
 from poold.runtime.engine import CompileCache
 from poold.sched.pool import Pool
 from poold.sched.scheduler import Scheduler
@@ -90,7 +91,8 @@ class Daemon:
             bootstrap = self.broker.bootstrap
         self.data = DataPlane(
             bootstrap, replication_factor=s.kafka.replication_factor,
-            request_timeout_s=s.kafka.request_timeout_s, retries=s.kafka.retries,
+            request_timeout_s=s.kafka.request_timeout_s,
+            retry=RetryPolicy.of(s.retry, attempts=s.kafka.retries),
         )
         await self.data.start()
         topics = [t for name in s.tenants for t in topic_names(s.kafka.topic_prefix, name)]
@@ -178,7 +180,7 @@ class Daemon:
             raise ConfigError(str(e)) from e
         return KubernetesBackend(
             settings=s.kubernetes, template=template, kafka=bootstrap,
-            configuration=self._kube_configuration, agent_env=agent_env,
+            configuration=self._kube_configuration, agent_env=agent_env, retry=s.retry,
         )
 
     def _elector(self) -> LeaseElector | None:

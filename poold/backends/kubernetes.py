@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -45,8 +44,9 @@ from poold.backends.podtemplate import (
     selector,
     token_of,
 )
-from poold.config import ConfigError, KubernetesSettings
-from poold.errors import BackendError
+from poold.config import ConfigError, KubernetesSettings, RetrySettings
+from poold.errors import BackendError, Error
+from poold.retry import RetryPolicy
 from poold.types import JobId, PodName, TenantName
 
 log = structlog.get_logger(__name__)
@@ -163,10 +163,13 @@ class KubernetesBackend:
         configuration: Configuration | None = None,
         delete_grace_s: int = 2,
         agent_env: Mapping[str, str] | None = None,
+        retry: RetrySettings | None = None,
     ) -> None:
         """``agent_env``: agent settings from poold's config (``POOLD_AGENT_*``) that
-        every runner pod gets, over what the template says."""
+        every runner pod gets, over what the template says. ``retry``: how a failed
+        API call waits before it is tried again (``[retry]``)."""
         self.settings = settings
+        self._policy = RetryPolicy.of(retry or RetrySettings(), attempts=settings.api_retries)
         self.namespace = settings.namespace or os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
         """Resolved by :meth:`prepare` when the backend finds its own credentials."""
         self._template = template
@@ -250,24 +253,14 @@ class KubernetesBackend:
                 call.close()  # never awaited when the timeout struck first
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Retry what is known to be temporary: 5xx, 429, dropped connections."""
-        attempts = self.settings.api_retries
-        for attempt in range(1, attempts + 1):
-            try:
-                return await call()
-            except KubeApiError as e:
-                if not e.retriable or attempt == attempts:
-                    raise
-                error = str(e)
-            except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                if attempt == attempts:
-                    raise BackendUnavailable(f"Kubernetes API unreachable ({what}): {e}") from e
-                error = repr(e)
-            delay = min(5.0, 0.05 * 2**attempt) * (0.5 + random.random())  # noqa: S311
-            log.warning("kubernetes call failed, retrying", call=what,
-                        attempt=f"{attempt + 1}/{attempts}", error=error)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+        """Retry what is known to be temporary: 5xx, 429, dropped connections. A
+        refusal (4xx) is raised as it is; a connection that never worked becomes
+        :class:`BackendUnavailable`."""
+        try:
+            return await self._policy.call(call, what=f"kubernetes: {what}",
+                                           retriable=_temporary, log=log)
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise BackendUnavailable(f"Kubernetes API unreachable ({what}): {e}") from e
 
     async def _owner_reference(self, deployment: str) -> dict[str, Any] | None:
         assert self._client is not None
@@ -308,20 +301,25 @@ class KubernetesBackend:
         self.synced.set()
 
     async def _watch_forever(self) -> None:
-        backoff = 0.1
+        """Watch until stopped; a failure waits as the retry policy says (without a
+        limit on attempts) and counts from zero again after a watch that worked."""
+        policy = self._policy.forever()
+        failures = 0
         while True:
             try:
                 if self._rv is None:
                     await self._relist()
                 await self._watch_once()
-                backoff = 0.1
+                failures = 0
             except Expired:
                 log.info("watch expired (410); listing again")
                 self._rv = None
             except (KubeApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
-                log.warning("pod watch failed; reconnecting", error=str(e), backoff_s=backoff)
-                await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311
-                backoff = min(backoff * 2, 10.0)
+                failures += 1
+                pause = policy.delay(failures)
+                policy.log_retry(log, what="kubernetes: pod watch", attempt=failures + 1,
+                                 error=e, pause_s=pause)
+                await asyncio.sleep(pause)
                 if isinstance(e, KubeApiError) and e.status == 410:
                     self._rv = None
 
@@ -558,6 +556,13 @@ class KubernetesBackend:
 
     def pid_of(self, pod: PodName) -> int | None:
         return None
+
+
+def _temporary(error: BaseException) -> bool:
+    """A dropped or silent connection, or an answer that means "not now" (5xx, 429)."""
+    if isinstance(error, (aiohttp.ClientError, OSError, TimeoutError)):
+        return True
+    return isinstance(error, Error) and error.retriable
 
 
 def _holder(pod: dict[str, Any]) -> str | None:

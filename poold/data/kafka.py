@@ -16,15 +16,11 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
+from tenacity import AsyncRetrying
 
+from poold.config import RetrySettings
 from poold.errors import DataError
+from poold.retry import RetryPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -57,12 +53,8 @@ def topic_names(prefix: str, tenant: str) -> tuple[str, str]:
     return f"{prefix}.{tenant}.in", f"{prefix}.{tenant}.out"
 
 
-def _log_retry(state: RetryCallState) -> None:
-    log.warning(
-        "kafka call failed, retrying",
-        attempt=f"{state.attempt_number + 1}",
-        error=repr(state.outcome.exception()) if state.outcome else None,
-    )
+def _temporary(error: BaseException) -> bool:
+    return isinstance(error, (KafkaError, OSError, TimeoutError))
 
 
 class RecordTooLarge(DataError, ValueError):
@@ -86,12 +78,12 @@ class DataPlane:
         *,
         replication_factor: int = 1,
         request_timeout_s: float = 10.0,
-        retries: int = 3,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self._rf = replication_factor
         self._timeout_ms = int(request_timeout_s * 1000)
-        self._retries = retries
+        self._retry = retry or RetryPolicy.of(RetrySettings(), attempts=3)
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._next: dict[tuple[str, int], int] = {}
@@ -101,14 +93,8 @@ class DataPlane:
         self._idle_consumers: list[AIOKafkaConsumer] = []
         self._wanted: tuple[list[str], int] = ([], 1)
 
-    def _retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(
-            retry=retry_if_exception_type((KafkaError, OSError, asyncio.TimeoutError)),
-            stop=stop_after_attempt(self._retries),
-            wait=wait_exponential(multiplier=0.1, max=2),
-            before_sleep=_log_retry,
-            reraise=True,
-        )
+    def _retrying(self, what: str) -> AsyncRetrying:
+        return self._retry.retrying(what=what, retriable=_temporary, log=log)
 
     async def start(self) -> None:
         if self._producer is not None:
@@ -182,7 +168,7 @@ class DataPlane:
         assert self._admin is not None
         self._wanted = (list(names), partitions)
         try:
-            async for attempt in self._retrying():
+            async for attempt in self._retrying("listing or creating topics"):
                 with attempt:
                     existing = set(await self._admin.list_topics())
                     missing = [n for n in names if n not in existing]
@@ -200,7 +186,7 @@ class DataPlane:
                                 for partition in range(partitions):
                                     self._next.setdefault((name, partition), 0)
                         log.info("created topics", topics=missing, partitions=partitions)
-            async for attempt in self._retrying():
+            async for attempt in self._retrying("reading the topics' partitions"):
                 with attempt:
                     await self._wait_partitions(names, partitions)
         except (KafkaError, OSError, TimeoutError) as e:
@@ -240,7 +226,7 @@ class DataPlane:
     async def _find_end(self, topic: str, partition: int) -> int:
         tp = TopicPartition(topic, partition)
         try:
-            async for attempt in self._retrying():
+            async for attempt in self._retrying(f"reading the end of {topic}/{partition}"):
                 with attempt:
                     consumer = await self._checkout()
                     reusable = False
@@ -282,7 +268,7 @@ class DataPlane:
         assert self._producer is not None
         pieces = [check_record(record) for record in records]
         try:
-            async for attempt in self._retrying():
+            async for attempt in self._retrying(f"writing input records to {topic}/{partition}"):
                 with attempt:
                     start, end = await self._produce_once(topic, partition, pieces, key)
                     self._next[(topic, partition)] = end

@@ -24,6 +24,7 @@ import structlog
 from poold.backends.base import Backend, BackendUnavailable, WorkerEvent
 from poold.config import PoolSettings
 from poold.metrics import Metrics
+from poold.retry import RetryPolicy
 from poold.sched.agent_link import Link
 from poold.sched.sizing import AUTO_IDLE_TTL_S, Sizer, retirable
 from poold.slots import Slot
@@ -295,12 +296,15 @@ class Pool:
         loop.call_later(max(0.0, when - time.monotonic()), self._wake.set)
 
     def _note_failure(self, reason: str) -> None:
+        """No new worker is started for a while: the retry policy's pause, from
+        ``pool.failure_backoff_s`` doubling to ``failure_backoff_max_s``."""
         self.metrics.worker_failures.labels(reason).inc()
         self._failures += 1
-        delay = min(
-            self.settings.failure_backoff_max_s,
-            self.settings.failure_backoff_s * 2 ** (self._failures - 1),
-        )
+        policy = RetryPolicy(attempts=None, backoff_s=self.settings.failure_backoff_s,
+                             backoff_max_s=self.settings.failure_backoff_max_s, jitter=0)
+        delay = policy.delay(self._failures)
+        policy.log_retry(log, what="starting a worker", attempt=self._failures + 1,
+                         error=reason, pause_s=delay)
         self._not_before = time.monotonic() + delay
 
     async def _create(self) -> None:
