@@ -179,3 +179,22 @@ async def test_any_ending_but_success_recycles_the_worker(
     await _gone(daemon, ended["pod"])
     after = await alpha.run(module("noop"))
     assert after["pod"] != ended["pod"] and after["start"] == "warm"
+
+
+async def test_a_hot_workers_next_job_comes_over_the_line_already_open(
+    start_daemon: DaemonFactory, session: aiohttp.ClientSession
+) -> None:
+    daemon, alpha = await _reusing(start_daemon, session)
+    first = await alpha.run(module("noop"))
+    await _hot(daemon)
+    assert daemon.pool is not None
+    worker = daemon.pool.workers[PodName(first["pod"])]
+    link = worker.link
+    assert link is not None and link.reusable
+    second = await alpha.run(module("upper"), input=["over", "the same line"])
+    assert second["pod"] == first["pod"] and second["start"] == "hot"
+    assert (await alpha.text(f"/v1/jobs/{second['id']}/output")).splitlines() == [
+        "OVER", "THE SAME LINE"]
+    assert "processed 2 lines" in await alpha.text(f"/v1/jobs/{second['id']}/logs")
+    await _hot(daemon)
+    assert worker.link is link, "a new connection was opened for a hot job"

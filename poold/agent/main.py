@@ -5,8 +5,9 @@ by a nudge (``POST /run``) where poold can reach it, by a short poll
 otherwise, never by inotify (which misses writes from other NFS clients). It
 verifies the module against the sha256 in the job document, feeds the input
 records to stdin, turns each stdout line into an output record, keeps stderr
-as the log, and commits ``out/result.json``. Then it waits to be deleted:
-a worker never runs a second job.
+as the log, and commits ``out/result.json``. Then it waits to be deleted,
+or, when poold reuses the worker for the same tenant (``pool.reuse``), for
+that tenant's next job.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ class Agent:
         self.data = AgentData(settings.kafka, on_acked=self._output_acked)
         self.runner: Runner = runner or make_runner(settings)
         self.events = EventLog()
+        self._next_log = asyncio.Event()
+        """Set (and replaced) each time :attr:`events` begins a new job's log."""
         self.state = "starting"
         self._nudge = asyncio.Event()
         self._stop = asyncio.Event()
@@ -158,7 +161,9 @@ class Agent:
         return response
 
     async def _link(self, request: web.Request) -> web.WebSocketResponse:
-        """poold's pre-opened line: ``run``/``cancel`` in, the job's events out."""
+        """poold's pre-opened line: ``run``/``cancel`` in, the job's events out, and
+        on a worker that poold reuses (``pool.reuse``) the next job's events after
+        the last one's ``finished``, until poold closes it."""
         ws = web.WebSocketResponse(autoping=False)
         await ws.prepare(request)
 
@@ -172,12 +177,27 @@ class Agent:
                 elif op == "cancel":
                     self._request_cancel()
 
+        async def forward() -> None:
+            events = self.events
+            while True:
+                async for event in events.follow():
+                    await ws.send_str(json.dumps(event))
+                while self.events is events:  # until the next job's log begins
+                    await self._next_log.wait()
+                events = self.events
+
         reader = asyncio.create_task(commands(), name="agent-link")
+        writer = asyncio.create_task(forward(), name="agent-link-events")
         try:
-            async for event in self.events.follow():
-                await ws.send_str(json.dumps(event))
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             reader.cancel()
+            writer.cancel()
+            ended = await asyncio.gather(reader, writer, return_exceptions=True)
+        for error in ended:
+            # a line poold closed under us ends with a connection error: nothing to say
+            if isinstance(error, Exception) and not isinstance(error, ConnectionError):
+                log.warning("the link to poold failed", error=repr(error))
         await ws.close()
         return ws
 
@@ -314,6 +334,8 @@ class Agent:
     def _begin_next(self) -> None:
         self.state = "idle"
         self.events = EventLog()
+        began, self._next_log = self._next_log, asyncio.Event()
+        began.set()
         self._cancelled = False
         self._output_end = self._output_reported = None
         self.data.begin_job()

@@ -3,9 +3,10 @@
 Opening a connection to a freshly started agent costs several milliseconds,
 which would sit right on the submit-to-start path. So the link is opened
 when the worker becomes ready (a WebSocket to the agent's ``/link``) and the
-nudge is one message on it. If the link cannot be opened, the nudge falls
-back to ``POST /run`` (whose response streams the same events), and behind
-both the slot stays the source of truth.
+nudge is one message on it. A hot worker (``pool.reuse``) keeps its link
+for its next job: the agent streams each job's events on it in turn. If the
+link cannot be opened, the nudge falls back to ``POST /run`` (whose response
+streams the same events), and behind both the slot stays the source of truth.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ class Link(Protocol):
 
     async def close(self) -> None: ...
 
+    @property
+    def reusable(self) -> bool:
+        """Open, and nothing of an earlier job left unread on it: the next job of a hot
+        worker (``pool.reuse``) can use it instead of a new connection."""
+        ...
+
 
 class AgentLink:
     def __init__(
@@ -49,6 +56,8 @@ class AgentLink:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._nudged = False
+        self._between_jobs = True
+        """No job's events are in flight on the line (its ``finished`` was read)."""
         self._connecting: asyncio.Task[None] = asyncio.create_task(
             self._connect(), name=f"link-{endpoint}"
         )
@@ -87,6 +96,7 @@ class AgentLink:
         await self._connected()
         ws = self._ws
         if ws is not None and not ws.closed:
+            self._between_jobs = False
             try:
                 if not self._nudged:
                     await ws.send_str('{"op":"run"}')
@@ -94,9 +104,12 @@ class AgentLink:
                     if message.type != aiohttp.WSMsgType.TEXT:
                         break
                     event = json.loads(message.data)
-                    yield event
                     if event.get("type") == "finished":
+                        # read to the end of this job: the line can carry the next one
+                        self._between_jobs, self._nudged = True, False
+                        yield event
                         return
+                    yield event
             except (aiohttp.ClientError, OSError, ConnectionError) as e:
                 log.warning("agent link broke", error=str(e))
             return
@@ -107,6 +120,10 @@ class AgentLink:
                     yield event
                     if event.get("type") == "finished":
                         return
+
+    @property
+    def reusable(self) -> bool:
+        return self._ws is not None and not self._ws.closed and self._between_jobs
 
     async def cancel(self) -> None:
         ws = self._ws

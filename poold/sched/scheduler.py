@@ -138,7 +138,8 @@ class Scheduler:
         return AgentLink(self._http, worker.endpoint, token=worker.token)
 
     def _on_ready(self, worker: Worker) -> None:
-        if self._http is not None and not self._http.closed and worker.endpoint is not None:
+        if (worker.link is None and self._http is not None and not self._http.closed
+                and worker.endpoint is not None):
             worker.link = self._connect(worker)
         self._wake.set()
 
@@ -397,7 +398,9 @@ class Scheduler:
         if disposal is Disposal.KEEP:
             return
         if disposal is Disposal.REUSE:
-            run.worker.drop_link()
+            link = run.worker.link
+            if link is not None and not link.reusable:
+                run.worker.drop_link()  # a fresh line, rather than one with stray events
             await self.pool.reuse(run.worker, run.tenant)
         elif disposal is Disposal.RECYCLE:
             crash_point("recycling")
@@ -430,9 +433,11 @@ class Scheduler:
             run.partition = self.leases.acquire(job.tenant)
             self.metrics.partitions_leased.set(self.leases.leased)
             job = await self._execute(job, run)
-            if job.state is JobState.SUCCEEDED and self.pool.can_reuse(worker):
+            if (job.state is JobState.SUCCEEDED and not run.cancel.is_set()
+                    and self.pool.can_reuse(worker)):
                 # only after a success: any other end may have left the worker
-                # in a state nobody should inherit
+                # in a state nobody should inherit (and a cancel sent as the job
+                # ended may still be on its way to the agent)
                 slot = Slot.of(self.settings.slots.root, worker.pod)
                 await asyncio.to_thread(slot.clear)
                 disposal = Disposal.REUSE
