@@ -39,6 +39,8 @@ DEFAULT_MAX_IN_FLIGHT = 256
 STUCK_AFTER = 3
 """Jobs in a row past their ``job_deadline_s`` after which a phase gives up: poold is stuck."""
 QUICK_JOBS = 10
+QUICK_TAIL_S = 2.0
+"""``tail_s`` under ``--quick`` (a smoke run does not wait for the pool to shrink)."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _OWNED = ("server", "slots", "state", "tenants")
@@ -163,6 +165,7 @@ class Scenario:
             self, jobs=jobs, warmup_jobs=min(self.warmup_jobs, 1),
             aged_jobs=min(self.aged_jobs, self.quick_aged_jobs),
             new_module_every=min(self.new_module_every, max(1, jobs // 2)),
+            tail_s=min(self.tail_s, QUICK_TAIL_S),
         )
 
     def modes(self) -> tuple[str, ...]:

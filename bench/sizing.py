@@ -20,6 +20,7 @@ From the sampler's rows of one scenario (``GET /v1/pool`` at 10 Hz, the
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -207,3 +208,47 @@ def verdicts(figs: Sequence[SizingFigures], summaries: Sequence[Summary]) -> lis
                                None if f.churn_per_min is None
                                else f.churn_per_min < CHURN_PER_MIN))
     return out
+
+
+def modelled_target(*, rate: float, start_s: float, poisson: bool = True, seconds: float = 120.0,
+                    seed: int = 1) -> tuple[float, int]:
+    """The idle target poold's own sizing code (:class:`poold.sched.sizing.Sizer`)
+    keeps for a steady arrival stream whose worker starts all take ``start_s``,
+    on a simulated clock (so no machine load enters it): its mean and its peak,
+    sampled every 50 ms after the first 12 s (both windows full)."""
+    from poold.sched.sizing import Sizer  # noqa: PLC0415 - only this model needs poold
+
+    rng = random.Random(seed)  # noqa: S311 - arrival times, not secrets
+    now = 0.0
+    sizer = Sizer(clock=lambda: now)
+    for _ in range(50):
+        sizer.meter.started(start_s)
+    due, targets, t = 0.0, [], 0.0
+    while t < seconds:
+        while due <= t:
+            now = due
+            sizer.meter.arrived()
+            due += rng.expovariate(rate) if poisson else 1 / rate
+        now = t
+        target = sizer.idle_target(min_idle="auto", floor=1, max_pods=16)
+        if t >= 12.0:
+            targets.append(target)
+        t += 0.05
+    return round(sum(targets) / len(targets), 1), max(targets)
+
+
+def main() -> None:
+    """``python -m bench.sizing``: the modelled idle target for a few steady rates."""
+    from poold.logs import configure  # noqa: PLC0415
+
+    configure(level="warning")  # each change of the target is an info line
+    print("rate      arrivals  start p90  idle target mean / peak")
+    for rate, poisson in ((6.0, True), (10.0, False), (10.0, True)):
+        for start in (0.2, 0.3, 0.8):
+            mean, peak = modelled_target(rate=rate, start_s=start, poisson=poisson)
+            print(f"{rate:>4g}/s    {'Poisson' if poisson else 'even':<8}  {start:>7g} s  "
+                  f"{mean:>6g} / {peak}")
+
+
+if __name__ == "__main__":
+    main()

@@ -36,6 +36,7 @@ max_pods = 16
     assert auto.pool.min_idle == "auto" and auto.pool.auto and not fixed.pool.auto
     assert (auto.pool.idle_ttl_s, auto.tail_s) == (4.0, 17.0)
     assert (fixed.pool.idle_ttl_s, fixed.tail_s) == (None, 0.0)
+    assert auto.quick().tail_s == 2.0  # a smoke run does not wait for the shrink
     with pytest.raises(scenario.ScenarioError,
                        match=r'pool\.min_idle: must be a whole number or "auto"'):
         parse_all('name = "a"\njobs = 1\n[pool]\nmin_idle = "many"\n')
@@ -119,3 +120,11 @@ def test_the_targets_compare_auto_with_the_best_fixed_setting_of_its_sweep() -> 
     text = report.table(summaries, list(found.values()), "",
                         auto_sizing=sizing.table(figs, summaries))
     assert "automatic against fixed pool sizing" in text and "auto p90 / best fixed p90" in text
+
+
+def test_the_model_runs_poolds_own_sizing_on_a_simulated_clock() -> None:
+    # 10 jobs/s evenly, starts of 0.2 s: need 2, + 2·√2 → 5, every time
+    assert sizing.modelled_target(rate=10, start_s=0.2, poisson=False) == (5.0, 5)
+    # Poisson arrivals: the short window swings, and the target with it
+    mean, peak = sizing.modelled_target(rate=6, start_s=0.3)
+    assert 4 < mean < peak <= 16
