@@ -1,7 +1,7 @@
 """The daemon: builds every part from the settings, runs them, stops them in order.
 
-Long-lived tasks run in one TaskGroup; if one dies unexpectedly the group is
-cancelled and the daemon stops cleanly rather than limping on.
+Long-lived tasks belong to one :class:`~poold.tasks.Supervisor`; if one dies
+unexpectedly the daemon stops cleanly rather than limping on.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from poold.runtime.engine import CompileCache
 from poold.sched.pool import Pool
 from poold.sched.scheduler import Scheduler
 from poold.sched.tuning import PoolOverrides, PoolTuner, TuningError, tuned
+from poold.tasks import Supervisor
 from poold.timestamps import utcnow
 
 log = structlog.get_logger(__name__)
@@ -71,7 +72,8 @@ class Daemon:
         self.backend: Backend | None = None
         self.url = ""
         self._runner: web.AppRunner | None = None
-        self._tasks: asyncio.Task[None] | None = None
+        self.tasks = Supervisor("daemon")
+        """The scheduler, retention, config reloads, leader election, activation."""
         self._ready = False
         self.elector: LeaseElector | None = None
         self.active = asyncio.Event()
@@ -125,7 +127,7 @@ class Daemon:
         self.elector = self._elector()
         if self.elector is None:
             await self._activate()
-        self._tasks = asyncio.create_task(self._run_tasks(), name="poold-tasks")
+        self._start_tasks()
 
         api = Api(
             settings=s, store=self.store, scheduler=self.scheduler, pool=self.pool,
@@ -210,20 +212,16 @@ class Daemon:
         self.active.set()
         self._ready = True
 
-    async def _run_tasks(self) -> None:
+    def _start_tasks(self) -> None:
+        """Any of these failing stops the daemon (:attr:`Supervisor.failed`): a lost
+        lease, a scheduler that died, an activation that could not finish."""
         assert self.scheduler is not None
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self.scheduler.run(), name="scheduler")
-                group.create_task(self._sweep(), name="retention")
-                group.create_task(self._reloads(), name="config-reload")
-                if self.elector is not None:
-                    group.create_task(self.elector.run(), name="leader-election")
-                    group.create_task(self._activate(), name="activation")
-        except* Exception as errors:
-            for e in errors.exceptions:
-                log.error("a poold task died; shutting down", error=repr(e), exc_info=e)  # noqa: TRY400
-            raise
+        self.tasks.run(self.scheduler.run, name="scheduler")
+        self.tasks.run(self._sweep, name="retention")
+        self.tasks.run(self._reloads, name="config-reload")
+        if self.elector is not None:
+            self.tasks.run(self.elector.run, name="leader-election")
+            self.tasks.run(self._activate, name="activation", finishable=True)
 
     async def _reloads(self) -> None:
         """Re-read the config file whenever :attr:`reload_requested` is set (SIGHUP)."""
@@ -313,11 +311,7 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._tasks is not None:
-            self._tasks.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._tasks
-            self._tasks = None
+        await self.tasks.stop()
         if self.pool is not None:
             # local workers die with the daemon; runner pods stay to be adopted
             await self.pool.stop(delete_workers=self.settings.pool.backend == "local")
@@ -370,10 +364,11 @@ async def serve(settings: Settings, *, config_path: Path | None = None) -> None:
     # before the start: SIGHUP's default action would end the process
     loop.add_signal_handler(signal.SIGHUP, daemon.reload_requested.set)
     async with daemon:
-        assert daemon._tasks is not None
-        waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait({waiter, daemon._tasks}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
+        waiters = {asyncio.create_task(stop.wait()),
+                   asyncio.create_task(daemon.tasks.failed.wait())}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
         log.info("poold is stopping")
-        if not daemon._tasks.done():  # a dead task (a lost lease too) stops at once: no drain
+        if not daemon.tasks.failed.is_set():  # a dead task (a lost lease too): no drain
             await daemon.drain()

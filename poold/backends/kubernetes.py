@@ -19,7 +19,6 @@ generated models, which cost milliseconds per pod at a thousand pods.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import secrets
@@ -47,6 +46,7 @@ from poold.backends.podtemplate import (
 from poold.config import ConfigError, KubernetesSettings, RetrySettings
 from poold.errors import BackendError, Error
 from poold.retry import RetryPolicy
+from poold.tasks import Supervisor
 from poold.types import JobId, PodName, TenantName
 
 log = structlog.get_logger(__name__)
@@ -188,7 +188,8 @@ class KubernetesBackend:
         self._reported: dict[PodName, str] = {}
         self._announced: set[PodName] = set()
         self._rv: str | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self.tasks = Supervisor("kubernetes")
+        """The pod watch; an unexpected failure starts it again after the retry pause."""
         self.synced = asyncio.Event()
         self.relists = 0
         """Full lists of the pool's pods: one at start, one after each expired watch."""
@@ -219,14 +220,10 @@ class KubernetesBackend:
         if self.settings.owner_deployment:
             self._owner = await self._owner_reference(self.settings.owner_deployment)
         await self._retry("list pods", self._relist)
-        self._watcher = asyncio.create_task(self._watch_forever(), name="kubernetes-watch")
+        self.tasks.run(self._watch_forever, name="pod watch", restart=self._policy.forever())
 
     async def stop(self) -> None:
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        await self.tasks.stop()
         client, self._client = self._client, None
         if client is not None:
             await client.close()

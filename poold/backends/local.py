@@ -21,6 +21,7 @@ import structlog
 
 from poold.backends.base import BackendUnavailable, EventSink, WorkerEvent
 from poold.backends.forkserver import PARENT_ENV
+from poold.tasks import Supervisor
 from poold.types import JobId, PodName, TenantName
 
 log = structlog.get_logger(__name__)
@@ -38,7 +39,8 @@ class LocalBackend:
         self._slots_root = slots_root
         self._agent_env = agent_env
         self._proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self.tasks = Supervisor("local-backend")
+        """The reader of the fork server's events."""
         self._sink: EventSink | None = None
         self._claims: dict[PodName, JobId] = {}
         self._alive: set[PodName] = set()
@@ -65,7 +67,7 @@ class LocalBackend:
             env=env,
             limit=1024 * 1024,
         )
-        self._reader = asyncio.create_task(self._read(), name="local-backend-events")
+        self.tasks.spawn(self._read(), name="events")
         try:
             await asyncio.wait_for(self._hello.wait(), 30)
         except TimeoutError as e:
@@ -84,10 +86,7 @@ class LocalBackend:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        await self.tasks.stop()
 
     async def _send(self, command: dict[str, object]) -> None:
         proc = self._proc

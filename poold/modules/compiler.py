@@ -20,12 +20,17 @@ import structlog
 
 from poold.config import ModuleSettings
 from poold.metrics import Metrics
+from poold.retry import RetryPolicy
 from poold.runtime.engine import CompileCache
+from poold.tasks import Supervisor
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+RESTART = RetryPolicy(attempts=None, backoff_s=1.0, backoff_max_s=60.0)
+"""If the compile loop dies (a bug), it starts again after this pause: uploads keep
+being compiled ahead of their first job."""
 PRUNE_EVERY_S = 60.0
 """How often the compile cache is brought back within modules.compile_cache_mb when
 no upload is being compiled."""
@@ -88,20 +93,17 @@ class Precompiler:
         self.done: list[tuple[str, str]] = []
         """(sha256, outcome) of each compilation in order, for tests and logs."""
         self._queued: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
+        self.tasks = Supervisor("precompiler")
         self._changed = asyncio.Event()
         self._busy = False
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="poold-precompile")
+        if not self.tasks:
+            self.tasks.run(self._run, name="compile loop", restart=RESTART)
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # the compile subprocess is killed by _compile's own cleanup
-            await asyncio.gather(task, return_exceptions=True)
+        # the compile subprocess is killed by _compile's own cleanup
+        await self.tasks.stop()
 
     def submit(self, *, tenant: str, sha256: str, path: Path) -> None:
         if sha256 in self._queued or self.cache.path(sha256, fuel=False).exists():

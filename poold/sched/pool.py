@@ -28,6 +28,7 @@ from poold.retry import RetryPolicy
 from poold.sched.agent_link import Link
 from poold.sched.sizing import AUTO_IDLE_TTL_S, Sizer, retirable
 from poold.slots import Slot
+from poold.tasks import Supervisor
 from poold.types import JobId, PodName, TenantName, new_pod_name
 
 log = structlog.get_logger(__name__)
@@ -68,15 +69,6 @@ class Worker:
     lapsed: bool = False
     """It was idle, then reported not ready: waiting (as STARTING) to be ready again."""
 
-    def drop_link(self) -> None:
-        link, self.link = self.link, None
-        if link is not None:
-            task = asyncio.get_running_loop().create_task(link.close())
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
-
-
-_closing: set[asyncio.Task[None]] = set()
 
 
 LostCallback = Callable[[Worker, str], None]
@@ -107,11 +99,14 @@ class Pool:
         self._wake = asyncio.Event()
         self._failures = 0
         self._not_before = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self.tasks = Supervisor("pool")
+        """The controller: started again after a crash, with the failure backoff."""
+        self.chores = Supervisor("pool")
+        """Tasks that end by themselves (a removal, a retirement, a link's close);
+        :meth:`stop` waits for them."""
         self._idle_changed = asyncio.Event()
         self._stopping = False
         self._removing: set[PodName] = set()
-        self._removals: set[asyncio.Task[None]] = set()
         self.backend_ok = True
         """False while the backend refuses to create workers (submissions get 503)."""
 
@@ -174,17 +169,13 @@ class Pool:
     async def start(self) -> None:
         await self.backend.start(self._on_event)
         self.cleanup_slots()
-        self._task = asyncio.create_task(self._run(), name="pool-controller")
+        self.tasks.run(self._run, name="controller", restart=self._backoff())
 
     async def stop(self, *, delete_workers: bool = True) -> None:
         """Stop managing the pool. Workers are deleted unless ``delete_workers`` is
         False: pods a restarted daemon (or the other replica) will adopt."""
-        task, self._task = self._task, None
         self._stopping = True
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.tasks.stop()
         for worker in list(self.workers.values()):
             if worker.link is not None:
                 await worker.link.close()
@@ -192,8 +183,7 @@ class Pool:
                 with contextlib.suppress(BackendUnavailable):
                     await self.backend.delete(worker.pod)
         await self.backend.stop()
-        if self._removals:
-            await asyncio.gather(*self._removals, return_exceptions=True)
+        await self.chores.wait()
         if delete_workers:
             for worker in list(self.workers.values()):
                 Slot.of(self.slots_root, worker.pod).remove()
@@ -295,13 +285,23 @@ class Pool:
         loop = asyncio.get_running_loop()
         loop.call_later(max(0.0, when - time.monotonic()), self._wake.set)
 
+    def drop_link(self, worker: Worker) -> None:
+        """Close the worker's link in the background; it is of no further use."""
+        link, worker.link = worker.link, None
+        if link is not None:
+            self.chores.spawn(link.close(), name=f"close-link-{worker.pod}")
+
+    def _backoff(self) -> RetryPolicy:
+        """The pause after failures to start a worker (``pool.failure_backoff_s``)."""
+        return RetryPolicy(attempts=None, backoff_s=self.settings.failure_backoff_s,
+                           backoff_max_s=self.settings.failure_backoff_max_s, jitter=0)
+
     def _note_failure(self, reason: str) -> None:
         """No new worker is started for a while: the retry policy's pause, from
         ``pool.failure_backoff_s`` doubling to ``failure_backoff_max_s``."""
         self.metrics.worker_failures.labels(reason).inc()
         self._failures += 1
-        policy = RetryPolicy(attempts=None, backoff_s=self.settings.failure_backoff_s,
-                             backoff_max_s=self.settings.failure_backoff_max_s, jitter=0)
+        policy = self._backoff()
         delay = policy.delay(self._failures)
         policy.log_retry(log, what="starting a worker", attempt=self._failures + 1,
                          error=reason, pause_s=delay)
@@ -363,14 +363,14 @@ class Pool:
             worker.state = WorkerState.STARTING
             worker.created = time.monotonic()
             worker.lapsed = True
-            worker.drop_link()
+            self.drop_link(worker)
             self._idle_changed.set()
         elif event.kind == "gone":
             if event.pod in self._removing:
                 return
             was = worker.state
             worker.state = WorkerState.DELETING  # counted until its slot is gone too
-            worker.drop_link()
+            self.drop_link(worker)
             self._remove_slot(worker)
             if was is WorkerState.STARTING and not self._stopping:
                 log.warning("worker died while starting", pod=event.pod, reason=event.reason)
@@ -402,9 +402,7 @@ class Pool:
                 self._export()
                 self._wake.set()
 
-        task = asyncio.get_running_loop().create_task(remove(), name=f"remove-{worker.pod}")
-        self._removals.add(task)
-        task.add_done_callback(self._removals.discard)
+        self.chores.spawn(remove(), name=f"remove-{worker.pod}")
 
     def _adopt(self, event: WorkerEvent) -> None:
         """A worker this daemon did not create (it ran before a restart, or another
@@ -432,7 +430,7 @@ class Pool:
             if not self.on_orphan(worker):
                 log.warning("deleting a worker that holds a job nobody follows",
                             pod=event.pod, job=event.job)
-                asyncio.get_running_loop().create_task(self._retire(worker))
+                self.chores.spawn(self._retire(worker), name=f"retire-{worker.pod}")
         self._wake.set()
 
     def cleanup_slots(self) -> int:
@@ -495,7 +493,7 @@ class Pool:
         else:
             log.warning("lost the claim on a worker to someone else", pod=worker.pod)
             self.workers.pop(worker.pod, None)
-            worker.drop_link()
+            self.drop_link(worker)
             self._wake.set()
         return won
 
@@ -546,9 +544,7 @@ class Pool:
             if (worker.state is WorkerState.IDLE and worker.tenant is not None
                     and not keep(worker.tenant)):
                 worker.state = WorkerState.DELETING
-                task = asyncio.get_running_loop().create_task(self._retire(worker))
-                self._removals.add(task)
-                task.add_done_callback(self._removals.discard)
+                self.chores.spawn(self._retire(worker), name=f"retire-{worker.pod}")
                 retired += 1
         return retired
 

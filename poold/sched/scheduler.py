@@ -47,6 +47,7 @@ from poold.sched.running import (
     WorkerLost,
 )
 from poold.slots import Slot, place_atomic, read_json, write_atomic, write_json_atomic
+from poold.tasks import Supervisor
 from poold.timestamps import utcnow
 from poold.types import JobId, ModuleHash, TenantName
 
@@ -122,7 +123,8 @@ class Scheduler:
         self._connect = connect or self._agent_link
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.jobs = Supervisor("scheduler")
+        """One task per job on a worker (or being recovered)."""
         self._http: aiohttp.ClientSession | None = None
         self._recovering: dict[JobId, Job] = {}
         """Unfinished jobs found at start-up, until their fate is decided."""
@@ -326,9 +328,7 @@ class Scheduler:
             )
 
     def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.jobs.spawn(coro, name=name)
 
     async def run(self) -> None:
         await self.start()
@@ -339,10 +339,7 @@ class Scheduler:
                 self._wake.clear()
                 self._dispatch()
         finally:
-            for task in list(self._tasks):
-                task.cancel()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.jobs.stop(ordered=False)
             await self._http.close()
 
     def _dispatch(self) -> None:
@@ -400,11 +397,11 @@ class Scheduler:
         if disposal is Disposal.REUSE:
             link = run.worker.link
             if link is not None and not link.reusable:
-                run.worker.drop_link()  # a fresh line, rather than one with stray events
+                self.pool.drop_link(run.worker)  # a fresh line, rather than one with stray events
             await self.pool.reuse(run.worker, run.tenant)
         elif disposal is Disposal.RECYCLE:
             crash_point("recycling")
-            run.worker.drop_link()
+            self.pool.drop_link(run.worker)
             await self.pool.recycle(run.worker)
         if job.state.terminal:
             self.files.drop_input(job.id)
