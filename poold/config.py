@@ -326,6 +326,18 @@ class InterpreterSettings(_Section):
     """The script's file name under ``/script``."""
     max_script_kb: Annotated[int, Field(ge=1, le=1024)] = 64
     """Largest ``script`` a job may send, in KiB (it is kept in the job record)."""
+    optional: bool = False
+    """When the module or a mounted folder is missing: ``false`` stops start-up naming
+    the key; ``true`` starts anyway and lists the runtime as ``unavailable`` with the
+    reason (``config/local.toml`` does this, so ``make run`` works before ``make
+    runtimes``)."""
+    compile_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    """Wall-clock (and CPU-time) cap of compiling the interpreter once, at start-up, in
+    seconds; instead of ``modules.compile_timeout_s``, which is meant for tenants'
+    uploads. CPython for WASI (99 MB) took ~100-270 s on a 2-core machine."""
+    compile_memory_mb: Annotated[int, Field(ge=64)] = 4096
+    """Address-space cap of that compilation, in MiB (``modules.compile_memory_mb``
+    is the uploads' cap)."""
 
     @field_validator("mounts")
     @classmethod
@@ -565,7 +577,7 @@ def load_settings(
             raise ConfigError(f"config file {path} does not exist") from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
-        _relative_to(path.parent, data)
+        _relative_to(path.parent.absolute(), data)  # workers run in other folders
     overrides = _env_overrides(os.environ if environ is None else environ)
     data = _merge(data, overrides)
     try:

@@ -35,6 +35,9 @@ class JobDocument:
     script: str | None = None
     """For a runtime's job: the script's file name in ``in/script/``, which the
     module sees read-only at ``/script/``."""
+    runtime: str | None = None
+    """The ``[runtimes.<name>]`` whose interpreter this is: it may be a WASI reactor
+    and import ``host.call`` (poold/runtime/runner.py ``RunRequest.interpreter``)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

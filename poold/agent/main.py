@@ -383,13 +383,20 @@ class Agent:
             )
 
         loop = asyncio.get_running_loop()
-        if doc.size <= INLINE_HASH_BYTES:
-            digest, size = _sha256_file(self.slot.module)
-        else:
-            digest, size = await loop.run_in_executor(None, _sha256_file, self.slot.module)
-        if digest != doc.sha256 or size != doc.size:
-            return result("error", "the module delivered to the worker does not match its "
-                          "sha256; the delivery was damaged, submit the job again")
+        compiled = getattr(self.runner, "compiled", None)
+        # hashing an interpreter of 100 MB costs more than a small script's run: not
+        # when the runner starts from the compile cache (if it reads the bytes after
+        # all, it checks them itself)
+        verified = not (doc.size > INLINE_HASH_BYTES and compiled is not None
+                        and compiled(doc.sha256, fuel=doc.fuel is not None))
+        if verified:
+            if doc.size <= INLINE_HASH_BYTES:
+                digest, size = _sha256_file(self.slot.module)
+            else:
+                digest, size = await loop.run_in_executor(None, _sha256_file, self.slot.module)
+            if digest != doc.sha256 or size != doc.size:
+                return result("error", "the module delivered to the worker does not match "
+                              "its sha256; the delivery was damaged, submit the job again")
         if self._cancelled:
             return result("cancelled", CANCELLED_BEFORE_START)
         stdin = None
@@ -460,7 +467,8 @@ class Agent:
             env=tuple((k, v) for k, v in doc.env), timeout_s=doc.timeout_s,
             memory_mb=doc.memory_mb, fuel=doc.fuel, out_dir=self.slot.artifacts,
             stdin_path=stdin,
-            read_only=self._read_only(doc),
+            read_only=self._read_only(doc), interpreter=doc.runtime is not None,
+            verified=verified,
         )
 
         def work() -> RunResult:

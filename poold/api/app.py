@@ -392,6 +392,9 @@ class Api:
                 return error(400, f"the script is {script_bytes} bytes; the {runtime.name} "
                              f"runtime takes scripts of at most {runtime.max_script_bytes} bytes "
                              f"(runtimes.{runtime.name}.max_script_kb)")
+            if runtime.sha256 is None or runtime.size is None:
+                return error(400, f"the runtime {runtime.name!r} is not available on this "
+                             f"server: {runtime.unavailable}")
             module, size = runtime.sha256, runtime.size
         else:
             assert body.module is not None
@@ -401,6 +404,9 @@ class Api:
                 return error(404 if len(module) == 64 else 400,
                              f"unknown module {module}; upload it with PUT /v1/modules first")
         problem = self.modules.compile_problem(module)
+        if problem is not None and runtime is not None:
+            return error(400, f"the runtime {runtime.name!r} cannot run on this server: "
+                         f"{problem}; the operator can raise the limit and restart poold")
         if problem is not None:
             return error(400, f"module {module} cannot run on this server: {problem}. "
                          "Make it smaller (fewer or smaller functions) or ask the operator to "
@@ -426,7 +432,7 @@ class Api:
 
     async def list_runtimes(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"runtimes": [r.public() for _, r in sorted(self.runtimes.items())]})
+            {"runtimes": [r.public(self.modules) for _, r in sorted(self.runtimes.items())]})
 
     def _limits(self, body: JobRequest) -> tuple[Limits | None, str | None]:
         caps = self.settings.limits

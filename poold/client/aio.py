@@ -300,8 +300,10 @@ class AsyncClient:
 
     async def submit(
         self,
-        module: str,
+        module: str | None = None,
         *,
+        runtime: str | None = None,
+        script: str | None = None,
         args: Iterable[str] = (),
         env: Mapping[str, str] | None = None,
         input: Iterable[str] = (),
@@ -312,7 +314,8 @@ class AsyncClient:
         extra: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Job:
-        """Submit a job running ``module`` (a sha256 from :meth:`upload_module`).
+        """Submit a job running ``module`` (a sha256 from :meth:`upload_module`), or
+        ``script`` on the interpreter ``runtime`` (one of :meth:`list_runtimes`).
 
         The request carries an ``Idempotency-Key`` (generated unless given), so a
         retry after a lost answer gets the same job instead of a second one.
@@ -321,8 +324,14 @@ class AsyncClient:
         limits = {k: v for k, v in
                   (("timeout_s", timeout_s), ("memory_mb", memory_mb), ("fuel", fuel))
                   if v is not None}
-        body: dict[str, Any] = {"module": module, "args": list(args), "env": dict(env or {}),
+        body: dict[str, Any] = {"args": list(args), "env": dict(env or {}),
                                 "input": list(input)}
+        if module is not None:
+            body["module"] = module
+        if runtime is not None:
+            body["runtime"] = runtime
+        if script is not None:
+            body["script"] = script
         if limits:
             body["limits"] = limits
         body.update(extra or {})

@@ -121,7 +121,7 @@ class Client:
     def list_modules(self, *, timeout: float | None = None) -> list[Module]:
         return self._run(self._aio.list_modules(timeout=timeout))
 
-    def submit(self, module: str, **fields: Any) -> Job:
+    def submit(self, module: str | None = None, **fields: Any) -> Job:
         """See :meth:`AsyncClient.submit`."""
         return self._run(self._aio.submit(module, **fields))
 

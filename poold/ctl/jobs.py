@@ -302,6 +302,8 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 @client_command
 @click.argument("module", metavar="MODULE")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--runtime", default=None, metavar="NAME",
+              help="Run MODULE as a script on this interpreter (poold runtimes list).")
 @click.option("--input", "input_file", type=click.File("r"), default=None,
               help="File whose lines become the job's input records ('-' for stdin).")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE",
@@ -314,10 +316,12 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--idempotency-key", default=None, metavar="KEY",
               help="Submitting again with the same KEY gets the same job, not a second one "
               "(for scripts that retry). Default: a fresh key per command.")
-def run(conn: Connection, module: str, args: tuple[str, ...], input_file: TextIO | None,
-        env: tuple[str, ...], timeout_s: float | None, memory_mb: int | None,
-        fuel: int | None, detach: bool, idempotency_key: str | None) -> None:
-    """Run MODULE (a .wasm file, or the sha256 of an uploaded one) with ARGS (after --).
+def run(conn: Connection, module: str, args: tuple[str, ...], runtime: str | None,
+        input_file: TextIO | None, env: tuple[str, ...], timeout_s: float | None,
+        memory_mb: int | None, fuel: int | None, detach: bool,
+        idempotency_key: str | None) -> None:
+    """Run MODULE (a .wasm file, or the sha256 of an uploaded one) with ARGS (after --);
+    with --runtime NAME, MODULE is a script that interpreter runs.
 
     Prints its output records on stdout and its log on stderr as they come, and
     exits with the module's exit code (124 timed out, 130 cancelled, 70 error).
@@ -328,13 +332,25 @@ def run(conn: Connection, module: str, args: tuple[str, ...], input_file: TextIO
                               "idempotency_key": idempotency_key}
     path = Path(module)
     upload = path.is_file()
-    if not upload and not _is_sha256(module):
+    if runtime is not None:
+        if not upload:
+            raise click.BadParameter(f"{module!r} is not a file; with --runtime, give the "
+                                     "script's file", param_hint="MODULE")
+        try:
+            fields.update(runtime=runtime, script=path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.BadParameter(f"{module!r} cannot be read as UTF-8 text: {e}",
+                                     param_hint="MODULE") from e
+    elif not upload and not _is_sha256(module):
         raise click.BadParameter(f"{module!r} is neither a file nor a module's sha256",
                                  param_hint="MODULE")
 
     async def go(c: AsyncClient) -> Job:
-        sha = (await c.upload_module(path)).sha256 if upload else module
-        job = await c.submit(sha, **fields)
+        if runtime is not None:
+            job = await c.submit(**fields)
+        else:
+            sha = (await c.upload_module(path)).sha256 if upload else module
+            job = await c.submit(sha, **fields)
         if detach:
             return job
         logs = asyncio.create_task(_copy_logs(c, job.id))

@@ -30,9 +30,11 @@ UPLOAD_COLUMNS = [
 
 RUNTIME_COLUMNS = [
     Column("NAME", lambda r: text(r.get("name"))),
+    Column("STATE", lambda r: text(r.get("state"))),
     Column("SIZE", lambda r: size(r.get("size"))),
     Column("SCRIPT", lambda r: text(r.get("script_path"))),
     Column("MOUNTS", lambda r: ",".join(r.get("mounts") or []) or "-", shrink=True),
+    Column("ERROR", lambda r: text(r.get("error")), wide=True),
 ]
 
 POOL_COLUMNS = [

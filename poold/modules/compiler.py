@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +77,24 @@ def uncompilable_marker(wasm: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class CompileLimits:
+    """The caps of one compilation and the config keys that set them (for messages)."""
+
+    timeout_s: float
+    memory_mb: int
+    timeout_key: str = "modules.compile_timeout_s"
+    memory_key: str = "modules.compile_memory_mb"
+
+    @classmethod
+    def for_uploads(cls, settings: ModuleSettings) -> CompileLimits:
+        return cls(timeout_s=settings.compile_timeout_s, memory_mb=settings.compile_memory_mb)
+
+
+@dataclass(frozen=True)
 class CompileOrder:
     sha256: str
     path: Path
+    limits: CompileLimits
 
 
 class Precompiler:
@@ -94,6 +110,8 @@ class Precompiler:
         """(sha256, outcome) of each compilation in order, for tests and logs."""
         self._queued: set[str] = set()
         self.tasks = Supervisor("precompiler")
+        self.pinned: set[str] = set()
+        """Modules whose artifacts pruning keeps (the operator's runtimes)."""
         self._changed = asyncio.Event()
         self._busy = False
 
@@ -105,12 +123,20 @@ class Precompiler:
         # the compile subprocess is killed by _compile's own cleanup
         await self.tasks.stop()
 
-    def submit(self, *, tenant: str, sha256: str, path: Path) -> None:
+    def submit(self, *, tenant: str, sha256: str, path: Path,
+               limits: CompileLimits | None = None) -> None:
+        """Queue a compilation under ``limits`` (default: the uploads' caps in
+        ``[modules]``; an operator's runtime brings its own)."""
         if sha256 in self._queued or self.cache.path(sha256, fuel=False).exists():
             return
         self._queued.add(sha256)
-        self.queue.put(tenant, CompileOrder(sha256, path))
+        self.queue.put(tenant, CompileOrder(
+            sha256, path, limits or CompileLimits.for_uploads(self.settings)))
         self._note()
+
+    def pending(self, sha256: str) -> bool:
+        """Queued or being compiled now."""
+        return sha256 in self._queued
 
     async def idle(self, within_s: float) -> None:
         """For tests: wait until nothing is queued or compiling."""
@@ -151,42 +177,45 @@ class Precompiler:
 
     async def _prune(self) -> None:
         removed = await asyncio.to_thread(
-            self.cache.prune, self.settings.compile_cache_mb * 1024 * 1024)
+            self.cache.prune, self.settings.compile_cache_mb * 1024 * 1024,
+            keep=frozenset(self.pinned))
         if removed:
             log.info("compile cache pruned (modules.compile_cache_mb)", removed=len(removed))
 
     async def _compile(self, order: CompileOrder) -> str:
-        s = self.settings
+        s = order.limits
+        started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "poold.runtime.compile",
-            "--cache", str(self.cache.root.parent), "--memory-mb", str(s.compile_memory_mb),
-            "--cpu-s", str(s.compile_timeout_s), order.sha256, str(order.path),
+            "--cache", str(self.cache.root.parent), "--memory-mb", str(s.memory_mb),
+            "--cpu-s", str(s.timeout_s), order.sha256, str(order.path),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
         try:
-            async with asyncio.timeout(s.compile_timeout_s):
+            async with asyncio.timeout(s.timeout_s):
                 _, stderr = await proc.communicate()
         except TimeoutError:
-            log.warning("compilation took too long and was stopped (modules.compile_timeout_s)",
-                        module=order.sha256, timeout_s=s.compile_timeout_s)
-            self._mark(order, f"compiling it took longer than {s.compile_timeout_s:g} s "
-                              "(modules.compile_timeout_s)")
+            log.warning("compilation took too long and was stopped", key=s.timeout_key,
+                        module=order.sha256, timeout_s=s.timeout_s)
+            self._mark(order, f"compiling it took longer than {s.timeout_s:g} s "
+                              f"({s.timeout_key})")
             return "timeout"
         finally:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
         if proc.returncode == 0:
-            log.info("module compiled into the cache", module=order.sha256)
+            log.info("module compiled into the cache", module=order.sha256,
+                     seconds=round(time.monotonic() - started, 1))
             return "compiled"
         error = stderr.decode("utf-8", "replace")[-500:].strip()
         log.warning("compilation failed", module=order.sha256, exit_code=proc.returncode,
-                    memory_mb=s.compile_memory_mb, error=error)
+                    memory_mb=s.memory_mb, error=error)
         if (proc.returncode or 0) < 0 or "memory allocation" in error:
             # the runtime aborts (SIGABRT) when an allocation fails under the cap
-            why = (f"compiling it needs more than {s.compile_memory_mb} MiB of memory "
-                   "(modules.compile_memory_mb)")
+            why = (f"compiling it needs more than {s.memory_mb} MiB of memory "
+                   f"({s.memory_key})")
         else:
             why = f"the compiler refused it: {error.splitlines()[-1] if error else 'no reason'}"
         self._mark(order, why)

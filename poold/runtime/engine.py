@@ -13,7 +13,7 @@ import contextlib
 import fcntl
 import importlib.metadata
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import wasmtime
@@ -71,10 +71,16 @@ class CompileCache:
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
+    def has(self, sha256: str, *, fuel: bool) -> bool:
+        return self.path(sha256, fuel=fuel).is_file()
+
     def load(
-        self, engine: wasmtime.Engine, sha256: str, wasm_path: Path, *, fuel: bool
+        self, engine: wasmtime.Engine, sha256: str, wasm_path: Path, *, fuel: bool,
+        check: Callable[[Path], None] | None = None,
     ) -> tuple[wasmtime.Module, bool]:
-        """The compiled module and whether it came from the cache."""
+        """The compiled module and whether it came from the cache. ``check`` is
+        called on ``wasm_path`` before its bytes are compiled (never on a cache
+        hit, which does not read them); it raises to refuse them."""
         cached = self.path(sha256, fuel=fuel)
         module = self._try_load(engine, cached)
         if module is not None:
@@ -83,6 +89,8 @@ class CompileCache:
             module = self._try_load(engine, cached)
             if module is not None:
                 return module, True
+            if check is not None:
+                check(wasm_path)
             module = wasmtime.Module.from_file(engine, str(wasm_path))
             self._store(cached, bytes(module.serialize()))
         return module, False
@@ -100,18 +108,24 @@ class CompileCache:
             self._store(cached, bytes(module.serialize()))
         return True
 
-    def prune(self, max_bytes: int) -> list[Path]:
+    def prune(self, max_bytes: int, *, keep: Collection[str] = ()) -> list[Path]:
         """Remove the least recently used artifacts until the cache holds at most
         ``max_bytes``; the removed paths. A worker that has one open keeps reading
-        it (the file goes when it is closed); a later job compiles it again."""
+        it (the file goes when it is closed); a later job compiles it again.
+        Artifacts of the modules in ``keep`` (the operator's runtimes, minutes to
+        compile) are never removed, but count towards the total."""
         found: list[tuple[float, int, Path]] = []
+        kept = 0
         for path in self.root.glob("*/*.cwasm"):
             try:
                 stat = path.stat()
             except FileNotFoundError:
                 continue
+            if path.stem in keep:
+                kept += stat.st_size
+                continue
             found.append((stat.st_mtime, stat.st_size, path))
-        total = sum(size for _, size, _ in found)
+        total = kept + sum(size for _, size, _ in found)
         removed = []
         for _, size, path in sorted(found):
             if total <= max_bytes:

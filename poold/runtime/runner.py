@@ -30,6 +30,15 @@ class RunRequest:
     stdin_path: Path | None
     read_only: tuple[tuple[Path, str], ...] = ()
     """Host folders the module sees read-only, each at its guest path."""
+    verified: bool = True
+    """False when the agent did not hash the delivered module because a compiled
+    artifact of ``sha256`` was cached (hashing 100 MB costs more than the run of a
+    small script): a runner that ends up reading the bytes checks them first."""
+    interpreter: bool = False
+    """The module is an operator's runtime (``[runtimes.<name>]``), not a tenant's
+    upload: it may be a WASI *reactor* (``_initialize`` then ``run``, whose result is
+    the exit code, instead of ``_start``) and may import ``host.call``, which is
+    given a stub that answers -1 (docs/runtimes.md)."""
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import wasmtime
 
+from poold.errors import ModuleError
+from poold.runtime.digest import file_sha256
 from poold.runtime.engine import CompileCache, make_engine
 from poold.runtime.inspect import MAX_MEMORIES, MAX_TABLES
 from poold.runtime.runner import (
@@ -34,6 +36,23 @@ TABLE_ELEMENT_BYTES = 8
 TABLE_SHARE = 16
 """1/16 of a job's memory cap is set aside for table elements, the rest is linear memory."""
 WARM_UP_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
+HOST_CALL_ANSWER = -1
+"""What the stub of ``host.call`` answers: "no host function", for a runtime
+built to call into an embedding host that poold is not."""
+
+
+def _host_call(_a: int, _b: int, _c: int, _d: int) -> int:
+    return HOST_CALL_ANSWER
+
+
+def _interpreter_linker(engine: wasmtime.Engine) -> wasmtime.Linker:
+    """WASI plus the ``host.call`` stub: only for operators' runtimes, so a tenant's
+    upload still has WASI and nothing else to import."""
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    i32 = wasmtime.ValType.i32()
+    linker.define_func("host", "call", wasmtime.FuncType([i32] * 4, [i32]), _host_call)
+    return linker
 
 
 def _discard(_: bytes) -> None:
@@ -116,7 +135,7 @@ class WasmtimeRunner:
     def __init__(self, cache: CompileCache) -> None:
         self._cache = cache
         self._engines = {fuel: engine for fuel, (engine, _) in _PREBUILT.items()}
-        self._linkers = {fuel: linker for fuel, (_, linker) in _PREBUILT.items()}
+        self._linkers = {(fuel, False): linker for fuel, (_, linker) in _PREBUILT.items()}
         self._lock = threading.Lock()
         self._reason: InterruptReason | None = None
         self._engine: wasmtime.Engine | None = None
@@ -129,15 +148,21 @@ class WasmtimeRunner:
                 self._engines[fuel] = make_engine(fuel=fuel)
             return self._engines[fuel]
 
-    def linker(self, engine: wasmtime.Engine, *, fuel: bool) -> wasmtime.Linker:
-        """One linker per engine with WASI defined: it holds no per-job state (that
-        lives in each Store), so it is built once, ahead of the job."""
+    def linker(self, engine: wasmtime.Engine, *, fuel: bool,
+               interpreter: bool = False) -> wasmtime.Linker:
+        """One linker per engine with WASI defined (and, for runtimes, the
+        ``host.call`` stub): it holds no per-job state (that lives in each Store),
+        so it is built once, ahead of the job."""
         with self._lock:
-            if fuel not in self._linkers:
-                linker = wasmtime.Linker(engine)
-                linker.define_wasi()
-                self._linkers[fuel] = linker
-            return self._linkers[fuel]
+            key = (fuel, interpreter)
+            if key not in self._linkers:
+                if interpreter:
+                    self._linkers[key] = _interpreter_linker(engine)
+                else:
+                    linker = wasmtime.Linker(engine)
+                    linker.define_wasi()
+                    self._linkers[key] = linker
+            return self._linkers[key]
 
     def warm_up(self) -> None:
         """Run a trivial module once, ahead of the first job and off its latency
@@ -180,10 +205,13 @@ class WasmtimeRunner:
         engine = self.engine(fuel=fuel)
         try:
             module, cached = self._cache.load(
-                engine, request.sha256, request.wasm_path, fuel=fuel
+                engine, request.sha256, request.wasm_path, fuel=fuel,
+                check=None if request.verified else _checker(request.sha256),
             )
         except wasmtime.WasmtimeError as e:
             return RunResult("error", None, f"the module could not be compiled: {_first_line(e)}")
+        except DeliveryDamaged as e:
+            return RunResult("error", None, str(e))
 
         store = wasmtime.Store(engine)
         budget = StoreBudget.of(request.memory_mb)
@@ -201,17 +229,24 @@ class WasmtimeRunner:
         wasi.stderr_custom = stderr
         wasi.preopen_dir(str(request.out_dir), "/out")
         for host, guest in request.read_only:
-            # this wasmtime-py's form of read-only dir and file permissions
-            wasi.preopen_dir(str(host), guest, False)
+            try:
+                # this wasmtime-py's form of read-only dir and file permissions
+                wasi.preopen_dir(str(host), guest, False)
+            except wasmtime.WasmtimeError:
+                return RunResult("error", None, f"the folder {host} could not be opened to "
+                                 f"be mounted read-only at {guest} in the worker (a runtime's "
+                                 "mounts must be absolute paths the workers can read)", cached)
         store.set_wasi(wasi)
-        linker = self.linker(engine, fuel=fuel)
+        linker = self.linker(engine, fuel=fuel, interpreter=request.interpreter)
         try:
             instance = linker.instantiate(store, module)
             self._measured = (store, instance, request.fuel)
-            start = instance.exports(store).get("_start")
-            if not isinstance(start, wasmtime.Func):
+            entry = _entry(instance.exports(store), interpreter=request.interpreter)
+            if entry is None:
                 return RunResult(
-                    "error", None, "the module has no _start function (is it a WASI command?)",
+                    "error", None, "the module has no _start function (is it a WASI command?)"
+                    if not request.interpreter else "the runtime's module has neither _start "
+                    "(a WASI command) nor run (a reactor); check runtimes.<name>.module",
                     cached,
                 )
         except (wasmtime.WasmtimeError, wasmtime.Trap) as e:
@@ -229,7 +264,9 @@ class WasmtimeRunner:
         on_start()
         timer.start()
         try:
-            start(store)
+            status = None
+            for func in entry:
+                status = func(store)
         except wasmtime.ExitTrap as e:
             code = e.code
             if code == 0:
@@ -251,7 +288,18 @@ class WasmtimeRunner:
             return RunResult("failed", None, f"the module failed: {_reason(e)}", cached)
         finally:
             timer.cancel()
+        if isinstance(status, int) and status != 0:
+            # a reactor's run() returns the exit code instead of calling proc_exit
+            return RunResult(
+                "failed", status, _with_memory_note(exited(status),
+                                                    instance, store, limit, request), cached,
+            )
         return RunResult("succeeded", 0, None, cached)
+
+    def compiled(self, sha256: str, *, fuel: bool) -> bool:
+        """Whether a job of this module would start from the compile cache, without
+        reading the delivered bytes (so the agent need not hash them)."""
+        return self._cache.has(sha256, fuel=fuel)
 
     def runtime_usage(self) -> RuntimeUsage:
         """Linear memory never shrinks, so its size after the run is its peak."""
@@ -290,6 +338,34 @@ class WasmtimeRunner:
         return RunResult(
             "failed", None, _with_memory_note(message, instance, store, limit, request), cached
         )
+
+
+class DeliveryDamaged(ModuleError):
+    """The bytes delivered to the worker are not the module the job names."""
+
+
+def _checker(sha256: str) -> Callable[[Path], None]:
+    def check(path: Path) -> None:
+        if file_sha256(path)[0] != sha256:
+            raise DeliveryDamaged("the module delivered to the worker does not match its "
+                                  "sha256; the delivery was damaged, submit the job again")
+    return check
+
+
+def _entry(exports: Mapping[str, object], *, interpreter: bool) -> list[wasmtime.Func] | None:
+    """What to call, in order: a command's ``_start``; for a runtime that is a WASI
+    reactor, ``_initialize`` (when exported) and then ``run``, whose result is the
+    exit code. A tenant's upload must be a command."""
+    start = exports.get("_start")
+    if isinstance(start, wasmtime.Func):
+        return [start]
+    if not interpreter:
+        return None
+    run = exports.get("run")
+    if not isinstance(run, wasmtime.Func):
+        return None
+    initialize = exports.get("_initialize")
+    return [initialize, run] if isinstance(initialize, wasmtime.Func) else [run]
 
 
 def _with_memory_note(

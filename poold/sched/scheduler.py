@@ -504,7 +504,8 @@ class Scheduler:
                     "configured on this server; submit the job again")
             document = dataclasses.replace(
                 document, mounts=[[str(host), guest] for guest, host in runtime.mounts.items()],
-                script=runtime.script_name if job.script is not None else None)
+                script=runtime.script_name if job.script is not None else None,
+                runtime=job.runtime)
         slot = Slot.of(self.settings.slots.root, worker.pod)
         if run.cancel.is_set():
             return await self._finish(job, JobState.CANCELLED, error=CANCELLED_BEFORE_START)

