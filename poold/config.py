@@ -12,6 +12,7 @@ underscores stay unambiguous: ``POOLD_POOL__MIN_IDLE=2``,
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -40,6 +41,9 @@ class ConfigError(Error):
 WORKER_OVERHEAD_MB = 256 + 128
 """A worker's own memory beyond its job's memory_mb: the agent's allowance (see
 poold.agent.quotas.HOST_ALLOWANCE_MB) and what the process uses at rest."""
+LINGER_S = 300.0
+"""A finished agent that is not reused exits by itself after this long (the agent's
+own default): poold deletes it long before."""
 
 
 def memory_overcommit(settings: Settings, physical_bytes: int) -> str | None:
@@ -164,6 +168,18 @@ class PoolSettings(_Section):
     hot_idle_ttl_s: Annotated[float, Field(ge=0)] = 10.0
     """With reuse: a hot worker (bound to a tenant) idle this long is recycled,
     so capacity held for one tenant returns to all (0 = never)."""
+
+    @property
+    def agent_linger_s(self) -> float:
+        """How long a worker's agent waits for another job after one before it exits
+        by itself (its safety net should poold vanish): 300 s, and with reuse longer
+        than poold keeps a hot worker (for ever when ``hot_idle_ttl_s`` is 0), so a
+        hot worker is never lost to its own timer and counted as a failure."""
+        if self.reuse == "never":
+            return LINGER_S
+        if self.hot_idle_ttl_s == 0:
+            return math.inf
+        return self.hot_idle_ttl_s + LINGER_S
 
 
     @model_validator(mode="after")

@@ -165,6 +165,7 @@ class Daemon:
             "POOLD_AGENT_MAX_OUTPUT_RECORDS": str(s.runtime.max_output_records),
             "POOLD_AGENT_ENGINE": s.runtime.engine,
             "POOLD_AGENT_FSYNC": "1" if s.slots.fsync else "0",
+            "POOLD_AGENT_LINGER_S": str(s.pool.agent_linger_s),
         }
         if s.pool.backend == "local":
             return LocalBackend(

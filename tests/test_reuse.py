@@ -19,6 +19,7 @@ import pytest
 from conftest import Client, DaemonFactory, wait_done
 from wasm_fixtures import module
 
+from poold.agent.settings import AgentSettings
 from poold.daemon import Daemon
 from poold.types import PodName
 
@@ -198,3 +199,19 @@ async def test_a_hot_workers_next_job_comes_over_the_line_already_open(
     assert "processed 2 lines" in await alpha.text(f"/v1/jobs/{second['id']}/logs")
     await _hot(daemon)
     assert worker.link is link, "a new connection was opened for a hot job"
+
+
+@pytest.mark.parametrize(("ttl", "linger"), [(0, "inf"), (10, "310.0"), (600, "900.0")])
+async def test_a_hot_workers_agent_waits_longer_than_poold_keeps_it(
+    start_daemon: DaemonFactory, ttl: float, linger: str
+) -> None:
+    """The agent exits by itself this long after a job (its safety net should poold
+    vanish): with a fixed 300 s a hot worker kept longer (or for ever) died on its
+    own timer and was counted as a lost idle worker."""
+    daemon = await start_daemon(pool__reuse="tenant", pool__hot_idle_ttl_s=ttl)
+    assert daemon.backend is not None
+    assert daemon.backend._agent_env["POOLD_AGENT_LINGER_S"] == linger  # type: ignore[attr-defined]
+    assert AgentSettings.from_env({
+        **daemon.backend._agent_env,  # type: ignore[attr-defined]
+        "POOLD_AGENT_SLOT": "/s", "POOLD_AGENT_CACHE": "/c", "POOLD_AGENT_TOKEN": "t",
+    }).linger_s == float(linger)
