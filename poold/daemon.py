@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from poold.agent.settings import agent_env
 from poold.api.app import Api
 from poold.api.guard import GuardedSite
 from poold.backends.base import Backend
@@ -154,28 +155,11 @@ class Daemon:
 
     def _backend(self, bootstrap: str) -> Backend:
         s = self.settings
-        # the agent settings poold's config decides, for local workers and runner pods alike
-        agent_env = {
-            "POOLD_AGENT_KAFKA": bootstrap,
-            "POOLD_AGENT_POLL_S": str(s.runtime.poll_interval_s),
-            "POOLD_AGENT_MAX_LOG_KB": str(s.runtime.max_log_kb),
-            "POOLD_AGENT_MAX_OUT_MB": str(s.runtime.max_artifacts_mb),
-            "POOLD_AGENT_MAX_OUT_FILES": str(s.runtime.max_artifact_files),
-            "POOLD_AGENT_MAX_OUTPUT_MB": str(s.runtime.max_output_mb),
-            "POOLD_AGENT_MAX_OUTPUT_RECORDS": str(s.runtime.max_output_records),
-            "POOLD_AGENT_ENGINE": s.runtime.engine,
-            "POOLD_AGENT_FSYNC": "1" if s.slots.fsync else "0",
-            "POOLD_AGENT_LINGER_S": str(s.pool.agent_linger_s),
-        }
         if s.pool.backend == "local":
             return LocalBackend(
                 slots_root=s.slots.root.resolve(),
-                agent_env={
-                    **agent_env,
-                    "POOLD_AGENT_CACHE": str(s.cache_dir.resolve()),
-                    "POOLD_AGENT_HOST": "127.0.0.1",
-                    "POOLD_AGENT_PORT": "0",
-                },
+                agent_env=agent_env(s, kafka=bootstrap, cache=s.cache_dir.resolve(),
+                                    host="127.0.0.1", port=0),
             )
         try:
             template = load_template(s.kubernetes.pod_template)
@@ -183,7 +167,8 @@ class Daemon:
             raise ConfigError(str(e)) from e
         return KubernetesBackend(
             settings=s.kubernetes, template=template, kafka=bootstrap,
-            configuration=self._kube_configuration, agent_env=agent_env, retry=s.retry,
+            configuration=self._kube_configuration, agent_env=agent_env(s, kafka=bootstrap),
+            retry=s.retry,
         )
 
     def _elector(self) -> LeaseElector | None:
