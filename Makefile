@@ -69,10 +69,10 @@ cluster-build:
 	bash tests/cluster/build.sh
 
 cluster-up: install cluster-build
-	@PYTHONPATH=tests $(BIN)/python -m cluster up
+	@$(BIN)/python -m tests.cluster up
 
 cluster-down:
-	@PYTHONPATH=tests $(BIN)/python -m cluster down
+	@$(BIN)/python -m tests.cluster down
 
 clean:
 	rm -rf $(VENV) $(MUTATE_VENV) .poold .mutate

@@ -3,7 +3,7 @@
 A module is named like the test fixtures (``noop``, ``upper``, ...): the
 prebuilt ``tests/fixtures/wasm/NAME.wasm`` or, failing that,
 ``tests/fixtures/wasm/src/NAME.wat`` compiled with wasmtime (the same
-lookup as ``tests/wasm_fixtures.py``). A value ending in ``.wasm`` is read
+lookup as ``tests/support/wasm_fixtures.py``). A value ending in ``.wasm`` is read
 as a file path instead. ``gen:large`` is built by the bench itself (see
 :func:`large_module`): a module of a few MB that takes wasmtime a second or
 more to compile, for the compile-cache comparison.

@@ -46,11 +46,9 @@ HISTORY = 50_000
 
 
 def _fakekube() -> Any:
-    """``tests/fakekube``, imported the way the tests do (``tests/`` on sys.path)."""
-    tests = str(REPO / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    return importlib.import_module("fakekube")
+    """``tests/fakekube`` (the bench runs from the repository root, as ``python -m bench``;
+    imported by name so that mypy does not check the tests as the bench)."""
+    return importlib.import_module("tests.fakekube")
 
 
 class InstantKubelet:
@@ -63,8 +61,8 @@ class InstantKubelet:
         _fakekube()
         self.api = api
         self.node = node
-        self._pods = importlib.import_module("fakekube.resources").PODS
-        self._status = importlib.import_module("fakekube.status")
+        self._pods = importlib.import_module("tests.fakekube.resources").PODS
+        self._status = importlib.import_module("tests.fakekube.status")
         self._ips = itertools.count()
         self._sub: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -83,7 +81,7 @@ class InstantKubelet:
 
     def _ready(self, ip: str) -> Any:
         status = self._status
-        store = importlib.import_module("fakekube.store")
+        store = importlib.import_module("tests.fakekube.store")
 
         def apply(pod: dict[str, Any]) -> None:
             now = store.rfc3339()
@@ -115,7 +113,7 @@ class InstantKubelet:
             self.readied += 1
 
     async def _loop(self) -> None:
-        change_type = importlib.import_module("fakekube.store").Change
+        change_type = importlib.import_module("tests.fakekube.store").Change
         while True:
             item = await self._sub.queue.get()
             if item is None:
@@ -217,11 +215,8 @@ def _proc_cpu(pids: list[int]) -> float:
 async def _real(scale: KubeScale, run: KubeRun, logs_dir: Path, deadline: float | None) -> None:
     """The same daemon against a real kube-apiserver + etcd (tests/cluster), whose pods a
     hollow kubelet stand-in binds and marks Ready (two writes each, through the API)."""
-    tests = str(REPO / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    controlplane = importlib.import_module("cluster.controlplane")
-    kubelet_mod = importlib.import_module("cluster.kubelet")
+    controlplane = importlib.import_module("tests.cluster.controlplane")
+    kubelet_mod = importlib.import_module("tests.cluster.kubelet")
     if not controlplane.built():
         run.skipped = str(controlplane.HOW_TO_ENABLE)
         return

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from conftest import Client
-from wasm_fixtures import module
 
 from poold.daemon import Daemon
 from poold.sched.pool import WorkerState
+from tests.support.daemon import Client
+from tests.support.wasm_fixtures import module
 
 
 @pytest.mark.parametrize("token", [None, "wrong", "other-worker"])

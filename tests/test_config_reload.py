@@ -20,8 +20,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import TOKENS
-from wasm_fixtures import module
+
+from tests.support.daemon import TOKENS
+from tests.support.wasm_fixtures import module
 
 ADMIN = "admin-token-" + "r" * 20
 TENANT = {"Authorization": f"Bearer {TOKENS['alpha']}"}

@@ -4,10 +4,7 @@ retention and a broker outage."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,102 +12,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from conftest import TOKENS, Client, DaemonFactory, make_settings, wait_done
-from wasm_fixtures import module
 
 from poold.api import app
 from poold.data.embedded import EmbeddedBroker
 from poold.faults import POINTS
-
-HEADERS = {"Authorization": f"Bearer {TOKENS['alpha']}"}
-
-
-class PooldProcess:
-    """poold as users run it (``poold serve``), which a test may SIGKILL."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
-
-    async def start(self, crash_at: str | None = None, *, new_session: bool = False) -> None:
-        env = {**os.environ, **self.env}
-        env.pop("POOLD_CRASH_AT", None)
-        if crash_at:
-            env["POOLD_CRASH_AT"] = crash_at
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "poold", "serve", env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            start_new_session=new_session,
-        )
-        assert self.proc.stderr is not None
-        async with asyncio.timeout(60):
-            while line := await self.proc.stderr.readline():
-                event = json.loads(line) if line.startswith(b"{") else {}
-                if event.get("event") == "poold is serving":
-                    self.url = event["url"]
-                    break
-            else:
-                raise AssertionError("poold exited before serving")
-        self._drain = asyncio.create_task(self._discard(self.proc.stderr))
-
-    @staticmethod
-    async def _discard(stream: asyncio.StreamReader) -> None:
-        while await stream.readline():
-            pass
-
-    async def died(self) -> int:
-        assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), 60)
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(self.proc.wait(), 60)
-        if self.proc is not None:
-            self._drain.cancel()
-
-    def kill(self) -> None:
-        """Whatever happened in the test, leave no poold behind."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-
-
-def _env(tmp: Path, broker: str, **extra: str) -> dict[str, str]:
-    settings = make_settings(tmp, broker)
-    env = {
-        "POOLD_SERVER__PORT": "0",
-        "POOLD_SLOTS__ROOT": str(settings.slots.root),
-        "POOLD_STATE__DIR": str(settings.state.dir),
-        "POOLD_KAFKA__BOOTSTRAP": broker,
-        "POOLD_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "POOLD_KAFKA__PARTITIONS": "4",
-        "POOLD_POOL__MIN_IDLE": "1",
-        "POOLD_POOL__MAX_PODS": "4",
-        "POOLD_SLOTS__FSYNC": "false",
-        "POOLD_RUNTIME__POLL_INTERVAL_S": "0.05",
-        "POOLD_SERVER__DRAIN_TIMEOUT_S": "5",
-        "POOLD_TENANTS__ALPHA__TOKEN_SHA256": settings.tenants["alpha"].token_sha256,
-        "POOLD_TENANTS__ALPHA__MAX_CONCURRENT_JOBS": "4",
-    }
-    env.update(extra)
-    return env
-
-
-def _agents_using(root: Path) -> list[int]:
-    """Agent processes whose slot is under ``root`` (none may outlive their poold).
-    A local worker runs with its slot as its working directory."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if cwd.startswith(str(root)):
-            found.append(int(entry.name))
-    return found
+from tests.support.daemon import Client, DaemonFactory, wait_done
+from tests.support.procs import working_in
+from tests.support.serve import HEADERS, PooldProcess, serve_env
+from tests.support.wasm_fixtures import module
 
 
 async def _follow_to_end(session: aiohttp.ClientSession, url: str, job_id: str) -> dict[str, Any]:
@@ -130,7 +39,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def poold_process(tmp_path: Path, broker: str) -> AsyncIterator[PooldProcess]:
-    process = PooldProcess(_env(tmp_path, broker))
+    process = PooldProcess(serve_env(tmp_path, broker))
     try:
         yield process
     finally:
@@ -195,7 +104,7 @@ async def test_crash_at_each_step_ends_every_job_exactly_once(
     await poold.stop()
     slots = Path(env["POOLD_SLOTS__ROOT"])
     assert not [p for p in slots.iterdir() if p.name.startswith("poold-w-")], "slots left"
-    assert not _agents_using(slots), "worker processes left"
+    assert not working_in(slots), "worker processes left"
 
 
 @pytest.mark.timeout(180)
@@ -436,4 +345,4 @@ async def test_full_queue_answers_429_and_stores_nothing(
 async def test_agents_can_be_found_by_their_slot(daemon: Any) -> None:
     """The leftover check above must be able to see a live worker."""
     root = daemon.settings.slots.root.resolve()
-    assert len(_agents_using(root)) >= daemon.settings.pool.min_idle
+    assert len(working_in(root)) >= daemon.settings.pool.min_idle

@@ -8,20 +8,13 @@ import re
 from typing import Any
 
 import pytest
-from conftest import Client, wait_done
 from prometheus_client.parser import text_string_to_metric_families
-from wasm_fixtures import module
 
 from poold.daemon import Daemon
 from poold.types import PodName
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.support.daemon import Client, wait_done
+from tests.support.procs import exists
+from tests.support.wasm_fixtures import module
 
 
 async def test_output_is_the_transform_of_the_input(alpha: Client, daemon: Daemon) -> None:
@@ -61,7 +54,7 @@ async def test_worker_is_recycled_and_pool_refills(alpha: Client, daemon: Daemon
         and daemon.pool.figures()["idle"] == 2,  # type: ignore[union-attr]
         30,
     )
-    assert not _alive(pid), "the used worker's process is still running"
+    assert not exists(pid), "the used worker's process is still running"
     assert not (daemon.settings.slots.root / pod).exists(), "the used slot was not removed"
     figures = await alpha.json("GET", "/v1/pool", 200)
     assert figures["idle"] == 2 and figures["busy"] == 0

@@ -9,10 +9,10 @@ import json
 from typing import Any
 
 import pytest
-from conftest import Client, DaemonFactory, wait_done
-from wasm_fixtures import module
 
 from poold.data.kafka import MAX_RECORD_BYTES
+from tests.support.daemon import Client, DaemonFactory, wait_done
+from tests.support.wasm_fixtures import module
 
 QUOTAS = {
     "runtime__max_artifacts_mb": 1,

@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import Client
 from prometheus_client import Metric
 from prometheus_client.parser import text_string_to_metric_families
-from wasm_fixtures import module
 
 from poold.daemon import Daemon
+from tests.support.daemon import Client
+from tests.support.wasm_fixtures import module
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 ROW = re.compile(r"^\| `(poold_[a-z_]+)` \| (\w+) \|([^|]*)\| ([^|]+) \|$", re.MULTILINE)

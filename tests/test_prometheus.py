@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -19,10 +18,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from conftest import Client
-from wasm_fixtures import module
 
 from poold.daemon import Daemon
+from poold.data.embedded import free_port
+from tests.support.daemon import Client
+from tests.support.wasm_fixtures import module
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 POLL_S = 0.2  # how often the test asks Prometheus; it scrapes every second
@@ -44,13 +44,6 @@ def prometheus_bin() -> Path:
         pytest.fail(f"{PROMETHEUS} is missing: .ci/run must install Debian's prometheus package")
     pytest.skip(f"{PROMETHEUS} is not installed (apt-get install prometheus); "
                 "outside CI this test is skipped without it")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _config(target: str) -> str:
@@ -103,7 +96,7 @@ async def test_a_real_prometheus_scrapes_poold(
     target = urlsplit(daemon.url).netloc
     config = tmp_path / "prometheus.yml"
     config.write_text(_config(target))
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api/v1"
     log = tmp_path / "prometheus.log"
     pool = daemon.pool

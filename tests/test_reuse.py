@@ -16,12 +16,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Client, DaemonFactory, wait_done
-from wasm_fixtures import module
 
 from poold.agent.settings import AgentSettings
 from poold.daemon import Daemon
 from poold.types import PodName
+from tests.support.daemon import Client, DaemonFactory, wait_done
+from tests.support.wasm_fixtures import module
 
 
 async def _reusing(start_daemon: DaemonFactory, session: aiohttp.ClientSession,

@@ -40,14 +40,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import TOKENS, Client, DaemonFactory, wait_done
 from prometheus_client.parser import text_string_to_metric_families
-from wasm_fixtures import module
 
 from poold.daemon import Daemon
 from poold.jobs.model import JobState
 from poold.sched.pool import WorkerState
 from poold.timestamps import utcnow
+from tests.support.daemon import TOKENS, Client, DaemonFactory, wait_done
+from tests.support.procs import running
+from tests.support.wasm_fixtures import module
 
 JOBS = 2000
 KILLS = JOBS // 20
@@ -279,14 +280,6 @@ def _children_of(parent: int) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its parent to reap it counts as gone)."""
-    try:
-        return _stat(pid)[0] != "Z"
-    except OSError:
-        return False
-
-
 def _previous(job: Planned, accepted: list[Planned]) -> str:
     """The job that held ``job``'s output partition before it (for diagnostics)."""
     assert job.final is not None
@@ -457,7 +450,7 @@ async def _soak(start_daemon: DaemonFactory, session: aiohttp.ClientSession, see
     assert processes == workers, f"stray worker processes: {processes - workers}"
     slots = daemon.settings.slots.root
     await daemon.stop()
-    assert not [p for p in processes if _alive(p)], "worker processes outlived the daemon"
-    assert not _alive(forkserver), "the fork server outlived the daemon"
+    assert not [p for p in processes if running(p)], "worker processes outlived the daemon"
+    assert not running(forkserver), "the fork server outlived the daemon"
     assert not [p for p in slots.iterdir() if p.name.startswith("poold-w-")], "slots left"
     print(f"soak: every check passed; {time.monotonic() - t0:.1f} s in all")

@@ -3,22 +3,20 @@ against real modules and against the operating system's own accounting."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 
 import aiohttp
 import pytest
-from conftest import Client, DaemonFactory, wait_done
 from prometheus_client.parser import text_string_to_metric_families
-from wasm_fixtures import module
 
 from poold.daemon import Daemon
-from poold.jobs.model import JobState
 from poold.protocol import Usage
 from poold.sched.pool import WorkerState
 from poold.slots import Slot
 from poold.types import JobId, PodName
+from tests.support.daemon import Client, DaemonFactory, until_running, wait_done
+from tests.support.wasm_fixtures import module
 
 MIB = 2**20
 USAGE_FIELDS = set(Usage.names())
@@ -139,11 +137,7 @@ async def test_usage_is_null_while_running_and_all_null_when_nothing_ran(
     spin = await alpha.upload(module("spin"))
     running = await alpha.submit(spin, limits={"timeout_s": 30})
     queued = await alpha.submit(spin)
-    job = daemon.store.get(JobId(running["id"]))
-    assert job is not None
-    async with asyncio.timeout(30):
-        while job.state is not JobState.RUNNING:
-            job = await daemon.store.wait_change(job.id, job)
+    await until_running(daemon, running["id"])
     assert queued["usage"] is None
     cancelled = await alpha.json("DELETE", f"/v1/jobs/{queued['id']}", 200)
     assert cancelled["state"] == "cancelled"
@@ -184,11 +178,7 @@ async def test_a_job_whose_worker_died_has_every_figure_null_not_zero(
     daemon: Daemon, alpha: Client,
 ) -> None:
     job = await alpha.submit(await alpha.upload(module("spin")), limits={"timeout_s": 60})
-    record = daemon.store.get(JobId(job["id"]))
-    assert record is not None
-    async with asyncio.timeout(30):
-        while record.state is not JobState.RUNNING:
-            record = await daemon.store.wait_change(record.id, record)
+    record = await until_running(daemon, job["id"])
     assert record.pod is not None
     pid = daemon.backend.pid_of(record.pod)  # type: ignore[union-attr]
     assert pid is not None

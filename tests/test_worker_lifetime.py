@@ -14,12 +14,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import Client
-from test_durability import HEADERS, PooldProcess, _agents_using, _env
-from wasm_fixtures import module
 
 from poold.daemon import Daemon
 from poold.types import PodName
+from tests.support.daemon import Client
+from tests.support.procs import working_in
+from tests.support.serve import HEADERS, PooldProcess, serve_env
+from tests.support.wasm_fixtures import module
 
 
 async def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
@@ -60,7 +61,7 @@ def children_of(parent: int) -> list[int]:
 
 @pytest.fixture
 async def poold(tmp_path: Path, broker: str) -> AsyncIterator[PooldProcess]:
-    process = PooldProcess(_env(tmp_path, broker))
+    process = PooldProcess(serve_env(tmp_path, broker))
     try:
         yield process
     finally:
@@ -68,7 +69,7 @@ async def poold(tmp_path: Path, broker: str) -> AsyncIterator[PooldProcess]:
         if process.proc is not None:
             await process.proc.wait()
         slots = Path(process.env["POOLD_SLOTS__ROOT"])
-        for pid in _agents_using(slots):  # never leave one behind, even when the test failed
+        for pid in working_in(slots):  # never leave one behind, even when the test failed
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -90,7 +91,7 @@ async def start_running_job(poold: PooldProcess) -> tuple[int, list[int]]:
     servers = [pid for pid in children_of(poold.proc.pid)
                if b"poold.backends.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(servers) == 1, servers
-    workers = _agents_using(Path(poold.env["POOLD_SLOTS__ROOT"]))
+    workers = working_in(Path(poold.env["POOLD_SLOTS__ROOT"]))
     assert workers, "no worker process found"
     return servers[0], workers
 
@@ -140,7 +141,7 @@ async def test_a_restarted_poold_ends_leftovers_before_removing_their_slots(
     try:
         assert leftover.stdout is not None
         assert leftover.stdout.readline() == b"up\n"
-        assert leftover.pid in _agents_using(slots)
+        assert leftover.pid in working_in(slots)
         await poold.start()
         assert leftover.poll() is not None or leftover.wait(10) == -signal.SIGKILL
         assert leftover.returncode == -signal.SIGKILL

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from wasm_fixtures import module
 
 from poold.agent import usage as usage_module
 from poold.agent.settings import AgentConfigError, AgentSettings
@@ -20,6 +19,7 @@ from poold.runtime.engine import CompileCache
 from poold.runtime.runner import Runner, RunRequest
 from poold.runtime.wasmedge_runner import WasmedgeRunner
 from poold.runtime.wasmtime_runner import WasmtimeRunner
+from tests.support.wasm_fixtures import module
 
 FAKE = Path(__file__).resolve().parents[1] / "fixtures" / "fake_wasmedge.py"
 MIB = 2**20

@@ -6,9 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import Client, wait_done
 
 from poold.types import JobId
+from tests.support.daemon import Client, wait_done
 
 
 async def finish(client: Client, *job_ids: str) -> list[dict[str, Any]]:

@@ -21,13 +21,13 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import TOKENS, Client, make_settings, serving
-from wasm_fixtures import module
 
-from api.helpers import finish
 from poold.daemon import Daemon
 from poold.jobs.files import JobFiles
 from poold.types import JobId
+from tests.api.helpers import finish
+from tests.support.daemon import TOKENS, Client, make_settings, serving
+from tests.support.wasm_fixtures import module
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from conftest import Client, make_settings, serving
-from wasm_fixtures import module
 
-from api.helpers import finish
+from tests.api.helpers import finish
+from tests.support.daemon import Client, make_settings, serving
+from tests.support.wasm_fixtures import module
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 

@@ -18,11 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import TOKENS, Client, make_settings, serving
-from wasm_fixtures import module, with_custom_section
 
-from api.helpers import finish, still_serving
 from poold.daemon import Daemon
+from tests.api.helpers import finish, still_serving
+from tests.support.daemon import TOKENS, Client, make_settings, serving
+from tests.support.wasm_fixtures import module, with_custom_section
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 

@@ -20,12 +20,12 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import wasmtime
-from conftest import Client, make_settings, serving
 from prometheus_client.parser import text_string_to_metric_families
-from wasm_fixtures import module, truncated, with_custom_section
 
-from api.helpers import finish, still_serving
 from poold.daemon import Daemon
+from tests.api.helpers import finish, still_serving
+from tests.support.daemon import Client, make_settings, serving
+from tests.support.wasm_fixtures import module, truncated, with_custom_section
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 

@@ -19,8 +19,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import TOKENS, Client, DaemonFactory
-from wasm_fixtures import module
 
 from poold.agent.usage import peak_rss, reset_peak_rss
 from poold.api.export import export_jobs
@@ -30,6 +28,8 @@ from poold.jobs.model import Job, JobState, Limits, OffsetRange
 from poold.jobs.store import MemoryJobStore
 from poold.protocol import Usage
 from poold.types import ModuleHash, PodName, TenantName, new_job_id
+from tests.support.daemon import TOKENS, Client, DaemonFactory
+from tests.support.wasm_fixtures import module
 
 MIB = 2**20
 OBJECTS = ("limits", "input", "output", "usage")

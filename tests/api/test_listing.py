@@ -12,11 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import Client, make_settings, serving
-from wasm_fixtures import module
 
-from api.helpers import finish
 from poold.daemon import Daemon
+from tests.api.helpers import finish
+from tests.support.daemon import Client, make_settings, serving
+from tests.support.wasm_fixtures import module
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 

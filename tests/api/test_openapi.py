@@ -25,15 +25,15 @@ import aiohttp
 import jsonschema
 import pytest
 import pytest_asyncio
-from conftest import Client, make_settings, serving
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
-from wasm_fixtures import module
 
-from api.helpers import finish
 from poold.api.app import Api
 from poold.api.bodies import JobRequest
 from poold.daemon import Daemon
+from tests.api.helpers import finish
+from tests.support.daemon import Client, make_settings, serving
+from tests.support.wasm_fixtures import module
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 

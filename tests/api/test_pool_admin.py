@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import TOKENS, DaemonFactory
+from tests.support.daemon import TOKENS, DaemonFactory
 
 ADMIN = "admin-token-" + "z" * 20
 

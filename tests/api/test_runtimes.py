@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TOKENS, Client, make_settings, serving, wait_done
-from ctl.test_cli import environ, poold  # the CLI as a user runs it
-from wasm_fixtures import module
 
 from poold.config import ConfigError, InterpreterSettings, Settings, load_settings
 from poold.modules.runtimes import install_runtimes
 from poold.modules.store import ModuleStore
 from poold.modules.structure import StructureLimits
+from tests.support.cli import environ, poold  # the CLI as a user runs it
+from tests.support.daemon import TOKENS, Client, make_settings, serving, wait_done
+from tests.support.wasm_fixtures import module
 
 
 def _runtime(tmp: Path) -> InterpreterSettings:

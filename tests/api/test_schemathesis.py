@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest import TOKENS, make_settings
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from schemathesis import checks
-from wasm_fixtures import module, truncated
 
 from poold.daemon import Daemon
+from tests.support.daemon import TOKENS, make_settings
+from tests.support.wasm_fixtures import module, truncated
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 EXAMPLES = 15

@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import TOKENS, Client, make_settings, serving
-from wasm_fixtures import module
 
-from api.helpers import still_serving
 from poold.daemon import Daemon
+from tests.api.helpers import still_serving
+from tests.support.daemon import TOKENS, Client, make_settings, serving
+from tests.support.wasm_fixtures import module
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 

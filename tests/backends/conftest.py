@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_settings
-from fakekube import FakeApiServer, FakeKubelet
 
 from poold.daemon import Daemon
+from tests.fakekube import FakeApiServer, FakeKubelet
+from tests.support.daemon import DaemonFactory, make_settings
 
 TEMPLATE = Path(__file__).parent / "runner-pod.yaml"
 
@@ -33,13 +33,10 @@ async def kubelet(fake_api: FakeApiServer, tmp_path: Path) -> AsyncIterator[Fake
         yield kubelet
 
 
-KubeDaemonFactory = Callable[..., Awaitable[Daemon]]
-
-
 @pytest.fixture
 async def start_kube_daemon(
     fake_api: FakeApiServer, kubelet: FakeKubelet, tmp_path: Path, broker: str
-) -> AsyncIterator[KubeDaemonFactory]:
+) -> AsyncIterator[DaemonFactory]:
     started: list[Daemon] = []
 
     async def start(wait_idle: bool = True, **overrides: Any) -> Daemon:

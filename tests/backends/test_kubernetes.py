@@ -8,14 +8,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Client, wait_done
-from fakekube import FakeApiServer, FakeKubelet
-from wasm_fixtures import module
 
 from poold.backends.kubernetes import KubernetesBackend
 from poold.types import JobId, PodName
-
-from .conftest import KubeDaemonFactory
+from tests.fakekube import FakeApiServer, FakeKubelet
+from tests.support.daemon import Client, DaemonFactory, wait_done
+from tests.support.wasm_fixtures import module
 
 SELECTOR = "app.kubernetes.io/name=poold-runner"
 
@@ -25,7 +23,7 @@ def pod_names(api: FakeApiServer) -> set[str]:
 
 
 async def test_job_runs_on_a_runner_pod_which_is_then_replaced(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet
 ) -> None:
     daemon = await start_kube_daemon()
     assert daemon.pool is not None
@@ -55,7 +53,7 @@ async def test_job_runs_on_a_runner_pod_which_is_then_replaced(
 
 
 async def test_claim_is_fenced_by_resource_version(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     daemon = await start_kube_daemon()
     backend = daemon.backend
@@ -73,7 +71,7 @@ async def test_claim_is_fenced_by_resource_version(
 
 
 async def test_pod_deleted_under_a_running_job(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet
 ) -> None:
     daemon = await start_kube_daemon()
     async with aiohttp.ClientSession() as session:
@@ -95,7 +93,7 @@ async def test_pod_deleted_under_a_running_job(
 
 @pytest.mark.parametrize("trouble", ["never_ready", "image_pull_backoff"])
 async def test_pod_that_never_becomes_ready_is_replaced(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet,
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet,
     trouble: str,
 ) -> None:
     if trouble == "never_ready":
@@ -119,7 +117,7 @@ async def test_pod_that_never_becomes_ready_is_replaced(
 
 
 async def test_api_errors_and_expired_watch_are_survived(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     daemon = await start_kube_daemon()
     pool = daemon.pool
@@ -136,7 +134,7 @@ async def test_api_errors_and_expired_watch_are_survived(
 
 
 async def test_restarted_daemon_adopts_idle_pods(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     first = await start_kube_daemon()
     pods = pod_names(fake_api)
@@ -154,7 +152,7 @@ async def test_restarted_daemon_adopts_idle_pods(
 
 
 async def test_orphan_pod_holding_a_job_is_deleted(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     first = await start_kube_daemon()
     backend = first.backend
@@ -169,7 +167,7 @@ async def test_orphan_pod_holding_a_job_is_deleted(
 
 
 async def test_two_backends_race_for_one_pod(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     daemon = await start_kube_daemon()
     assert daemon.backend is not None
@@ -196,7 +194,7 @@ async def test_two_backends_race_for_one_pod(
 
 
 async def test_only_the_leader_manages_pods_and_the_other_takes_over(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     election = {"kubernetes__leader_election": "true", "kubernetes__lease_duration_s": "2"}
     leader = await start_kube_daemon(**election)
@@ -224,7 +222,7 @@ async def test_only_the_leader_manages_pods_and_the_other_takes_over(
 
 
 async def test_restarted_daemon_follows_a_running_job_to_completion(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, tmp_path: Any
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer, tmp_path: Any
 ) -> None:
     first = await start_kube_daemon()
     async with aiohttp.ClientSession() as session:
@@ -251,7 +249,7 @@ async def test_restarted_daemon_follows_a_running_job_to_completion(
 
 
 async def test_oom_killed_idle_pod_is_replaced(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet
 ) -> None:
     daemon = await start_kube_daemon()
     pool = daemon.pool

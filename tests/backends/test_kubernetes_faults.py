@@ -13,10 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Client, wait_done
-from fakekube import FakeApiServer, FakeKubelet
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api, CoreV1Api
-from wasm_fixtures import module
 
 from poold.backends.base import WorkerEvent
 from poold.backends.kubernetes import KubernetesBackend, load_configuration
@@ -24,8 +21,9 @@ from poold.backends.leader import LeadershipLost, LeaseElector
 from poold.config import ConfigError, KubernetesSettings, load_settings
 from poold.sched.pool import WorkerState
 from poold.types import JobId, PodName
-
-from .conftest import KubeDaemonFactory
+from tests.fakekube import FakeApiServer, FakeKubelet
+from tests.support.daemon import Client, DaemonFactory, wait_done
+from tests.support.wasm_fixtures import module
 
 SELECTOR = "app.kubernetes.io/name=poold-runner"
 
@@ -45,7 +43,7 @@ def holder(api: FakeApiServer, pod: str) -> str | None:
 
 
 async def test_a_claim_whose_call_hangs_times_out_and_is_retried(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     daemon = await start_kube_daemon(kubernetes__api_timeout_s="1")
     backend = daemon.backend
@@ -78,7 +76,7 @@ async def test_a_leader_whose_lease_calls_hang_stops_leading_within_the_renew_de
 
 
 async def test_a_claim_committed_but_unanswered_is_won(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     daemon = await start_kube_daemon()
     backend = daemon.backend
@@ -90,7 +88,7 @@ async def test_a_claim_committed_but_unanswered_is_won(
 
 
 async def test_a_claim_that_met_a_status_write_is_retried_and_won(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     daemon = await start_kube_daemon()
     backend = daemon.backend
@@ -110,7 +108,7 @@ async def test_a_claim_that_met_a_status_write_is_retried_and_won(
 
 
 async def test_a_claim_lost_to_another_job_stays_lost(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     daemon = await start_kube_daemon()
     backend = daemon.backend
@@ -125,7 +123,7 @@ async def test_a_claim_lost_to_another_job_stays_lost(
 
 @pytest.mark.timeout(300)
 async def test_restarted_daemon_follows_a_job_only_on_the_pod_its_journal_names(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, tmp_path: Path
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer, tmp_path: Path
 ) -> None:
     first = await start_kube_daemon()
     backend = first.backend
@@ -272,7 +270,7 @@ async def test_a_dead_leader_whose_clock_was_ahead_is_replaced_within_the_lease(
 
 
 async def test_an_idle_pod_that_stops_being_ready_gets_no_job_until_it_is_again(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer, kubelet: FakeKubelet
 ) -> None:
     daemon = await start_kube_daemon()
     pool = daemon.pool
@@ -325,7 +323,7 @@ async def test_an_ipv6_pod_ip_makes_a_bracketed_agent_url(fake_api: FakeApiServe
 
 
 async def test_runtime_settings_reach_the_runner_pods(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     await start_kube_daemon(runtime__max_log_kb="123", runtime__poll_interval_s="0.07",
                             slots__fsync="true")

@@ -12,15 +12,14 @@ import copy
 from typing import Any
 
 import aiohttp
-from conftest import Client, wait_done
-from fakekube import FakeApiServer
-from wasm_fixtures import module
 
 from poold.backends.kubernetes import KubernetesBackend
 from poold.daemon import Daemon
 from poold.types import JobId, PodName, TenantName
+from tests.fakekube import FakeApiServer
+from tests.support.daemon import Client, DaemonFactory, wait_done
+from tests.support.wasm_fixtures import module
 
-from .conftest import KubeDaemonFactory
 from .test_kubernetes import pod_names
 
 REUSE = {"pool__reuse": "tenant", "pool__hot_idle_ttl_s": "0"}
@@ -42,7 +41,7 @@ async def hot(daemon: Daemon, count: int = 1) -> None:
 
 
 async def test_a_pod_takes_its_tenants_next_job_hot_and_sees_nothing_of_the_last(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     daemon = await start_kube_daemon(**REUSE)
     async with aiohttp.ClientSession() as session:
@@ -82,7 +81,7 @@ async def test_a_pod_takes_its_tenants_next_job_hot_and_sees_nothing_of_the_last
 
 
 async def test_a_hot_pod_is_recycled_after_max_jobs_per_worker(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     daemon = await start_kube_daemon(**REUSE, pool__max_jobs_per_worker="2")
     async with aiohttp.ClientSession() as session:
@@ -97,7 +96,7 @@ async def test_a_hot_pod_is_recycled_after_max_jobs_per_worker(
 
 
 async def test_a_hot_pod_whose_job_failed_is_recycled(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     daemon = await start_kube_daemon(**REUSE)
     async with aiohttp.ClientSession() as session:
@@ -113,7 +112,7 @@ async def test_a_hot_pod_whose_job_failed_is_recycled(
 
 
 async def test_a_hot_pod_idle_past_hot_idle_ttl_is_recycled(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     daemon = await start_kube_daemon(pool__reuse="tenant", pool__hot_idle_ttl_s="0.3")
     async with aiohttp.ClientSession() as session:
@@ -124,7 +123,7 @@ async def test_a_hot_pod_idle_past_hot_idle_ttl_is_recycled(
 
 
 async def test_a_restarted_daemon_keeps_a_hot_pod_for_its_tenant(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     first = await start_kube_daemon(**REUSE)
     async with aiohttp.ClientSession() as session:
@@ -146,7 +145,7 @@ async def test_a_restarted_daemon_keeps_a_hot_pod_for_its_tenant(
 
 
 async def test_release_is_fenced_to_the_job_the_pod_holds(
-    start_kube_daemon: KubeDaemonFactory, fake_api: FakeApiServer
+    start_kube_daemon: DaemonFactory, fake_api: FakeApiServer
 ) -> None:
     daemon = await start_kube_daemon()  # no job comes: the pool claims nothing
     backend = daemon.backend

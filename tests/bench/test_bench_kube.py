@@ -6,13 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakekube import FakeApiServer
-from fakekube.resources import PODS
 
-from .loader import load_bench
-
-kubescale = load_bench("kubescale")
-scenario = load_bench("scenario")
+from bench import kubescale, scenario
+from tests.fakekube import FakeApiServer
+from tests.fakekube.resources import PODS
 
 
 async def test_instant_kubelet_makes_pods_ready_without_processes() -> None:

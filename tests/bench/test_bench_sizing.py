@@ -8,14 +8,7 @@ from typing import Any
 
 import pytest
 
-from .loader import load_bench
-
-runner = load_bench("runner")
-scenario = load_bench("scenario")
-sampler = load_bench("sampler")
-sizing = load_bench("sizing")
-stats = load_bench("stats")
-report = load_bench("report")
+from bench import report, runner, sampler, scenario, sizing, stats
 
 
 def parse_all(text: str) -> list[Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .loader import load_bench
+import bench
 
 SCENARIO = """\
 name = "smoke-tiny"
@@ -39,7 +39,6 @@ partitions = 4
 
 @pytest.mark.timeout(60)
 def test_tiny_scenario_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bench = load_bench()
     scenario = tmp_path / "smoke-tiny.toml"
     scenario.write_text(SCENARIO, encoding="utf-8")
     results = tmp_path / "results"

@@ -13,13 +13,7 @@ from typing import Any
 import pytest
 import wasmtime
 
-from .loader import load_bench
-
-runner = load_bench("runner")
-scenario = load_bench("scenario")
-fixtures = load_bench("fixtures")
-procmem = load_bench("procmem")
-stats = load_bench("stats")
+from bench import fixtures, procmem, runner, scenario, stats
 
 
 def parse_all(text: str) -> list[Any]:
@@ -198,7 +192,8 @@ def test_one_summary_per_mode() -> None:
     assert (fresh.wait_p50, aged.wait_p50) == (6.0, 8.0)
     assert fresh.role == "warm" and aged.role is None
     assert fresh.start_p50 == 5.0
-    report = load_bench("report")
+    from bench import report
+
     text = report.table([fresh, aged], stats.verdicts([fresh, aged]))
     assert "fresh vs aged daemon (x, aged by 3 more jobs)" in text
 
@@ -214,7 +209,8 @@ def test_a_plot_that_cannot_be_drawn_is_skipped_not_fatal(
 ) -> None:
     """A plot that fails once made `make bench` lose summary.txt and results.json
     (they are written after the plots)."""
-    plots = load_bench("plots")
+    from bench import plots
+
     target = tmp_path / "timeline-broken.png"
     assert plots._draw(("timeline", (target, object()))) is None
     assert f"plot {target} not drawn" in capsys.readouterr().err

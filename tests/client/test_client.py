@@ -15,10 +15,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from conftest import TOKENS, make_settings, serving
-from wasm_fixtures import FIXTURES, module
 
-from client.helpers import until_running
 from poold.client import (
     AsyncClient,
     BadRequest,
@@ -33,6 +30,8 @@ from poold.client import (
     Unauthorized,
 )
 from poold.daemon import Daemon
+from tests.support.daemon import TOKENS, make_settings, serving, until_running
+from tests.support.wasm_fixtures import FIXTURES, module
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 

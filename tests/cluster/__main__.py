@@ -1,4 +1,4 @@
-"""`make cluster-up` / `make cluster-down`: python -m cluster up|down (tests/ on sys.path)."""
+"""`make cluster-up` / `make cluster-down`: python -m tests.cluster up|down."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
         stopped = stop_recorded(WORKDIR)
         print("stopped " + (", ".join(stopped) if stopped else "nothing (no control plane was up)"))
         return 0
-    print("usage: python -m cluster up|down")
+    print("usage: python -m tests.cluster up|down")
     return 2
 
 

@@ -6,30 +6,25 @@ with a reason saying how to enable it; with ``CI`` set they fail instead."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import secrets
-import subprocess
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
 from .controlplane import HOW_TO_ENABLE, NODE, REPO, ControlPlane, built
+from .helpers import (
+    NAMESPACE,
+    RUNNER,
+    Account,
+    Applied,
+    kubectl,
+    service_account_kubeconfig,
+    wait_for_default_account,
+)
 from .kubelet import KubeletStandIn, configuration
-
-NAMESPACE = "poold"
-RUNNER = "app.kubernetes.io/name=poold-runner"
-TEMPLATE = REPO / "deploy" / "runner" / "pod-template.yaml"
-
-
-def kubectl_path() -> str:
-    venv = REPO / ".venv" / "bin" / "kubectl"
-    return str(venv) if venv.exists() else "kubectl"
 
 
 @pytest.fixture(scope="session")
@@ -42,25 +37,6 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     plane.start()
     yield plane
     plane.stop()
-
-
-def kubectl(plane: ControlPlane, *args: str, who: str = "admin",
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig(who))}
-    result = subprocess.run([kubectl_path(), *args], env=env, capture_output=True, text=True,
-                            check=False, timeout=120)
-    if check:
-        assert result.returncode == 0, (
-            f"kubectl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-@dataclass
-class Applied:
-    """What `kubectl apply -k` printed for each overlay."""
-
-    prod: str
-    dev: str
 
 
 @pytest.fixture(scope="session")
@@ -84,29 +60,6 @@ def deployed(control_plane: ControlPlane, applied: Applied) -> ControlPlane:
     """The control plane with deploy/overlays/dev applied, its namespace ready for pods."""
     wait_for_default_account(control_plane, NAMESPACE)
     return control_plane
-
-
-def wait_for_default_account(plane: ControlPlane, namespace: str) -> None:
-    """Pods need their namespace's "default" ServiceAccount: the controller manager makes
-    it; without one running, make it here as it would."""
-    if "kube-controller-manager" in plane.processes:
-        kubectl(plane, "wait", "--for=create", "-n", namespace,
-                "serviceaccount/default", "--timeout=60s")
-    else:
-        kubectl(plane, "create", "serviceaccount", "default", "-n", namespace, check=False)
-
-
-@dataclass
-class Account:
-    name: str
-    kubeconfig: Path
-
-
-def service_account_kubeconfig(plane: ControlPlane, account: str, path: Path) -> Path:
-    """A kubeconfig holding a TokenRequest token of ``poold/<account>``, context namespace
-    unset (poold must find its namespace itself)."""
-    result = kubectl(plane, "create", "token", account, "-n", NAMESPACE, "--duration=2h")
-    return plane.kubeconfig(account, token=result.stdout.strip(), path=path)
 
 
 @pytest.fixture
@@ -140,26 +93,3 @@ async def admin_core(deployed: ControlPlane) -> AsyncIterator[CoreV1Api]:
         yield CoreV1Api(client)
 
 
-async def akubectl(plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
-    """:func:`kubectl` from a test's event loop, which must keep running meanwhile (the
-    kubelet stand-in and poold live on it)."""
-    return await asyncio.to_thread(kubectl, plane, *args)
-
-
-async def pods_of(plane: ControlPlane, pool_name: str) -> set[str]:
-    """Names of the runner pods of one pool, as kubectl lists them."""
-    out = (await akubectl(plane, "get", "pods", "-n", NAMESPACE, "-l",
-                          f"{RUNNER},poold.dev/pool={pool_name}", "-o", "name")).stdout
-    return {line.removeprefix("pod/") for line in out.split()}
-
-
-def audit_calls(plane: ControlPlane, user: str) -> list[dict[str, Any]]:
-    """The audit log's entries for ``user`` (only poold's account is recorded)."""
-    if not plane.audit_log.exists():
-        return []
-    entries = []
-    for line in plane.audit_log.read_text().splitlines():
-        entry = json.loads(line)
-        if entry.get("user", {}).get("username") == user:
-            entries.append(entry)
-    return entries

@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from fakekube.podspec import ConfigError, Unschedulable, plan_launch
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from tests.fakekube.podspec import ConfigError, Unschedulable, plan_launch
 
 log = logging.getLogger(__name__)
 

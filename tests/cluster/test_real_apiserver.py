@@ -15,18 +15,19 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Client, make_settings
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
-from wasm_fixtures import module
 
 from poold.backends.kubernetes import KubernetesBackend
 from poold.backends.podtemplate import load_template, render
 from poold.config import ConfigError, KubernetesSettings
 from poold.daemon import Daemon
 from poold.types import JobId, PodName
+from tests.support.daemon import Client, make_settings
+from tests.support.wasm_fixtures import module
 
-from .conftest import (
+from .controlplane import REPO, ControlPlane
+from .helpers import (
     NAMESPACE,
     TEMPLATE,
     Account,
@@ -36,7 +37,6 @@ from .conftest import (
     kubectl,
     pods_of,
 )
-from .controlplane import REPO, ControlPlane
 from .kubelet import KubeletStandIn, configuration
 
 pytestmark = pytest.mark.timeout(600)

@@ -19,16 +19,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import TOKENS
 
 from poold.backends.base import WorkerEvent
 from poold.backends.kubernetes import KubernetesBackend
 from poold.backends.podtemplate import load_template, render
 from poold.config import KubernetesSettings
+from poold.data.embedded import free_port
 from poold.types import JobId, PodName, TenantName
+from tests.support.daemon import TOKENS
 
-from .conftest import NAMESPACE, TEMPLATE, Account, akubectl, pods_of
-from .controlplane import ControlPlane, free_port
+from .controlplane import ControlPlane
+from .helpers import NAMESPACE, TEMPLATE, Account, akubectl, pods_of
 from .kubelet import KubeletStandIn
 
 pytestmark = pytest.mark.timeout(600)

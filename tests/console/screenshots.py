@@ -1,6 +1,6 @@
 """Takes the screenshots in docs/console.md (not a test).
 
-Run from the repository root: ``.venv/bin/python tests/console/screenshots.py``.
+Run from the repository root: ``.venv/bin/python -m tests.console.screenshots``.
 It starts ``poold serve --config config/local.toml`` on a free port with its
 state in a temporary folder, keeps the demo tenant busy with jobs that sleep
 a few seconds, and drives Debian's Chromium (``/usr/bin/chromium``) through
@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,22 +23,14 @@ from pathlib import Path
 import aiohttp
 from playwright.async_api import async_playwright, expect
 
+from poold.data.embedded import free_port
+from tests.console.chromium import CHROMIUM, CHROMIUM_ARGS
+from tests.support.wasm_fixtures import module
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from wasm_fixtures import module  # noqa: E402
-
-from console.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 TOKEN = "poold-local-demo-token"
 LOAD_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def ready(url: str, proc: subprocess.Popen[bytes]) -> None:

@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import TOKENS, Client, make_settings, serving
-from wasm_fixtures import module, with_custom_section
 
-from console.chromium import CHROMIUM, CHROMIUM_ARGS
 from poold.daemon import Daemon
+from tests.console.chromium import CHROMIUM, CHROMIUM_ARGS
+from tests.support.daemon import TOKENS, Client, make_settings, serving
+from tests.support.wasm_fixtures import module, with_custom_section
 
 try:
     from playwright.async_api import Browser, Page, async_playwright, expect

@@ -12,9 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import make_settings, serving
 
 from poold.daemon import Daemon
+from tests.support.daemon import make_settings, serving
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 

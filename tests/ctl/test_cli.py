@@ -9,42 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import os
 import socket
 import stat
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
 import yaml
-from client.helpers import until_running
-from conftest import TOKENS, make_settings, serving
-from wasm_fixtures import FIXTURES
 
 from poold.client import AsyncClient, JobState
 from poold.daemon import Daemon
 from poold.types import JobId
+from tests.support.cli import COMMAND, Done, environ, poold
+from tests.support.daemon import TOKENS, make_settings, serving, until_running
+from tests.support.wasm_fixtures import FIXTURES
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
 
-SCRIPT = Path(sys.executable).parent / "poold"
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "poold"]
 DEAD_URL = "http://127.0.0.1:9"
-
-
-@dataclass
-class Done:
-    rc: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
 
 
 ADMIN = "ctl-admin-token-" + "k" * 16
@@ -68,26 +51,6 @@ async def api(daemon: Daemon) -> AsyncIterator[AsyncClient]:
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
-
-
-def environ(home: Path, **extra: str) -> dict[str, str]:
-    """No POOLD_ variables of the caller's, a fresh HOME, the client config inside it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POOLD_", "XDG_"))}
-    env["HOME"] = str(home)
-    env["POOLD_CLIENT_CONFIG"] = str(home / ".config" / "poold" / "config.toml")
-    env.update(extra)
-    return env
-
-
-async def poold(*args: str, env: dict[str, str], stdin: bytes | None = None) -> Done:
-    proc = await asyncio.create_subprocess_exec(
-        *COMMAND, *args, env=env, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(90):
-        out, err = await proc.communicate(stdin)
-    assert proc.returncode is not None
-    return Done(proc.returncode, out.decode(), err.decode())
 
 
 @pytest.fixture

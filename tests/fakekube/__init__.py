@@ -1,8 +1,7 @@
 """fakekube: an in-process fake Kubernetes API server and kubelet for tests.
 
-Import as ``fakekube`` (pytest puts ``tests/`` on ``sys.path`` because it has
-no ``__init__.py``) or as ``tests.fakekube`` if ``tests`` becomes a package;
-the modules only use relative imports so both work.
+Import as ``tests.fakekube`` (``tests`` is a package; the bench imports it the
+same way from the repository root).
 """
 
 from .errors import StatusError

@@ -16,6 +16,8 @@ import pytest
 from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.watch import Watch
 
+from tests.support.procs import running
+
 from .kubelet import FakeKubelet
 from .server import FakeApiServer
 
@@ -116,15 +118,6 @@ async def wait_pod(
     return await asyncio.wait_for(watch(), timeout)
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live (non-zombie) process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 async def get_json(url: str) -> Any:
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         assert resp.status == 200
@@ -165,7 +158,7 @@ async def test_pod_runs_a_real_process_and_becomes_ready(
     assert cs.ready
     assert cs.state.running.started_at is not None
     pid = fake_kubelet.processes["a1"]
-    assert alive(pid)
+    assert running(pid)
     env = await get_json(f"http://{ip}:8080/env")
     assert env["POD_IP"] == ip
     assert env["HOSTNAME"] == "a1"
@@ -278,7 +271,7 @@ async def test_delete_kills_process_and_pod_disappears(
     assert events[0] == ("MODIFIED", True)
     assert events[-1] == ("DELETED", True)
     await fake_kubelet.wait_for_exit("doomed")
-    assert not alive(pid)
+    assert not running(pid)
     assert "doomed" not in fake_kubelet.processes
     assert "got SIGTERM" in fake_kubelet.read_log("doomed")
     assert fake_api.get_pod(NS, "doomed") is None
@@ -293,7 +286,7 @@ async def test_delete_with_zero_grace_kills_at_once(
     await fake_core_v1.delete_namespaced_pod("quick", NS, grace_period_seconds=0)
     assert fake_api.get_pod(NS, "quick") is None
     await fake_kubelet.wait_for_exit("quick")
-    assert not alive(pid)
+    assert not running(pid)
     assert "got SIGTERM" not in fake_kubelet.read_log("quick")
 
 
@@ -402,9 +395,9 @@ async def test_no_processes_left_behind(fake_api: FakeApiServer, fake_core_v1: C
         await wait_pod(fake_core_v1, "plain", is_ready)
         pids = list(kubelet.processes.values())
         child = int(kubelet.read_log("parent").split("child ", 1)[1].split()[0])
-        assert all(alive(p) for p in [*pids, child])
+        assert all(running(p) for p in [*pids, child])
     assert kubelet.processes == {}
-    assert not any(alive(p) for p in [*pids, child])
+    assert not any(running(p) for p in [*pids, child])
 
 
 async def test_command_map_maps_image_and_leading_word(
@@ -436,4 +429,4 @@ async def test_sigterm_ignoring_process_is_killed_after_capped_grace(
         await fake_core_v1.delete_namespaced_pod("stubborn", NS, grace_period_seconds=30)
         await fake_api.wait_until(lambda: fake_api.get_pod(NS, "stubborn") is None)
         await kubelet.wait_for_exit("stubborn")
-        assert not alive(pid)
+        assert not running(pid)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from wasm_fixtures import module, with_custom_section
+from tests.support.wasm_fixtures import module, with_custom_section
 
 
 def variant(tag: str) -> tuple[bytes, str]:

@@ -19,15 +19,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import Client, make_settings, serving
-from wasm_encode import many_functions
-from wasm_fixtures import module
 
-from modules.helpers import stored, variant
 from poold.config import ModuleSettings
 from poold.daemon import Daemon
 from poold.modules.compiler import Precompiler
 from poold.runtime.engine import CompileCache
+from tests.modules.helpers import stored, variant
+from tests.support.daemon import Client, make_settings, serving
+from tests.support.wasm_encode import many_functions
+from tests.support.wasm_fixtures import module
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from modules.helpers import stored, variant
 from poold.modules.compiler import FairQueue
 from poold.runtime.engine import CompileCache, make_engine
+from tests.modules.helpers import stored, variant
 
 
 def test_fair_queue_interleaves_tenants() -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import wasmtime
-from wasm_encode import many_functions, section, uleb
 
 from poold.config import ModuleSettings
 from poold.modules.structure import StructureLimits, check_structure
 from poold.runtime.engine import make_engine
 from poold.runtime.inspect import ModuleRejected
+from tests.support.wasm_encode import many_functions, section, uleb
 
 LIMITS = StructureLimits(functions=50, code_bytes=64 * 1024, function_bytes=1024, locals=100)
 

@@ -8,8 +8,9 @@ import io
 
 import aiohttp
 import pytest
-from conftest import Client, DaemonFactory
-from wasm_encode import many_functions
+
+from tests.support.daemon import Client, DaemonFactory
+from tests.support.wasm_encode import many_functions
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from wasm_fixtures import module
 
 from poold.runtime.engine import WASMTIME_VERSION, CompileCache, make_engine
+from tests.support.wasm_fixtures import module
 
 
 @pytest.fixture

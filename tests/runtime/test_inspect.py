@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import wasmtime
-from wasm_fixtures import module, names, with_custom_section
 
 from poold.runtime.inspect import MAX_TABLES, ModuleRejected, inspect_module
+from tests.support.wasm_fixtures import module, names, with_custom_section
 
 
 @pytest.mark.parametrize("name", names())

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from wasm_fixtures import module, truncated, with_custom_section
 
 from poold.agent.runtimes import make_runner
 from poold.agent.settings import AgentConfigError, AgentSettings
@@ -34,6 +33,7 @@ from poold.runtime.wasmedge_runner import (
     outcome,
 )
 from poold.runtime.wasmtime_runner import WasmtimeRunner
+from tests.support.wasm_fixtures import module, truncated, with_custom_section
 
 FAKE = Path(__file__).resolve().parents[1] / "fixtures" / "fake_wasmedge.py"
 PYTHON_BIN = str(Path(sys.executable).parent)  # its python3 can import wasmtime

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from wasm_fixtures import module
 
 from poold.config import PoolSettings
 from poold.metrics import Metrics
 from poold.sched.pool import Pool, WorkerState
 from poold.sched.sizing import LONG_WINDOW_S
 from poold.types import PodName
-from tests.conftest import Client, DaemonFactory
 from tests.sched.test_pool import ScriptedBackend
+from tests.support.daemon import Client, DaemonFactory
+from tests.support.wasm_fixtures import module
 
 
 class Backend(ScriptedBackend):

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_settings
 
 from poold.backends.base import EventSink, WorkerEvent
 from poold.jobs.files import JobFiles
@@ -29,6 +28,7 @@ from poold.sched.pool import Pool, Worker
 from poold.sched.scheduler import Scheduler
 from poold.slots import Slot, write_json_atomic
 from poold.types import JobId, ModuleHash, PodName, TenantName, new_job_id
+from tests.support.daemon import make_settings
 
 TENANT = TenantName("alpha")
 MODULE = ModuleHash("ab" * 32)

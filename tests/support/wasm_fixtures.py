@@ -11,11 +11,12 @@ import re
 from pathlib import Path
 
 import wasmtime
-from wasm_encode import uleb
+
+from tests.support.wasm_encode import uleb
 
 __all__ = ["FIXTURES", "module", "names", "truncated", "with_custom_section"]
 
-FIXTURES: Path = Path(__file__).resolve().parent / "fixtures" / "wasm"
+FIXTURES: Path = Path(__file__).resolve().parents[1] / "fixtures" / "wasm"
 
 _WASM_MAGIC = b"\x00asm"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
