@@ -7,8 +7,10 @@ against the API server at ``URL``, fills the pool to ``N`` pods, leaves it
 alone for ``--idle-s`` seconds, then makes ``M`` claims one after another the
 way the scheduler does (``Pool.take_idle`` then ``Pool.claim``, whose fenced
 merge PATCH is the round trip to the API server), and writes what it measured
-as JSON to ``--out``. Its own CPU time and memory are this process's, so they
-are poold's cost of managing the pool and nothing else's.
+as JSON to ``--out``: every claim's time, whose percentiles the parent
+(``bench/kubescale.py``) takes with the bench's one function. Its own CPU time
+and memory are this process's, so they are poold's cost of managing the pool
+and nothing else's.
 
 It imports only poold and the standard library, so it runs as a script.
 """
@@ -42,14 +44,6 @@ def _rss_kib() -> tuple[int, int]:
         elif line.startswith("VmHWM:"):
             hwm = int(line.split()[1])
     return rss, hwm
-
-
-def _pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, -(-int(p * len(ordered)) // 100))
-    return round(ordered[min(rank, len(ordered)) - 1], 3)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,9 +126,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out["claims_lost"] = lost
     out["claim_ms"] = [round(x, 3) for x in claim_ms]
     out["take_idle_ms"] = [round(x, 4) for x in take_ms]
-    for p in (50, 90, 99):
-        out[f"claim_p{p}_ms"] = _pct(claim_ms, p)
-        out[f"take_idle_p{p}_ms"] = _pct(take_ms, p)
     out["claim_max_ms"] = round(max(claim_ms), 3) if claim_ms else None
     out["claims_per_s"] = round(len(claim_ms) / claims_s, 1) if claims_s > 0 else None
     rss, hwm = _rss_kib()

@@ -38,6 +38,7 @@ from typing import Any
 
 from .fixtures import REPO
 from .scenario import KubeScale
+from .stats import percentile
 
 TEMPLATE = REPO / "deploy" / "runner" / "pod-template.yaml"
 DAEMON = Path(__file__).resolve().parent / "kubedaemon.py"
@@ -186,8 +187,18 @@ async def run_kube_scale(scale: KubeScale, logs_dir: Path, *, deadline: float | 
     return _finish(run, began)
 
 
+def _percentiles(result: dict[str, Any]) -> None:
+    """p50/p90/p99 of the claims the daemon process timed, by the bench's nearest rank
+    (``bench.stats.percentile``), from the times as it wrote them."""
+    for name in ("claim", "take_idle"):
+        if f"{name}_ms" in result:
+            for p in (50, 90, 99):
+                result[f"{name}_p{p}_ms"] = percentile(result[f"{name}_ms"], p)
+
+
 def _finish(run: KubeRun, began: float) -> KubeRun:
     scale = run.scale
+    _percentiles(run.result)
     if "error" in run.result and not run.failure:
         run.failure = str(run.result["error"])
     if run.skipped:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import kubescale, scenario
+from bench import kubescale, scenario, stats
 from tests.fakekube import FakeApiServer
 from tests.fakekube.resources import PODS
 
@@ -49,3 +49,21 @@ async def test_scale_scenario_shrunk(tmp_path: Path) -> None:
     assert r["fill_s"] > 0 and r["rss_peak_mib"] > 10 and r["fill_cpu_s"] > 0
     assert run.api_requests["create"] == 30 and run.api_requests["patch"] == 10
     assert run.pods_readied == 30
+    # the percentiles are the bench's nearest rank over the times the daemon wrote
+    for name in ("claim", "take_idle"):
+        for p in (50, 90, 99):
+            assert r[f"{name}_p{p}_ms"] == stats.percentile(r[f"{name}_ms"], p), (name, p)
+
+
+def test_claim_percentiles_are_the_benchs_nearest_rank() -> None:
+    """One percentile function for the whole bench: the scale scenario's p50/p90/p99
+    come from ``bench.stats.percentile`` over the claim times as written (once rounded)."""
+    result = {"claim_ms": [float(v) for v in range(100, 0, -1)],
+              "take_idle_ms": [0.1234, 0.0001, 0.5]}
+    kubescale._percentiles(result)
+    assert (result["claim_p50_ms"], result["claim_p90_ms"], result["claim_p99_ms"]) == (
+        50.0, 90.0, 99.0)
+    assert result["take_idle_p50_ms"] == 0.1234 and result["take_idle_p99_ms"] == 0.5
+    failed: dict[str, object] = {"error": "no idle worker"}
+    kubescale._percentiles(failed)
+    assert failed == {"error": "no idle worker"}
