@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import tomli_w
+
+from poold.config import merge_tables
+from poold.data.embedded import free_port
 
 from .scenario import Scenario
 
@@ -36,54 +38,6 @@ POLL_S = 0.02
 
 class DaemonError(Exception):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} to TOML")
-
-
-def dump_toml(data: dict[str, Any]) -> str:
-    """A small TOML writer for nested tables of scalars and lists (enough for a config)."""
-    lines: list[str] = []
-
-    def table(prefix: str, body: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in body.items() if not isinstance(v, dict)}
-        tables = {k: v for k, v in body.items() if isinstance(v, dict)}
-        if prefix and (scalars or not tables):
-            lines.append(f"[{prefix}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in scalars.items())
-        if scalars:
-            lines.append("")
-        for key, sub in tables.items():
-            table(f"{prefix}.{key}" if prefix else key, sub)
-
-    table("", data)
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 @dataclass
@@ -146,7 +100,7 @@ class Poold:
             config["pool"]["min_idle_floor"] = s.pool.min_idle_floor
         if s.pool.idle_ttl_s is not None:
             config["pool"]["idle_ttl_s"] = s.pool.idle_ttl_s
-        config = _merge(config, s.poold)
+        config = merge_tables(config, s.poold)
         config["tenants"] = {
             t.name: {
                 "token_sha256": hashlib.sha256(t.token.encode()).hexdigest(),
@@ -158,7 +112,7 @@ class Poold:
         self.config = config
 
     def config_text(self) -> str:
-        return dump_toml(self.config)
+        return tomli_w.dumps(self.config)
 
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)

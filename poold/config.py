@@ -493,11 +493,14 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+def merge_tables(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` laid over ``base``, table by table (a key of ``top`` replaces the same key
+    of ``base`` unless both are tables); neither is changed. How ``POOLD_*`` variables
+    override the file; the bench lays a scenario's ``[poold]`` over its config with it."""
     out = dict(base)
     for key, value in top.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_tables(out[key], value)
         else:
             out[key] = value
     return out
@@ -595,7 +598,7 @@ def load_settings(
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
         _relative_to(path.parent.absolute(), data)  # workers run in other folders
     overrides = _env_overrides(os.environ if environ is None else environ)
-    data = _merge(data, overrides)
+    data = merge_tables(data, overrides)
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
