@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TOKENS, Client, make_settings, serving, wait_done
-from ctl.test_cli import environ, poold
 
 from poold.config import InterpreterSettings, load_settings
 from poold.runtime.digest import file_sha256
 from poold.runtime.engine import CompileCache
+from tests.support.cli import environ, poold
+from tests.support.daemon import TOKENS, Client, make_settings, serving, wait_done
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "config" / "local.toml"

@@ -7,11 +7,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from wasm_fixtures import module
-
 from poold.runtime.engine import CompileCache
 from poold.runtime.runner import RunRequest, RunResult
 from poold.runtime.wasmtime_runner import WasmtimeRunner
+from tests.support.wasm_fixtures import module
 
 
 def _run(cache: CompileCache, wasm: Path, sha: str, out: Path) -> RunResult:
