@@ -1,6 +1,6 @@
 """The daemon side of the scale scenario, in a process of its own.
 
-``python bench/kubedaemon.py --api URL --pods N --claims M ...`` runs poold's
+``python -m bench.kubedaemon --api URL --pods N --claims M ...`` runs poold's
 real :class:`~poold.backends.kubernetes.KubernetesBackend` and
 :class:`~poold.sched.pool.Pool` (nothing else of poold: no HTTP API, no Kafka)
 against the API server at ``URL``, fills the pool to ``N`` pods, leaves it
@@ -12,7 +12,8 @@ as JSON to ``--out``: every claim's time, whose percentiles the parent
 and memory are this process's, so they are poold's cost of managing the pool
 and nothing else's.
 
-It imports only poold and the standard library, so it runs as a script.
+It imports poold, the standard library and :mod:`bench.procmem` (itself the
+standard library only): nothing else of the bench's weighs on its memory.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .procmem import self_rss_kib
+
 FILL_SAMPLE_S = 0.1
 MAX_FILL_SAMPLES = 4000
 
@@ -34,16 +37,6 @@ MAX_FILL_SAMPLES = 4000
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _rss_kib() -> tuple[int, int]:
-    rss = hwm = 0
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1])
-        elif line.startswith("VmHWM:"):
-            hwm = int(line.split()[1])
-    return rss, hwm
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -58,7 +51,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     out: dict[str, Any] = {"pods": args.pods, "claims": args.claims,
                            "max_starting": args.max_starting}
-    rss_start, _ = _rss_kib()
+    rss_start, _ = self_rss_kib()
     if args.kubeconfig:  # a real API server (bench/kubescale.py, api = "real")
         from kubernetes_asyncio import config as kube_config  # noqa: PLC0415
 
@@ -87,7 +80,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             while True:
                 f = pool.figures()
                 fill.append([round(time.perf_counter() - t0, 3), f["idle"], f["starting"],
-                             round(_rss_kib()[0] / 1024, 1)])
+                             round(self_rss_kib()[0] / 1024, 1)])
                 if f["idle"] >= args.pods:
                     break
                 await asyncio.sleep(FILL_SAMPLE_S)
@@ -96,7 +89,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out["fill_s"] = round(time.perf_counter() - t0, 3)
     out["fill_cpu_s"] = round(_cpu() - cpu0, 3)
     out["fill_curve"] = fill[:: max(1, len(fill) // MAX_FILL_SAMPLES)]
-    out["rss_full_mib"] = round(_rss_kib()[0] / 1024, 1)
+    out["rss_full_mib"] = round(self_rss_kib()[0] / 1024, 1)
     out["figures_full"] = pool.figures()
 
     cpu1, t1 = _cpu(), time.perf_counter()
@@ -128,7 +121,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out["take_idle_ms"] = [round(x, 4) for x in take_ms]
     out["claim_max_ms"] = round(max(claim_ms), 3) if claim_ms else None
     out["claims_per_s"] = round(len(claim_ms) / claims_s, 1) if claims_s > 0 else None
-    rss, hwm = _rss_kib()
+    rss, hwm = self_rss_kib()
     out["rss_start_mib"] = round(rss_start / 1024, 1)
     out["rss_end_mib"] = round(rss / 1024, 1)
     out["rss_peak_mib"] = round(hwm / 1024, 1)

@@ -7,7 +7,7 @@ Two processes:
   and a kubelet would (bound to a node, then ``Running`` and ``Ready`` with an
   IP of its own) straight into the fake server's store. No process runs: two
   cores cannot run 1,000 agents, and what is measured here is poold's side.
-- **a child** (``bench/kubedaemon.py``) runs poold's real
+- **a child** (``python -m bench.kubedaemon``) runs poold's real
   ``KubernetesBackend`` and ``Pool`` against that server over HTTP, fills the
   pool, idles, makes the claims and reports its own CPU time and memory.
 
@@ -41,7 +41,6 @@ from .scenario import KubeScale
 from .stats import percentile
 
 TEMPLATE = REPO / "deploy" / "runner" / "pod-template.yaml"
-DAEMON = Path(__file__).resolve().parent / "kubedaemon.py"
 HISTORY = 50_000
 """Watch history the fake server keeps: enough that the daemon's watch never expires."""
 
@@ -277,15 +276,17 @@ async def _daemon(scale: KubeScale, url: str | None, tmp: Path, out: Path, logs_
     slots.mkdir()
     log = logs_dir / f"{scale.name}.daemon.log"
     with log.open("wb") as f:
+        # the bench package from this checkout, whatever the working directory
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(DAEMON),
+            sys.executable, "-m", "bench.kubedaemon",
             *(["--kubeconfig", str(kubeconfig)] if kubeconfig else ["--api", str(url)]),
             "--pods", str(scale.pods),
             "--claims", str(scale.claims), "--max-starting", str(scale.max_starting),
             "--idle-s", str(scale.idle_s), "--timeout", str(limit_s),
             "--template", str(TEMPLATE), "--slots", str(slots), "--out", str(out),
             stdin=asyncio.subprocess.DEVNULL, stdout=f, stderr=asyncio.subprocess.STDOUT,
-            cwd=str(tmp),
+            cwd=str(tmp), env={**os.environ, "PYTHONPATH": path},
         )
         try:
             async with asyncio.timeout(limit_s * 2 + 60):
