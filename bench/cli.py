@@ -18,6 +18,11 @@ from typing import Any
 
 from .fixtures import REPO, FixtureError, load_module
 from .kubescale import KubeRun, run_kube_scale
+from .languages import LangRun, run_languages
+from .languages import as_json as languages_json
+from .languages import draw as draw_languages
+from .languages import table as languages_table
+from .languages import write_csv as write_languages_csv
 from .report import (
     machine,
     table,
@@ -27,7 +32,16 @@ from .report import (
     write_pool_csv,
 )
 from .runner import ScenarioRun, run_scenario
-from .scenario import STANDARD, AnyScenario, KubeScale, Scenario, ScenarioError, load, standard
+from .scenario import (
+    STANDARD,
+    AnyScenario,
+    KubeScale,
+    Languages,
+    Scenario,
+    ScenarioError,
+    load,
+    standard,
+)
 from .sizing import figures as sizing_figures
 from .sizing import table as sizing_table
 from .sizing import verdicts as sizing_verdicts
@@ -96,9 +110,11 @@ SCENARIO_RESERVE_S = 12.0
 
 
 async def _run_all(scenarios: Sequence[AnyScenario], out: Path, profile: bool = False,
-                   budget_s: float = 0.0) -> tuple[list[ScenarioRun], list[KubeRun]]:
+                   budget_s: float = 0.0
+                   ) -> tuple[list[ScenarioRun], list[KubeRun], list[LangRun]]:
     runs: list[ScenarioRun] = []
     kube: list[KubeRun] = []
+    langs: list[LangRun] = []
     began = time.perf_counter()
     for i, s in enumerate(scenarios):
         deadline = None
@@ -107,10 +123,12 @@ async def _run_all(scenarios: Sequence[AnyScenario], out: Path, profile: bool = 
             deadline = began + budget_s - PLOT_RESERVE_S - SCENARIO_RESERVE_S * later
         if isinstance(s, KubeScale):
             kube.append(await run_kube_scale(s, out / "logs", deadline=deadline))
+        elif isinstance(s, Languages):
+            langs.append(await run_languages(s, out / "logs", deadline=deadline))
         else:
             runs.append(await run_scenario(s, out / "logs", profile=profile,
                                            deadline=deadline))
-    return runs, kube
+    return runs, kube, langs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     host = machine()
     (out / "logs").mkdir()
-    runs, kube = asyncio.run(_run_all(scenarios, out, args.profile, args.budget_s))
+    runs, kube, langs = asyncio.run(_run_all(scenarios, out, args.profile, args.budget_s))
     measured_s = time.monotonic() - began
 
     per_run = [summarize(r) for r in runs]
@@ -140,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"commit {(host['git_commit'] or '?')[:12]}{' (dirty)' if host['git_dirty'] else ''}\n"
     )
     text = table(summaries, checks, header, kube, auto_sizing=sizing_table(sized, summaries))
+    if langs:
+        text += languages_table(langs)
+        write_languages_csv(out / "languages.csv", langs)
 
     write_csv(out / "jobs.csv", runs)
     write_pool_csv(out / "pool.csv", runs)
@@ -150,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .plots import draw_all  # noqa: PLC0415 - matplotlib is slow to import
 
         plots = [p.name for p in draw_all(out, runs, summaries, kube)]
+        drawn = draw_languages(out / "languages.png", langs) if langs else None
+        if drawn is not None:
+            plots.append(drawn.name)
     duration = time.monotonic() - began
     text += (f"\nrun time {duration:.1f} s ({measured_s:.1f} s of scenarios); "
              f"results in {out}\n")
@@ -207,8 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for k in kube
         ],
         "sizing": [f.as_dict() for f in sized],
+        "languages": [languages_json(r) for r in langs],
         "targets": [v.as_dict() for v in checks],
         "plots": plots,
     }
     write_json(out / "results.json", results)
-    return 1 if any(r.failure for r in runs) or any(k.failure for k in kube) else 0
+    failures = [r.failure for r in runs] + [k.failure for k in kube] + [r.failure for r in langs]
+    return 1 if any(failures) else 0

@@ -102,6 +102,10 @@ class Api:
                 "surplus_retired": found.get(
                     'poold_pool_worker_retirements_total{reason="surplus"}', 0.0)}
 
+    async def runtimes(self) -> list[dict[str, Any]]:
+        body = await self._json("GET", "/v1/runtimes", (200,))
+        return list(body["runtimes"])
+
     async def record(self, job_id: str) -> dict[str, Any]:
         record: dict[str, Any] = await self._json("GET", f"/v1/jobs/{job_id}", (200,))
         return record

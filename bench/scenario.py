@@ -31,6 +31,7 @@ STANDARD = (
     "throughput-reuse", "upper-input", "burst",
     "arrival-even", "arrival-ramp-up", "arrival-ramp-down",
     "compile-small", "compile-large", "poisson-sizing", "kube-scale", "kube-scale-real",
+    "languages-cpu", "languages-data",
 )
 """The standard set ``python -m bench`` runs, in this order (file stems; a file
 with a ``sweep`` becomes several scenarios)."""
@@ -183,7 +184,46 @@ class Scenario:
         return out
 
 
-AnyScenario = Scenario | KubeScale
+LangVariant = Literal["wasm", "python", "python-snapshot", "native"]
+LANG_VARIANTS: tuple[LangVariant, ...] = ("wasm", "python", "python-snapshot", "native")
+LANG_WORKLOADS = ("sieve", "wordrev")
+
+
+@dataclass(frozen=True)
+class Languages:
+    """A languages scenario (``kind = "languages"``, ``bench.languages``): one program
+    (``bench/lang/<workload>.c`` and ``.py``) run as C compiled to wasm, as a script on
+    the python runtime (plain and pre-initialised snapshot module), and as native C
+    started as a fresh process per job (the container-style baseline)."""
+
+    name: str
+    workload: str
+    jobs: int = 10
+    quick_jobs: int = 3
+    args: tuple[str, ...] = ()
+    quick_args: tuple[str, ...] | None = None
+    input_records: int = 0
+    quick_input_records: int | None = None
+    variants: tuple[LangVariant, ...] = LANG_VARIANTS
+    job_timeout_s: float = 120.0
+    """``limits.timeout_s`` of each job, and the native run's own limit."""
+    memory_mb: int = 256
+    description: str = ""
+    source: str | None = None
+    kind: str = "languages"
+
+    def quick(self) -> Languages:
+        return dataclasses.replace(
+            self, jobs=min(self.jobs, self.quick_jobs),
+            args=self.quick_args if self.quick_args is not None else self.args,
+            input_records=(self.quick_input_records if self.quick_input_records is not None
+                           else self.input_records))
+
+    def describe(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+AnyScenario = Scenario | KubeScale | Languages
 
 _TOP_KEYS = {
     "name", "description", "role", "jobs", "quick_jobs", "warmup_jobs", "arrival", "rate",
@@ -289,6 +329,55 @@ def parse_kube(data: dict[str, Any], path: Path | None = None) -> KubeScale:
     return scale
 
 
+_LANG_KEYS = {
+    "kind", "name", "description", "workload", "jobs", "quick_jobs", "args", "quick_args",
+    "input_records", "quick_input_records", "variants", "job_timeout_s", "memory_mb",
+}
+
+
+def _strings(data: dict[str, Any], key: str, path: Path | None) -> tuple[str, ...] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ScenarioError(f"{_where(path, key)}: must be a list of strings")
+    return tuple(value)
+
+
+def parse_languages(data: dict[str, Any], path: Path | None = None) -> Languages:
+    """Validate a ``kind = "languages"`` scenario."""
+    unknown = sorted(set(data) - _LANG_KEYS)
+    if unknown:
+        raise ScenarioError(
+            f"{_where(path, unknown[0])}: unknown key for kind \"languages\"; known: "
+            f"{', '.join(sorted(_LANG_KEYS))}")
+    workload = data.get("workload")
+    if workload not in LANG_WORKLOADS:
+        raise ScenarioError(f"{_where(path, 'workload')}: must be one of "
+                            f"{', '.join(LANG_WORKLOADS)} (bench/lang/<workload>.c and .py)")
+    variants = _strings(data, "variants", path) or LANG_VARIANTS
+    bad = [v for v in variants if v not in LANG_VARIANTS]
+    if bad:
+        raise ScenarioError(f"{_where(path, 'variants')}: {bad[0]!r} is not one of "
+                            f"{', '.join(LANG_VARIANTS)}")
+    d = Languages(name=_name(data, path), workload=str(workload))
+    quick_records = data.get("quick_input_records")
+    return Languages(
+        name=d.name, workload=d.workload, description=_description(data, path),
+        jobs=_int(data, "jobs", d.jobs, path, minimum=1),
+        quick_jobs=_int(data, "quick_jobs", d.quick_jobs, path, minimum=1),
+        args=_strings(data, "args", path) or (),
+        quick_args=_strings(data, "quick_args", path),
+        input_records=_int(data, "input_records", 0, path, minimum=0),
+        quick_input_records=None if quick_records is None else _int(
+            data, "quick_input_records", None, path, minimum=0),
+        variants=cast(tuple[LangVariant, ...], variants),
+        job_timeout_s=_float(data, "job_timeout_s", path) or d.job_timeout_s,
+        memory_mb=_int(data, "memory_mb", d.memory_mb, path, minimum=1),
+        source=str(path) if path else None,
+    )
+
+
 def parse_all(data: dict[str, Any], path: Path | None = None) -> list[AnyScenario]:
     """One file's scenarios: a ``kube_scale`` scenario, one job scenario, or, with
     ``sweep = [{min_idle = 0}, ...]``, one job scenario per entry, named
@@ -296,8 +385,11 @@ def parse_all(data: dict[str, Any], path: Path | None = None) -> list[AnyScenari
     kind = data.get("kind", "jobs")
     if kind == "kube_scale":
         return [parse_kube(data, path)]
+    if kind == "languages":
+        return [parse_languages(data, path)]
     if kind != "jobs":
-        raise ScenarioError(f"{_where(path, 'kind')}: must be \"jobs\" or \"kube_scale\"")
+        raise ScenarioError(f"{_where(path, 'kind')}: must be \"jobs\", \"kube_scale\" or "
+                            "\"languages\"")
     sweep = data.get("sweep")
     if sweep is None:
         return [parse(data, path)]

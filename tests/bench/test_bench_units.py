@@ -112,6 +112,21 @@ def test_kube_scale_scenario() -> None:
         parse_all('kind = "kube_scale"\nname = "k"\njobs = 10\n')
 
 
+def test_languages_scenario() -> None:
+    (lang,) = parse_all('kind = "languages"\nname = "l"\nworkload = "sieve"\n'
+                        'args = ["1000"]\nquick_args = ["10"]\njobs = 8\n')
+    assert isinstance(lang, scenario.Languages)
+    assert lang.variants == ("wasm", "python", "python-snapshot", "native")
+    quick = lang.quick()
+    assert (quick.jobs, quick.args) == (3, ("10",))
+    with pytest.raises(scenario.ScenarioError, match="workload"):
+        parse_all('kind = "languages"\nname = "l"\nworkload = "nbody"\n')
+    with pytest.raises(scenario.ScenarioError, match="variants"):
+        parse_all('kind = "languages"\nname = "l"\nworkload = "sieve"\nvariants = ["ruby"]\n')
+    with pytest.raises(scenario.ScenarioError, match="unknown key"):
+        parse_all('kind = "languages"\nname = "l"\nworkload = "sieve"\nrate = 3\n')
+
+
 def test_modes_and_their_rules() -> None:
     assert _scenario().modes() == ("",)
     assert _scenario(aged_jobs=10).modes() == ("fresh", "aged")
