@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from poold.config import ModuleSettings
-from poold.runtime.inspect import ModuleRejected
+from poold.runtime.inspect import ModuleRejected, uleb128
 
 FUNCTION_SECTION = 3
 CODE_SECTION = 10
@@ -34,20 +34,6 @@ class StructureLimits:
             function_bytes=modules.max_function_kb * 1024,
             locals=modules.max_locals,
         )
-
-
-def _uleb(data: memoryview, pos: int) -> tuple[int, int]:
-    """An unsigned LEB128; IndexError when malformed (validation will say how)."""
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise IndexError(pos)
 
 
 def _skip_valtype(data: memoryview, pos: int) -> int:
@@ -76,9 +62,9 @@ def check_structure(data: bytes, limits: StructureLimits) -> None:
     try:
         while pos < len(view):
             section_id = view[pos]
-            size, body = _uleb(view, pos + 1)
+            size, body = uleb128(view, pos + 1)
             if section_id == FUNCTION_SECTION:
-                count, _ = _uleb(view, body)
+                count, _ = uleb128(view, body)
                 if count > limits.functions:
                     raise _rejected(f"the module defines {count:,} functions", limits.functions,
                                     "functions", "modules.max_functions", "functions")
@@ -88,21 +74,21 @@ def check_structure(data: bytes, limits: StructureLimits) -> None:
                                     "bytes of code", "modules.max_code_mb", "code_size")
                 _check_bodies(view, body, limits)
             pos = body + size
-    except IndexError:
-        return  # a header runs past the end: validation says so in its own words
+    except (IndexError, ValueError):
+        return  # malformed: validation says so in its own words
 
 
 def _check_bodies(view: memoryview, pos: int, limits: StructureLimits) -> None:
-    count, pos = _uleb(view, pos)
+    count, pos = uleb128(view, pos)
     for index in range(count):
-        size, start = _uleb(view, pos)
+        size, start = uleb128(view, pos)
         if size > limits.function_bytes:
             raise _rejected(f"function {index} is {size:,} bytes long", limits.function_bytes,
                             "bytes per function", "modules.max_function_kb", "function_size")
-        groups, p = _uleb(view, start)
+        groups, p = uleb128(view, start)
         declared = 0
         for _ in range(groups):
-            n, p = _uleb(view, p)
+            n, p = uleb128(view, p)
             declared += n
             if declared > limits.locals:
                 raise _rejected(f"function {index} declares {declared:,} locals or more",

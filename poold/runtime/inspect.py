@@ -68,14 +68,11 @@ def _is_aot_name(raw: bytes) -> bool:
     return raw in AOT_SECTIONS or name in AOT_SECTIONS
 
 
-def _leb128(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+def uleb128(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """The unsigned LEB128 at ``pos`` and the position after it. IndexError: it runs
+    past the end of ``data``; ValueError: it is longer than 64 bits."""
     result = shift = 0
     while True:
-        if pos >= len(data):
-            raise ModuleRejected(
-                "the module is truncated: a section header runs past the end of the file",
-                reason="truncated",
-            )
         byte = data[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
@@ -83,7 +80,20 @@ def _leb128(data: bytes | memoryview, pos: int) -> tuple[int, int]:
             return result, pos
         shift += 7
         if shift > 63:
-            raise ModuleRejected("the module has a malformed section size", reason="malformed")
+            raise ValueError(pos)
+
+
+def _leb128(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    try:
+        return uleb128(data, pos)
+    except IndexError:
+        raise ModuleRejected(
+            "the module is truncated: a section header runs past the end of the file",
+            reason="truncated",
+        ) from None
+    except ValueError:
+        raise ModuleRejected(
+            "the module has a malformed section size", reason="malformed") from None
 
 
 def check_header(head: bytes) -> None:
