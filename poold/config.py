@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -68,21 +69,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _token_hash(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError("must be 64 lowercase hex characters (sha256 of the token)")
+    return value
+
+
+TokenHash = Annotated[str, AfterValidator(_token_hash)]
+"""A bearer token is configured by its sha256 only (``poold token`` makes a pair)."""
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     """Address the HTTP API binds to. Loopback by default: exposing it is a choice."""
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     """TCP port of the HTTP API (0 picks a free one, for tests)."""
-    admin_token_sha256: str | None = None
+    admin_token_sha256: TokenHash | None = None
     """Hex sha256 of the administrator's bearer token (``PUT /v1/pool``); no
     tenant may have it. None: nobody may re-tune the pool at run time."""
-
-    @field_validator("admin_token_sha256")
-    @classmethod
-    def _admin_hex(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
-            raise ValueError("must be 64 lowercase hex characters (sha256 of the token)")
-        return value
     max_upload_mb: Annotated[int, Field(ge=1, le=4096)] = 128
     """Largest module accepted, in MiB. Interpreters compiled to WASI are tens of MB."""
     max_input_mb: Annotated[int, Field(ge=1, le=1024)] = 16
@@ -417,19 +421,12 @@ class KubernetesSettings(_Section):
 
 
 class TenantSettings(_Section):
-    token_sha256: str
+    token_sha256: TokenHash
     """Hex sha256 of the tenant's bearer token (``poold token`` makes a pair)."""
     max_concurrent_jobs: Annotated[int, Field(ge=1)] = 8
     """Jobs of this tenant assigned or running at once; more wait in the queue."""
     max_queued_jobs: Annotated[int, Field(ge=1)] = 10000
     """Jobs of this tenant waiting at once; beyond it submissions get 429."""
-
-    @field_validator("token_sha256")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        if not re.fullmatch(r"[0-9a-f]{64}", value):
-            raise ValueError("must be 64 lowercase hex characters (sha256 of the token)")
-        return value
 
 
 class Settings(_Section):
