@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .loader import load_bench
+import bench
 
 SCENARIO = """\
 kind = "languages"
@@ -33,7 +33,6 @@ def test_languages_scenario_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
         if os.environ.get("CI"):
             pytest.fail(why)
         pytest.skip(why)
-    bench = load_bench()
     scenario = tmp_path / "lang-tiny.toml"
     scenario.write_text(SCENARIO, encoding="utf-8")
     results = tmp_path / "results"
