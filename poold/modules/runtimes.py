@@ -88,6 +88,16 @@ def install_runtimes(settings: Settings, store: ModuleStore) -> dict[str, Runtim
     found: dict[str, Runtime] = {}
     for name, runtime in sorted(settings.runtimes.items()):
         key = f"runtimes.{name}"
+        if settings.pool.backend != "local":
+            # runner pods see neither poold's folders nor its compile cache, and their
+            # WasmEdge driver cannot mount read-only (docs/runtimes.md, Backends)
+            why = (f"{key}: runtimes run on the local backend only for now; the "
+                   f"{settings.pool.backend} backend does not deliver their files to runner "
+                   "pods yet (docs/runtimes.md, Backends)")
+            log.warning("runtime unavailable", runtime=name, reason=why)
+            found[name] = Runtime(name=name, settings=runtime, sha256=None, size=None,
+                                  unavailable=why)
+            continue
         try:
             _check_files(key, runtime)
         except ConfigError as e:

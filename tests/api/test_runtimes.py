@@ -127,6 +127,19 @@ def test_runtime_paths_are_absolute_when_the_config_path_is_not(
     assert settings.runtimes["tiny"].mounts["/lib"] == tmp_path / "conf" / "interp" / "lib"
 
 
+def test_runtimes_are_unavailable_on_the_kubernetes_backend(tmp_path: Path) -> None:
+    """Runner pods see neither poold's folders nor its compile cache: rather than jobs
+    failing in pods, the runtime is listed as unavailable, saying why."""
+    settings = Settings(pool={"backend": "kubernetes"}, runtimes={"tiny": _runtime(tmp_path)})
+    store = ModuleStore(tmp_path / "m", precompiler=None, max_bytes=1,
+                        structure=StructureLimits.from_settings(settings.modules))
+    [tiny] = install_runtimes(settings, store).values()
+    state, why = tiny.state(store)
+    assert state.value == "unavailable"
+    assert why is not None and "local backend only" in why and "runtimes.tiny" in why
+    assert not list((tmp_path / "m").glob("*.wasm"))  # nothing copied, nothing to compile
+
+
 def test_a_missing_interpreter_names_the_key(tmp_path: Path) -> None:
     settings = Settings(runtimes={"py": InterpreterSettings(module=tmp_path / "no.wasm")})
     store = ModuleStore(tmp_path / "m", precompiler=None, max_bytes=1,
