@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from poold.sched.agent_link import AgentLink
 
@@ -33,13 +34,8 @@ async def test_events_cancelled_while_the_link_opens_never_post_run() -> None:
     app = web.Application()
     app.router.add_get("/link", link)
     app.router.add_post("/run", run)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    async with aiohttp.ClientSession() as session:
-        agent = AgentLink(session, f"http://127.0.0.1:{port}", token="t")
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+        agent = AgentLink(session, str(server.make_url("")).rstrip("/"), token="t")
 
         async def follow() -> list[dict[str, Any]]:
             return [event async for event in agent.events()]
@@ -55,4 +51,3 @@ async def test_events_cancelled_while_the_link_opens_never_post_run() -> None:
         finally:
             release.set()
             await agent.close()
-            await runner.cleanup()
