@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import json
 import os
@@ -59,24 +58,20 @@ class EventLog:
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
+        """Set (and replaced) by each :meth:`publish`: followers wake without a task
+        started per event to notify them."""
 
     def publish(self, event: dict[str, Any]) -> None:
         self.events.append(event)
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    def _beyond(self, index: int) -> bool:
-        return len(self.events) > index
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def follow(self) -> AsyncIterator[dict[str, Any]]:
         i = 0
         while True:
-            async with self._changed:
-                await self._changed.wait_for(functools.partial(self._beyond, i))
+            while len(self.events) <= i:
+                await self._changed.wait()
             while i < len(self.events):
                 event = self.events[i]
                 i += 1
@@ -249,8 +244,9 @@ class Agent:
             if not job_task.done():
                 self.runner.interrupt("cancel")
                 job_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await job_task
+                await asyncio.wait({job_task})  # its cancellation is not ours to swallow
+                if not job_task.cancelled():
+                    job_task.result()  # a failure while it stopped is not lost
                 if not await asyncio.to_thread(self._work_done.wait, STOP_GRACE_S):
                     log.warning("the module did not stop within the grace; exiting without it",
                                 grace_s=STOP_GRACE_S)
