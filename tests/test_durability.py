@@ -43,9 +43,7 @@ async def poold_process(tmp_path: Path, broker: str) -> AsyncIterator[PooldProce
     try:
         yield process
     finally:
-        process.kill()
-        if process.proc is not None:
-            await process.proc.wait()
+        await process.close()
 
 
 @pytest.mark.timeout(300)

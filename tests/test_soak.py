@@ -35,7 +35,6 @@ import string
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -47,7 +46,7 @@ from poold.jobs.model import JobState
 from poold.sched.pool import WorkerState
 from poold.timestamps import utcnow
 from tests.support.daemon import TOKENS, Client, DaemonFactory, wait_done
-from tests.support.procs import running
+from tests.support.procs import children, parent, running
 from tests.support.wasm_fixtures import module
 
 JOBS = 2000
@@ -263,23 +262,6 @@ def _metric_samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return found
 
 
-def _stat(pid: int) -> list[str]:
-    """Fields of /proc/PID/stat after the command name (state, ppid, ...)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def _children_of(parent: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int(_stat(int(entry.name))[1]) == parent:
-                    found.add(int(entry.name))
-            except (OSError, ValueError, IndexError):
-                continue
-    return found
-
-
 def _previous(job: Planned, accepted: list[Planned]) -> str:
     """The job that held ``job``'s output partition before it (for diagnostics)."""
     assert job.final is not None
@@ -443,10 +425,10 @@ async def _soak(start_daemon: DaemonFactory, session: aiohttp.ClientSession, see
     # ... with no worker process that no worker stands for, and none after the stop
     workers = {daemon.backend.pid_of(w) for w in pool.workers}  # type: ignore[attr-defined]
     assert None not in workers and len(workers) == MIN_IDLE
-    parents = {int(_stat(pid)[1]) for pid in workers}  # type: ignore[arg-type]
+    parents = {parent(pid) for pid in workers}  # type: ignore[arg-type]
     assert len(parents) == 1, "the workers are not all children of one fork server"
     forkserver = parents.pop()
-    processes = _children_of(forkserver)
+    processes = children(forkserver)
     assert processes == workers, f"stray worker processes: {processes - workers}"
     slots = daemon.settings.slots.root
     await daemon.stop()

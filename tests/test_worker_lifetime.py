@@ -18,7 +18,7 @@ import pytest
 from poold.daemon import Daemon
 from poold.types import PodName
 from tests.support.daemon import Client
-from tests.support.procs import working_in
+from tests.support.procs import children, working_in
 from tests.support.serve import HEADERS, PooldProcess, serve_env
 from tests.support.wasm_fixtures import module
 
@@ -47,27 +47,13 @@ async def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
             os.close(fd)
 
 
-def children_of(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.fixture
 async def poold(tmp_path: Path, broker: str) -> AsyncIterator[PooldProcess]:
     process = PooldProcess(serve_env(tmp_path, broker))
     try:
         yield process
     finally:
-        process.kill()
-        if process.proc is not None:
-            await process.proc.wait()
+        await process.close()
         slots = Path(process.env["POOLD_SLOTS__ROOT"])
         for pid in working_in(slots):  # never leave one behind, even when the test failed
             with contextlib.suppress(ProcessLookupError):
@@ -88,7 +74,7 @@ async def start_running_job(poold: PooldProcess) -> tuple[int, list[int]]:
         async with http.get(f"{poold.url}/v1/jobs/{job['id']}/output?follow=true",
                             headers=HEADERS) as r:
             assert await r.content.readline() == b"tick 1\n"  # the module is running
-    servers = [pid for pid in children_of(poold.proc.pid)
+    servers = [pid for pid in children(poold.proc.pid)
                if b"poold.backends.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(servers) == 1, servers
     workers = working_in(Path(poold.env["POOLD_SLOTS__ROOT"]))

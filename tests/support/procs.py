@@ -23,14 +23,36 @@ def exists(pid: int) -> bool:
     return True
 
 
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (state, ppid, ...); the command
+    may hold spaces and parentheses, so they follow the last ')'. OSError if it is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def running(pid: int) -> bool:
     """In the process table and not a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return _stat(pid)[0] not in ("Z", "X")
     except OSError:
         return False
-    # the command name may hold spaces and parentheses: the state follows the last ')'
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def parent(pid: int) -> int:
+    """The parent's pid (OSError if ``pid`` is gone)."""
+    return int(_stat(pid)[1])
+
+
+def children(of: int) -> set[int]:
+    """The processes whose parent is ``of``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if parent(int(entry.name)) == of:
+                    found.add(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
 
 
 def working_in(root: Path) -> list[int]:

@@ -65,6 +65,12 @@ class PooldProcess:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
 
+    async def close(self) -> None:
+        """A fixture's teardown: kill poold if it still runs, and reap it."""
+        self.kill()
+        if self.proc is not None:
+            await self.proc.wait()
+
 
 def serve_env(tmp: Path, broker: str, **extra: str) -> dict[str, str]:
     """``POOLD_*`` variables of a ``poold serve`` under ``tmp`` on the session's broker,
