@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poold.atomic import place_atomic, write_atomic
+from poold.atomic import write_atomic
 from poold.types import PodName
-
-__all__ = ["Slot", "place_atomic", "read_json", "write_atomic", "write_json_atomic"]
 
 
 @dataclass(frozen=True)

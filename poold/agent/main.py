@@ -33,11 +33,12 @@ from poold.agent.runtimes import make_runner
 from poold.agent.settings import AgentSettings
 from poold.agent.streams import LinePump, LogSink
 from poold.agent.usage import Meter
+from poold.atomic import write_atomic
 from poold.data.kafka import MAX_RECORD_BYTES, AgentData, DataUnavailable
 from poold.protocol import JobDocument, ResultDocument
 from poold.runtime.digest import file_sha256
 from poold.runtime.runner import CANCELLED_BEFORE_START, Runner, RunRequest, RunResult
-from poold.slots import Slot, read_json, write_atomic, write_json_atomic
+from poold.slots import Slot, read_json, write_json_atomic
 
 log = structlog.get_logger("poold.agent")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import wasmtime
 
+from poold.atomic import write_atomic
 from poold.errors import ModuleError
 from poold.runtime.digest import file_sha256
 from poold.runtime.engine import CompileCache, make_engine
@@ -27,7 +28,6 @@ from poold.runtime.runner import (
     timed_out,
     trapped,
 )
-from poold.slots import write_atomic
 
 PAGE = 64 * 1024
 MIB = 1024 * 1024

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
+from poold.atomic import place_atomic, write_atomic
 from poold.config import Settings
 from poold.data.kafka import DataUnavailable, topic_names
 from poold.data.leases import PartitionLeases
@@ -46,7 +47,7 @@ from poold.sched.running import (
     TimedOut,
     WorkerLost,
 )
-from poold.slots import Slot, place_atomic, read_json, write_atomic, write_json_atomic
+from poold.slots import Slot, read_json, write_json_atomic
 from poold.tasks import Supervisor
 from poold.timestamps import utcnow
 from poold.types import JobId, ModuleHash, TenantName
