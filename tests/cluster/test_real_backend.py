@@ -4,7 +4,6 @@ from a compacted revision, and two poold replicas whose leader is SIGKILLed."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import hashlib
 import os
@@ -76,11 +75,7 @@ async def test_a_watch_resumed_from_a_compacted_revision_relists_and_loses_no_po
         assert backend.relists == 1
 
         # the daemon loses its watch (a network partition, a paused process) ...
-        watcher = backend._watcher
-        assert watcher is not None
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        await backend.tasks.stop()  # its one task: the pod watch
         # ... while the pool changes: one pod goes, another comes
         await admin_core.delete_namespaced_pod(first, NAMESPACE)
         core: Any = admin_core
@@ -96,7 +91,8 @@ async def test_a_watch_resumed_from_a_compacted_revision_relists_and_loses_no_po
         await asyncio.to_thread(deployed.compact)
         await asyncio.to_thread(deployed.restart_apiserver)
 
-        backend._watcher = asyncio.create_task(backend._watch_forever())
+        backend.tasks.run(backend._watch_forever, name="pod watch",
+                          restart=backend._policy.forever())
         await events.wait(lambda: events.has("gone", first) and events.has("ready", third))
         assert backend.relists == 2, "the stale watch got 410 Gone and listed again"
         assert set(backend.pods) == {second, third}
