@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -24,7 +24,8 @@ from tenacity import (
     stop_never,
 )
 
-from poold.config import RetrySettings
+if TYPE_CHECKING:  # the client uses this module too, without the daemon's settings
+    from poold.config import RetrySettings
 
 T = TypeVar("T")
 

@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt
 
+from poold import retry
 from poold.client.errors import ApiError, ConnectionFailed, PooldError
 
 log = logging.getLogger("poold.client")
@@ -26,12 +27,17 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(retry.RetryPolicy):
+    """poold's one retry policy (:mod:`poold.retry`) with the client's defaults,
+    and how far a server's ``Retry-After`` is honoured."""
+
     #: attempts in all, the first included (1 = never retry)
     attempts: int = 4
     #: first pause, doubling up to ``backoff_max_s`` (seconds)
     backoff_s: float = 0.2
     backoff_max_s: float = 5.0
+    #: spread of each pause, a fraction of it (0 = none)
+    jitter: float = 0.0
     #: longest pause a server's Retry-After may ask for (seconds)
     retry_after_max_s: float = 10.0
 
@@ -47,10 +53,8 @@ def _should_retry(error: BaseException, *, safe: bool) -> bool:
 async def call_with_retries(
     once: Callable[[], Awaitable[T]], *, policy: RetryPolicy, safe: bool, what: str
 ) -> T:
-    backoff = wait_exponential(multiplier=policy.backoff_s, max=policy.backoff_max_s)
-
     def wait(state: RetryCallState) -> float:
-        pause = backoff(state)
+        pause = policy.delay(state.attempt_number)
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, ApiError) and error.retry_after is not None:
             pause = max(pause, min(error.retry_after, policy.retry_after_max_s))
@@ -58,8 +62,8 @@ async def call_with_retries(
 
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        log.warning("%s; trying again (attempt %d/%d)", error or what,
-                    state.attempt_number + 1, policy.attempts)
+        log.warning("%s; trying again (attempt %s)", error or what,
+                    policy.attempt(state.attempt_number + 1))
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(max(1, policy.attempts)), wait=wait,
