@@ -191,6 +191,15 @@ async def test_a_reactor_runtime_keeps_the_time_limit(reactor: Client) -> None:
     assert job["state"] == "timed_out", job
 
 
+async def test_a_reactor_runtime_keeps_the_fuel_limit(reactor: Client) -> None:
+    """_initialize and run are metered like _start: fuel runs out in the spin."""
+    job = await _run(reactor, runtime="reactor", script="", args=["spin"],
+                     limits={"timeout_s": 30, "fuel": 100_000})
+    assert job["state"] == "failed", job
+    assert "fuel" in job["error"], job
+    assert job["usage"]["fuel_consumed"] >= 100_000, job
+
+
 async def test_a_tenant_cannot_upload_a_reactor(alpha: Client) -> None:
     """Reactors (and their host.call) are for the operator's runtimes only."""
     async with alpha.request("PUT", "/v1/modules", data=module("tinyreactor"),
