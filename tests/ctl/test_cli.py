@@ -21,7 +21,7 @@ import yaml
 from poold.client import AsyncClient, JobState
 from poold.daemon import Daemon
 from poold.types import JobId
-from tests.support.cli import COMMAND, Done, environ, poold
+from tests.support.cli import Done, environ, poold, spawned
 from tests.support.daemon import TOKENS, make_settings, serving, until_running
 from tests.support.wasm_fixtures import FIXTURES
 
@@ -204,26 +204,23 @@ async def test_output_and_logs_follow_a_running_job_until_it_ends(
 ) -> None:
     started = await poold("run", "-d", str(FIXTURES / "ticker.wasm"), env=alpha)
     job_id = started.out.strip()
-    followers = [
-        await asyncio.create_subprocess_exec(
-            *COMMAND, verb, "-f", job_id, env=alpha, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        for verb in ("output", "logs")
-    ]
-    async with asyncio.timeout(60):
-        firsts = [await p.stdout.readline() for p in followers]  # type: ignore[union-attr]
-    assert firsts == [b"tick 1\n", b"log 1\n"]
-    assert (await api.get_job(job_id)).state == JobState.RUNNING
-    await api.cancel(job_id)
-    async with asyncio.timeout(60):
-        (out, out_err), (logs, logs_err) = [await p.communicate() for p in followers]
-    assert [p.returncode for p in followers] == [0, 0], (out_err, logs_err)
-    assert (firsts[0] + out).decode().splitlines() == await api.output(job_id)
-    assert (firsts[1] + logs).decode() == await api.logs(job_id)
-    plain_out, plain_logs = await asyncio.gather(poold("output", job_id, env=alpha),
-                                                 poold("logs", job_id, env=alpha))
-    assert plain_out.out.encode() == firsts[0] + out
-    assert plain_logs.out.encode() == firsts[1] + logs
+    async with spawned("output", "-f", job_id, env=alpha) as output, \
+            spawned("logs", "-f", job_id, env=alpha) as logs_:
+        followers = [output, logs_]
+        async with asyncio.timeout(60):
+            firsts = [await p.stdout.readline() for p in followers]  # type: ignore[union-attr]
+        assert firsts == [b"tick 1\n", b"log 1\n"]
+        assert (await api.get_job(job_id)).state == JobState.RUNNING
+        await api.cancel(job_id)
+        async with asyncio.timeout(60):
+            (out, out_err), (logs, logs_err) = [await p.communicate() for p in followers]
+        assert [p.returncode for p in followers] == [0, 0], (out_err, logs_err)
+        assert (firsts[0] + out).decode().splitlines() == await api.output(job_id)
+        assert (firsts[1] + logs).decode() == await api.logs(job_id)
+        plain_out, plain_logs = await asyncio.gather(poold("output", job_id, env=alpha),
+                                                     poold("logs", job_id, env=alpha))
+        assert plain_out.out.encode() == firsts[0] + out
+        assert plain_logs.out.encode() == firsts[1] + logs
 
 
 async def test_artifacts_listed_and_downloaded(alpha: dict[str, str], api: AsyncClient,
@@ -437,25 +434,20 @@ async def test_watching_a_job_and_the_pool(alpha: dict[str, str], api: AsyncClie
     started = await poold("run", "-d", str(FIXTURES / "ticker.wasm"), env=alpha)
     job_id = started.out.strip()
     await until_running(daemon, job_id)
-    watchers = [
-        await asyncio.create_subprocess_exec(
-            *COMMAND, *args, env=alpha, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        for args in (["jobs", "get", "-w", job_id, "--interval", "0.2"],
-                     ["pool", "show", "-w", "--interval", "0.2"])
-    ]
-    job_watch, pool_watch = watchers
-    async with asyncio.timeout(60):
-        first = [(await w.stdout.readline(), await w.stdout.readline())  # type: ignore[union-attr]
-                 for w in watchers]
-    assert first[0][1].decode().split()[:2] == [job_id, "running"]
-    assert first[1][0].decode().split()[0] == "IDLE"
-    await api.cancel(job_id)
-    async with asyncio.timeout(60):
-        out, _ = await job_watch.communicate()
-    assert job_watch.returncode == 0  # it returns by itself once the job has ended
-    assert out.decode().split("\n")[-2].split()[:2] == [job_id, "cancelled"]
-    pool_watch.send_signal(2)  # Ctrl-C ends a watch without an error
-    async with asyncio.timeout(60):
-        await pool_watch.communicate()
-    assert pool_watch.returncode == 0
+    async with spawned("jobs", "get", "-w", job_id, "--interval", "0.2", env=alpha) as job_watch, \
+            spawned("pool", "show", "-w", "--interval", "0.2", env=alpha) as pool_watch:
+        watchers = [job_watch, pool_watch]
+        async with asyncio.timeout(60):
+            first = [(await w.stdout.readline(), await w.stdout.readline())  # type: ignore[union-attr]
+                     for w in watchers]
+        assert first[0][1].decode().split()[:2] == [job_id, "running"]
+        assert first[1][0].decode().split()[0] == "IDLE"
+        await api.cancel(job_id)
+        async with asyncio.timeout(60):
+            out, _ = await job_watch.communicate()
+        assert job_watch.returncode == 0  # it returns by itself once the job has ended
+        assert out.decode().split("\n")[-2].split()[:2] == [job_id, "cancelled"]
+        pool_watch.send_signal(2)  # Ctrl-C ends a watch without an error
+        async with asyncio.timeout(60):
+            await pool_watch.communicate()
+        assert pool_watch.returncode == 0
