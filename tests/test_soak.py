@@ -19,6 +19,13 @@ Bounded: in-flight jobs are capped by a semaphore; every wait is on an event
 (the store's change events, a followed output stream, the pool's own wait),
 never a sleep. ``pytest -s`` prints a summary.
 
+Ends by itself: a stall (no job ended for ``STALL_S``) fails the test at once
+with what the daemon's tasks were waiting on; a run slower than ``SOAK_WITHIN_S``
+(a busy machine) fails with how far it got. Both are cancellations inside the
+test's event loop, so nothing of the test goes on running while the daemon
+stops. pytest-timeout's own limit is a last resort: it interrupts the loop
+from outside and leaves the soak's tasks to run on during the teardown.
+
 Seeded: the plan of jobs and the choice of workers to kill come from one seed,
 printed when the test starts and attached to any failure. Replay a run with
 ``pytest tests/test_soak.py --seed N`` (timing still differs between runs).
@@ -53,9 +60,16 @@ JOBS = 2000
 KILLS = JOBS // 20
 """About 5% of the workers (one per job) are SIGKILLed while their module runs."""
 IN_FLIGHT = 64
+"""Jobs submitted and not yet ended, at most: the queue stays short."""
 END_WITHIN_S = 120
 """Every accepted job ends within this (the queue holds at most IN_FLIGHT jobs)."""
-"""Jobs submitted and not yet ended, at most: the queue stays short."""
+STALL_S = 90
+"""Some job ends at least this often. Shorter than END_WITHIN_S: when the daemon
+stalls, the stall is reported, not 64 jobs that each ran out of time. The quiet
+machine ends ~13 jobs a second, one at load 10-19 (2 cores) ~4."""
+SOAK_WITHIN_S = 1200
+"""The whole soak, with its checks. 158 s on a busy machine; a run at load 10-19
+had 1,651 of 2,000 jobs ended, steadily, when an earlier 400 s limit struck."""
 MIN_IDLE = 8
 MAX_PODS = 16
 QUOTA = 8
@@ -212,8 +226,58 @@ async def _delete(client: Tenant, job: Planned) -> str:
         return state
 
 
+class Progress:
+    """How many of the planned jobs are done with (ended, refused or stuck)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self._changed = asyncio.Event()
+
+    def one_done(self) -> None:
+        self.done += 1
+        self._changed.set()
+
+    async def watch(self, daemon: Daemon) -> None:
+        """Fail as soon as ``STALL_S`` pass without a job done (a stalled daemon)."""
+        while self.done < self.total:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), STALL_S)
+            except TimeoutError:
+                raise AssertionError(
+                    f"no job ended for {STALL_S} s: stalled after {self.report(daemon)}; "
+                    f"the daemon's tasks were waiting at:\n{_where_tasks_wait()}") from None
+
+    def report(self, daemon: Daemon) -> str:
+        pool = daemon.pool.figures() if daemon.pool else None
+        states = {s.value: n for s, n in daemon.store.counts().items() if n}
+        return f"{self.done} of {self.total} jobs done; jobs by state {states}; pool {pool}"
+
+
+def _where_tasks_wait() -> str:
+    """Each running task's innermost awaiting line, counted: where a stall hangs."""
+    found: Counter[str] = Counter()
+    for task in asyncio.all_tasks():
+        coro: Any = task.get_coro()
+        while (inner := getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+               ) is not None and (hasattr(inner, "cr_frame") or hasattr(inner, "gi_frame")):
+            coro = inner
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        where = (f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}"
+                 if frame is not None else repr(coro))
+        found[f"{task.get_name().rstrip('0123456789')}  {where}"] += 1
+    return "\n".join(f"{n:4} {where}" for where, n in found.most_common(40))
+
+
 async def _run_one(job: Planned, client: Tenant, modules: dict[str, str],
-                   killer: Killer, gate: asyncio.Semaphore) -> None:
+                   killer: Killer, gate: asyncio.Semaphore, progress: Progress) -> None:
+    await _run_gated(job, client, modules, killer, gate)
+    progress.one_done()
+
+
+async def _run_gated(job: Planned, client: Tenant, modules: dict[str, str],
+                     killer: Killer, gate: asyncio.Semaphore) -> None:
     async with gate:
         body = {"module": modules[MODULE_OF[job.kind]], **job.body}
         async with client.request("POST", "/v1/jobs", json=body) as r:
@@ -314,20 +378,34 @@ def seed(request: pytest.FixtureRequest) -> int:
     return value
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(SOAK_WITHIN_S + 60)
 async def test_soak_nothing_accepted_is_lost(start_daemon: DaemonFactory,
                                              session: aiohttp.ClientSession, seed: int) -> None:
+    progress = Progress(JOBS)
+    daemons: list[Daemon] = []
     try:
-        await _soak(start_daemon, session, seed)
+        async with asyncio.timeout(SOAK_WITHIN_S):
+            await _soak(start_daemon, session, seed, progress, daemons)
+    except TimeoutError:
+        got = progress.report(daemons[0]) if daemons else "before the daemon started"
+        slow = AssertionError(f"the soak took longer than {SOAK_WITHIN_S} s; {got}")
+        slow.add_note(_replay(seed))
+        raise slow from None
     except BaseException as e:
-        e.add_note(f"soak seed {seed}: replay with pytest tests/test_soak.py --seed {seed}")
+        e.add_note(_replay(seed))
         raise
 
 
-async def _soak(start_daemon: DaemonFactory, session: aiohttp.ClientSession, seed: int) -> None:
+def _replay(seed: int) -> str:
+    return f"soak seed {seed}: replay with pytest tests/test_soak.py --seed {seed}"
+
+
+async def _soak(start_daemon: DaemonFactory, session: aiohttp.ClientSession, seed: int,
+                progress: Progress, daemons: list[Daemon]) -> None:
     rng = random.Random(seed)
     t0 = time.monotonic()
     daemon = await start_daemon(**_settings())
+    daemons.append(daemon)
     assert daemon.pool is not None and daemon.backend is not None
     clients = {name: Tenant(daemon, session, name) for name in TENANT_NAMES}
     modules: dict[str, dict[str, str]] = {}
@@ -341,9 +419,11 @@ async def _soak(start_daemon: DaemonFactory, session: aiohttp.ClientSession, see
     started = time.monotonic()
     try:
         async with asyncio.TaskGroup() as group:
+            watching = group.create_task(progress.watch(daemon), name="soak-progress")
             for job in plan:
                 group.create_task(_run_one(job, clients[job.tenant], modules[job.tenant],
-                                           killer, gate))
+                                           killer, gate, progress))
+        assert watching.done()
     finally:
         killer.stop()
         await killing
