@@ -116,8 +116,12 @@ class DataPlane:
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
-        for finding in list(self._finding.values()):
-            finding.cancel()
+        finding = list(self._finding.values())
+        for task in finding:
+            task.cancel()
+        if finding:
+            # each closes the consumer it borrowed as it ends
+            await asyncio.wait(finding)
         idle, self._idle_consumers = self._idle_consumers, []
         for consumer in idle:
             await _stop_quietly(consumer)
@@ -321,9 +325,13 @@ class DataPlane:
             request_timeout_ms=self._timeout_ms,
             fetch_max_wait_ms=READ_FETCH_WAIT_MS,
         )
+        starting = asyncio.ensure_future(consumer.start())
         try:
-            await consumer.start()
+            await asyncio.shield(starting)
         except BaseException:
+            # A start cancelled mid-bootstrap leaves aiokafka's bootstrap connection
+            # open for the collector: let it end (within the request timeout), then stop.
+            await asyncio.wait({starting})
             await _stop_quietly(consumer)
             raise
         return consumer
