@@ -353,18 +353,29 @@ def run(conn: Connection, module: str, args: tuple[str, ...], runtime: str | Non
             job = await c.submit(sha, **fields)
         if detach:
             return job
-        logs = asyncio.create_task(_copy_logs(c, job.id))
+        printed = [0]
+        logs = asyncio.create_task(_copy_logs(c, job.id, printed))
         try:
             async for record in c.stream_output_bytes(job.id, follow=True):
                 sys.stdout.buffer.write(record + b"\n")
                 sys.stdout.buffer.flush()
-        finally:
-            # the log stream ends when the job does; on a loaded host that can come well
-            # after the last output record (10 s lost the log under load)
-            with contextlib.suppress(TimeoutError, PooldError):
-                await asyncio.wait_for(logs, 60)
+        except BaseException:
             logs.cancel()
-        return await c.wait(job.id, timeout=30)
+            raise
+        # the log stream ends when the job does; on a loaded host that can come well
+        # after the last output record
+        try:
+            await asyncio.wait_for(logs, 60)
+            whole = True
+        except (TimeoutError, PooldError):
+            whole = False
+        ended = await c.wait(job.id, timeout=30)
+        if not whole:
+            # the follow broke or lagged: the job has ended, so all of its log is
+            # there to read; print what the follow did not
+            sys.stderr.write((await c.logs(job.id))[printed[0]:])
+            sys.stderr.flush()
+        return ended
 
     job = conn.call(go)
     if detach:
@@ -375,10 +386,12 @@ def run(conn: Connection, module: str, args: tuple[str, ...], runtime: str | Non
     sys.exit(exit_code_of(job))
 
 
-async def _copy_logs(c: AsyncClient, job_id: str) -> None:
+async def _copy_logs(c: AsyncClient, job_id: str, printed: list[int]) -> None:
+    """Follow the job's stderr to ours, counting the characters printed."""
     async for chunk in c.stream_logs(job_id, follow=True):
         sys.stderr.write(chunk)
         sys.stderr.flush()
+        printed[0] += len(chunk)
 
 
 def _is_sha256(text_: str) -> bool:

@@ -14,9 +14,12 @@ import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from poold.client import AsyncClient, JobState
 from poold.daemon import Daemon
@@ -84,6 +87,40 @@ async def test_run_prints_the_output_and_exits_with_the_module_code(
     assert (alias.rc, alias.out) == (0, "ALIAS\n"), alias
     assert failed.rc == 7, failed
     assert "exiting with 7" in failed.err and "ended failed" in failed.err
+
+
+async def test_run_prints_the_whole_log_when_its_follow_breaks(daemon: Daemon, home: Path) -> None:
+    """A proxy in between refuses the log follow (``poold run`` used to print no
+    log at all then): the module's stderr is read from the ended job instead."""
+    async with aiohttp.ClientSession() as upstream:
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            if (request.path.endswith("/logs")
+                    and "text/event-stream" in request.headers.get("Accept", "")):
+                return web.json_response({"error": "this proxy refuses log follows"},
+                                         status=404)
+            headers = {k: v for k, v in request.headers.items()
+                       if k.lower() in ("authorization", "content-type", "accept")}
+            async with upstream.request(request.method, daemon.url + request.path_qs,
+                                        data=await request.read() or None,
+                                        headers=headers) as reply:
+                response = web.StreamResponse(status=reply.status, headers={
+                    "Content-Type": reply.headers.get("Content-Type", "application/json")})
+                await response.prepare(request)
+                async for chunk in reply.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", forward)
+        async with TestServer(app, host="127.0.0.1") as proxy:
+            env = environ(home, POOLD_URL=str(proxy.make_url("")).rstrip("/"),
+                          POOLD_TOKEN=TOKENS["alpha"])
+            done = await poold("run", str(FIXTURES / "upper.wasm"), "--input", "-", env=env,
+                               stdin=b"hello\nworld\n")
+    assert (done.rc, done.out) == (0, "HELLO\nWORLD\n"), done
+    assert done.err.count("upper: processed 2 lines") == 1, done.err
 
 
 async def test_run_detached_prints_the_id_and_the_module_can_be_a_sha256(
