@@ -18,7 +18,7 @@ import pytest
 from poold.daemon import Daemon
 from poold.types import PodName
 from tests.support.daemon import Client
-from tests.support.procs import children, working_in
+from tests.support.procs import children, cmdline, working_in
 from tests.support.serve import HEADERS, PooldProcess, serve_env
 from tests.support.wasm_fixtures import module
 
@@ -75,7 +75,7 @@ async def start_running_job(poold: PooldProcess) -> tuple[int, list[int]]:
                             headers=HEADERS) as r:
             assert await r.content.readline() == b"tick 1\n"  # the module is running
     servers = [pid for pid in children(poold.proc.pid)
-               if b"poold.backends.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+               if b"poold.backends.forkserver" in cmdline(pid)]
     assert len(servers) == 1, servers
     workers = working_in(Path(poold.env["POOLD_SLOTS__ROOT"]))
     assert workers, "no worker process found"

@@ -312,7 +312,7 @@ def stop_recorded(workdir: Path) -> list[str]:
         return stopped
     for line in reversed(pids.read_text().splitlines()):
         name, pid = line.split()
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):  # gone already
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
             if Path(cmdline).name != name:
                 continue  # the pid was reused by something else: leave it alone

@@ -55,6 +55,15 @@ def children(of: int) -> set[int]:
     return found
 
 
+def cmdline(pid: int) -> bytes:
+    """A process's command line; empty once it has gone (a child seen by
+    :func:`children` may exit before it is read: poold's compile processes do)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
+
+
 def working_in(root: Path) -> list[int]:
     """Processes whose working directory is under ``root``: a local worker runs in its
     slot, so these are the agents of the slots under ``root``."""
