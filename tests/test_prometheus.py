@@ -22,6 +22,7 @@ import pytest
 from poold.daemon import Daemon
 from poold.data.embedded import free_port
 from tests.support.daemon import Client
+from tests.support.procs import stop
 from tests.support.wasm_fixtures import module
 
 PROMETHEUS = Path("/usr/bin/prometheus")
@@ -171,9 +172,4 @@ async def test_a_real_prometheus_scrapes_poold(
                                     idle_matches, proc, log, deadline)
         assert seen is not None and seen >= daemon.settings.pool.min_idle, figures
     finally:
-        proc.terminate()
-        try:
-            await asyncio.to_thread(proc.wait, 10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait, 10)
+        await asyncio.to_thread(stop, proc, 10)

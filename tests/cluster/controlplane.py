@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from poold.data.embedded import free_port
+from tests.support.procs import stop
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -143,14 +144,7 @@ class ControlPlane:
     def stop(self) -> None:
         """Stop what this object started, newest first; SIGKILL what ignores SIGTERM."""
         for name in reversed(list(self.processes)):
-            proc = self.processes.pop(name)
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(15)
+            stop(self.processes.pop(name), 15, 15)
         with contextlib.suppress(FileNotFoundError):
             (self.workdir / "pids").unlink()
 
@@ -295,12 +289,7 @@ class ControlPlane:
     def restart_apiserver(self, timeout: float = 120.0) -> None:
         """Stop and start kube-apiserver on the same port: its watch cache starts afresh."""
         proc = self.processes.pop("kube-apiserver")
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:  # still draining its watches
-            proc.kill()
-            proc.wait(10)
+        stop(proc, 20)  # SIGKILL if still draining its watches after 20 s
         self._start_apiserver(timeout)
 
 

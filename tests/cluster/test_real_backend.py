@@ -26,6 +26,7 @@ from poold.config import KubernetesSettings
 from poold.data.embedded import free_port
 from poold.types import JobId, PodName, TenantName
 from tests.support.daemon import TOKENS
+from tests.support.procs import stop
 
 from .controlplane import ControlPlane
 from .helpers import NAMESPACE, TEMPLATE, Account, akubectl, pods_of
@@ -181,13 +182,7 @@ def replicas(tmp_path: Path) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     started: dict[str, subprocess.Popen[bytes]] = {}
     yield started
     for proc in started.values():
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop(proc, 30)
 
 
 async def ready(session: aiohttp.ClientSession, url: str) -> bool:

@@ -11,6 +11,7 @@ whose reaper is itself gone, or busy, no longer does anything).
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 
@@ -62,6 +63,18 @@ def cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError):
         return b""
+
+
+def stop(proc: subprocess.Popen[bytes], grace_s: float, kill_wait_s: float = 10) -> None:
+    """SIGTERM, ``grace_s`` to exit, then SIGKILL; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(kill_wait_s)
 
 
 def working_in(root: Path) -> list[int]:
