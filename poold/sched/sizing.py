@@ -208,12 +208,18 @@ class Sizer:
     MAX_PENDING = 1024
     """Creations remembered while waiting for their ready event (a worker that
     never becomes ready is forgotten once this many newer ones started)."""
+    LOG_EVERY_S = 10.0
+    """At a steady Poisson rate the target can move by one every second or so: an
+    info line at most this often (with how many changes it stands for), the others
+    at debug. ``GET /v1/pool`` and ``poold_pool_idle_target`` always show the value."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.meter = DemandMeter(clock=clock)
         self._previous: int | None = None
         self._pending: dict[str, float] = {}
         self.last: Decision | None = None
+        self._logged_at: float | None = None
+        self._unlogged = 0
 
     def creating(self, pod: str) -> None:
         self._pending[pod] = self.meter.clock()
@@ -237,9 +243,19 @@ class Sizer:
             previous=floor if self._previous is None else self._previous,
         ))
         if self.last is None or decision.target != self.last.target:
-            log.info("idle target changed", target=decision.target, reason=decision.reason())
+            self._note_change(decision)
         self._previous, self.last = decision.target, decision
         return decision.target
+
+    def _note_change(self, decision: Decision) -> None:
+        now = self.meter.clock()
+        self._unlogged += 1
+        if self._logged_at is not None and now - self._logged_at < self.LOG_EVERY_S:
+            log.debug("idle target changed", target=decision.target, reason=decision.reason())
+            return
+        log.info("idle target changed", target=decision.target, reason=decision.reason(),
+                 changes=self._unlogged)
+        self._logged_at, self._unlogged = now, 0
 
     def figures(self) -> dict[str, object]:
         """The inputs and the outcome of the last decision (``GET /v1/pool``)."""

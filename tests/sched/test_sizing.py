@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from structlog.testing import capture_logs
 
 from poold.sched.sizing import (
     DEFAULT_START_S,
@@ -10,6 +11,7 @@ from poold.sched.sizing import (
     SHORT_WINDOW_S,
     Bound,
     DemandMeter,
+    Sizer,
     SizingInputs,
     decide,
     jitter,
@@ -161,3 +163,31 @@ def test_jitter_spreads_workers_idle_since_the_same_moment() -> None:
     assert len(fractions) > 10
     assert all(0 <= f < 0.1 for f in fractions)
     assert jitter(pods[0]) == jitter(pods[0])
+
+
+def test_a_flickering_target_logs_one_info_line_per_period_with_the_count() -> None:
+    """At a steady Poisson rate the target moves by one about every second; the log
+    got a line each time. Now one info line per Sizer.LOG_EVERY_S, counting the
+    changes it stands for, and the rest at debug."""
+    clock = Clock()
+    sizer = Sizer(clock=clock)
+    sizer.LOG_EVERY_S = 1000.0
+
+    def flicker() -> None:
+        sizer.meter.arrived(50)  # a burst: the target rises at once
+        assert sizer.idle_target(min_idle="auto", floor=1, max_pods=16) > 1
+        clock.now += LONG_WINDOW_S + 1  # the burst has left both windows
+        assert sizer.idle_target(min_idle="auto", floor=1, max_pods=16) == 1
+
+    with capture_logs() as logs:
+        for _ in range(5):
+            flicker()
+    changes = [e for e in logs if e["event"] == "idle target changed"]
+    assert len(changes) == 10
+    assert [e["log_level"] for e in changes] == ["info"] + ["debug"] * 9
+    with capture_logs() as logs:
+        clock.now += sizer.LOG_EVERY_S
+        flicker()
+    info = [e for e in logs if e["event"] == "idle target changed" and e["log_level"] == "info"]
+    assert len(info) == 1
+    assert info[0]["changes"] == 10  # the nine at debug and this one
