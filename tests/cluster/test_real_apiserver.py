@@ -107,6 +107,45 @@ async def test_runner_pods_are_admitted_under_the_restricted_profile(
     assert 'violates PodSecurity "restricted' in json.loads(refused.value.body or "{}")["message"]
 
 
+RUNTIMES_MOUNT = {"name": "slot", "mountPath": "/runtimes", "subPath": "runtimes",
+                  "readOnly": True}
+"""The second mount of the slot volume a runner pod gets when runtimes are configured
+(docs/runtimes.md, Backends): the runtimes' files and compiled interpreters poold
+publishes under ``<slots.root>/runtimes``, read-only."""
+
+
+async def test_a_runner_pod_with_the_runtimes_mount_is_admitted_under_the_restricted_profile(
+    deployed: ControlPlane, admin_core: Any, pool_name: str
+) -> None:
+    """What the profile judges here is the volume's type, not the mount: the runtimes
+    are a subPath of the pod's own PersistentVolumeClaim (allowed), where shipping them
+    on each node and mounting that folder (a hostPath volume) would be refused. Read-only
+    is the mount's own flag, which admission keeps as written but does not require."""
+    pod = render(load_template(TEMPLATE), name=PodName(f"poold-w-{pool_name}rt"),
+                 pool=pool_name, env={"POOLD_AGENT_KAFKA": "kafka:9092",
+                                      "POOLD_AGENT_RUNTIMES": "/runtimes"})
+    pod["spec"]["containers"][0]["volumeMounts"].append(dict(RUNTIMES_MOUNT))
+    created = await admin_core.create_namespaced_pod(NAMESPACE, pod, dry_run="All")
+    mounts = {m.mount_path: m for m in created.spec.containers[0].volume_mounts}
+    assert (mounts["/runtimes"].name, mounts["/runtimes"].sub_path,
+            mounts["/runtimes"].read_only) == ("slot", "runtimes", True)
+    assert mounts["/slot"].name == "slot" and not mounts["/slot"].read_only
+    [slot] = [v for v in created.spec.volumes if v.name == "slot"]
+    assert slot.persistent_volume_claim.claim_name == "poold-slots"
+
+    # the control: the same folder from the node's disk instead of the shared volume
+    on_node = copy.deepcopy(pod)
+    on_node["spec"]["volumes"].append({"name": "runtimes", "hostPath": {
+        "path": "/var/lib/poold/runtimes", "type": "Directory"}})
+    on_node["spec"]["containers"][0]["volumeMounts"][-1] = {
+        "name": "runtimes", "mountPath": "/runtimes", "readOnly": True}
+    with pytest.raises(ApiException) as refused:
+        await admin_core.create_namespaced_pod(NAMESPACE, on_node, dry_run="All")
+    assert refused.value.status == 403
+    message = json.loads(refused.value.body or "{}")["message"]
+    assert 'violates PodSecurity "restricted' in message and "hostPath" in message, message
+
+
 # -- poold as its ServiceAccount: a job end to end, and RBAC exactly what it uses -------------
 
 
