@@ -16,6 +16,11 @@ from .controlplane import REPO, ControlPlane
 NAMESPACE = "poold"
 RUNNER = "app.kubernetes.io/name=poold-runner"
 TEMPLATE = REPO / "deploy" / "runner" / "pod-template.yaml"
+RUNTIMES_MOUNT = {"name": "slot", "mountPath": "/runtimes", "subPath": "runtimes",
+                  "readOnly": True}
+"""The second mount of the slot volume a runner pod gets when runtimes are configured
+(docs/runtimes.md, Backends): the runtimes' files and compiled interpreters poold
+publishes under ``<slots.root>/runtimes``, read-only."""
 
 
 def kubectl_path() -> str:

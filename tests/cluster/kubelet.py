@@ -10,6 +10,11 @@ readiness as the spec says (Ready turns False when the agent stops answering, an
 and when the pod is deleted stops the process (SIGTERM, SIGKILL after the grace period)
 and removes the pod, as a kubelet does.
 
+A ``readOnly`` volume mount is read-only for the pod's process, as a kubelet makes it: the
+process runs in a mount namespace of its own (util-linux ``unshare``, as root) in which the
+mount's local folder is bind-mounted read-only over itself, so a write there fails with
+EROFS while others (poold) still write to the folder.
+
 What it cannot be: there are no containers, images, network namespaces or cgroups. Every
 pod shares the host's network, so an env value ``0.0.0.0`` (listen on all of the pod's
 addresses) becomes the pod's own IP; resource limits and securityContext are admitted by
@@ -25,6 +30,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -36,7 +42,7 @@ from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from tests.fakekube.podspec import ConfigError, Unschedulable, plan_launch
+from tests.fakekube.podspec import ConfigError, Mount, Unschedulable, plan_launch
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,39 @@ _ips = itertools.count()
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+BIND_READ_ONLY = (
+    'n=$1; shift; while [ "$n" -gt 0 ]; do '
+    'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" || exit 126; '
+    'shift; n=$((n - 1)); done; exec "$@"'
+)
+"""``sh -c`` in the pod's mount namespace: ``N folder... argv...``: bind each folder
+read-only over itself, then become the pod's process (same pid: no extra parent)."""
+
+
+def read_only_argv(argv: list[str], mounts: list[Mount]) -> list[str]:
+    """``argv`` run so that the pod's ``readOnly`` mounts are read-only for it."""
+    folders = [str(m.local) for m in mounts if m.read_only]
+    if not folders:
+        return argv
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", BIND_READ_ONLY,
+            "sh", str(len(folders)), *folders, *argv]
+
+
+def read_only_unavailable() -> str | None:
+    """Why this machine does not let the stand-in make a mount read-only (pods with a
+    ``readOnly`` mount would fail to start), or None when it does."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            done = subprocess.run(read_only_argv(["true"], [Mount("/x", Path(folder), True)]),
+                                  capture_output=True, text=True, timeout=30, check=False)
+        except FileNotFoundError as e:
+            return f"the kubelet stand-in makes readOnly mounts with unshare, not found: {e}"
+    if done.returncode != 0:
+        return ("the kubelet stand-in makes readOnly mounts read-only in a mount namespace "
+                f"(unshare --mount, as root), which this machine refuses: {done.stderr.strip()}")
+    return None
 
 
 async def configuration(kubeconfig: Path) -> Configuration:
@@ -107,8 +146,9 @@ class Pod:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                *plan.argv, env=env, cwd=plan.cwd, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+                *read_only_argv(plan.argv, plan.mounts), env=env, cwd=plan.cwd, stdout=out,
+                stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True)
         await self._status(self._running_status())
         probe = asyncio.create_task(self._probe_loop())
         exited = asyncio.create_task(self.proc.wait())

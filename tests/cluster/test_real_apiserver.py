@@ -29,6 +29,7 @@ from tests.support.wasm_fixtures import module
 from .controlplane import REPO, ControlPlane
 from .helpers import (
     NAMESPACE,
+    RUNTIMES_MOUNT,
     TEMPLATE,
     Account,
     Applied,
@@ -105,13 +106,6 @@ async def test_runner_pods_are_admitted_under_the_restricted_profile(
         await admin_core.create_namespaced_pod(NAMESPACE, loose, dry_run="All")
     assert refused.value.status == 403
     assert 'violates PodSecurity "restricted' in json.loads(refused.value.body or "{}")["message"]
-
-
-RUNTIMES_MOUNT = {"name": "slot", "mountPath": "/runtimes", "subPath": "runtimes",
-                  "readOnly": True}
-"""The second mount of the slot volume a runner pod gets when runtimes are configured
-(docs/runtimes.md, Backends): the runtimes' files and compiled interpreters poold
-publishes under ``<slots.root>/runtimes``, read-only."""
 
 
 async def test_a_runner_pod_with_the_runtimes_mount_is_admitted_under_the_restricted_profile(
