@@ -123,7 +123,7 @@ class Daemon:
         self.tuner = PoolTuner(pool=self.pool, file=s.pool, overrides=overrides)
         self.scheduler = Scheduler(
             settings=s, store=self.store, pool=self.pool, data=self.data, modules=self.modules,
-            files=files, metrics=self.metrics,
+            files=files, metrics=self.metrics, runtimes=runtimes,
         )
         self.elector = self._elector()
         if self.elector is None:

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -41,7 +41,7 @@ from poold.jobs.files import JobFiles
 from poold.jobs.model import Job, Limits
 from poold.jobs.store import JobStore
 from poold.metrics import Metrics
-from poold.modules.runtimes import Runtime, runtime_names
+from poold.modules.runtimes import Runtime, Runtimes, runtime_names
 from poold.modules.store import ModuleStore
 from poold.runtime.inspect import ModuleRejected
 from poold.sched.pool import Pool
@@ -83,10 +83,10 @@ class Api:
         metrics: Metrics,
         ready: Callable[[], bool],
         accepting: Callable[[], bool] = lambda: True,
-        runtimes: Mapping[str, Runtime] | None = None,
+        runtimes: Runtimes | None = None,
     ) -> None:
         self.settings = settings
-        self.runtimes = dict(runtimes or {})
+        self.runtimes = runtimes if runtimes is not None else Runtimes({}, modules)
         self.store = store
         self.scheduler = scheduler
         self.pool = pool
@@ -403,10 +403,12 @@ class Api:
             if size is None:
                 return error(404 if len(module) == 64 else 400,
                              f"unknown module {module}; upload it with PUT /v1/modules first")
-        problem = self.modules.compile_problem(module)
-        if problem is not None and runtime is not None:
-            return error(400, f"the runtime {runtime.name!r} cannot run on this server: "
-                         f"{problem}; the operator can raise the limit and restart poold")
+        if runtime is not None:
+            # a flavour still compiling is no reason to refuse: the job waits for it
+            refused = self.runtimes.refusal(runtime.name, fuel=limits.fuel is not None)
+            if refused is not None:
+                return error(400, refused)
+        problem = self.modules.compile_problem(module) if runtime is None else None
         if problem is not None:
             return error(400, f"module {module} cannot run on this server: {problem}. "
                          "Make it smaller (fewer or smaller functions) or ask the operator to "

@@ -31,6 +31,8 @@ UPLOAD_COLUMNS = [
 RUNTIME_COLUMNS = [
     Column("NAME", lambda r: text(r.get("name"))),
     Column("STATE", lambda r: text(r.get("state"))),
+    Column("FLAVOURS", lambda r: ",".join(
+        f"{k}={v}" for k, v in (r.get("flavours") or {}).items()) or "-", wide=True),
     Column("SIZE", lambda r: size(r.get("size"))),
     Column("SCRIPT", lambda r: text(r.get("script_path"))),
     Column("MOUNTS", lambda r: ",".join(r.get("mounts") or []) or "-", shrink=True),

@@ -13,6 +13,7 @@ import asyncio
 import sys
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -22,7 +23,7 @@ import structlog
 from poold.config import ModuleSettings
 from poold.metrics import Metrics
 from poold.retry import RetryPolicy
-from poold.runtime.engine import CompileCache
+from poold.runtime.engine import CompileCache, flavour
 from poold.tasks import Supervisor
 
 log = structlog.get_logger(__name__)
@@ -70,10 +71,11 @@ class FairQueue(Generic[T]):
             await self._ready.wait()
 
 
-def uncompilable_marker(wasm: Path) -> Path:
-    """Beside a stored module: why it could not be compiled within the limits. Its
-    jobs are refused while it exists; uploading the module again retries."""
-    return wasm.with_suffix(".uncompilable")
+def uncompilable_marker(wasm: Path, *, fuel: bool = False) -> Path:
+    """Beside a stored module: why it could not be compiled within the limits (in
+    that engine flavour). Its jobs are refused while it exists; uploading the module
+    again retries (a runtime's: restarting poold)."""
+    return wasm.with_suffix(".uncompilable-fuel" if fuel else ".uncompilable")
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,12 @@ class CompileOrder:
     sha256: str
     path: Path
     limits: CompileLimits
+    fuel: bool = False
+    """The engine flavour: fuel-metered (jobs with ``limits.fuel``) or plain."""
+
+
+Compiled = Callable[[str, bool], None]
+"""Told (sha256, fuel) after each compilation, whatever its outcome."""
 
 
 class Precompiler:
@@ -106,9 +114,11 @@ class Precompiler:
         self.settings = settings
         self.metrics = metrics
         self.queue: FairQueue[CompileOrder] = FairQueue()
-        self.done: list[tuple[str, str]] = []
-        """(sha256, outcome) of each compilation in order, for tests and logs."""
-        self._queued: set[str] = set()
+        self.done: list[tuple[str, str, str]] = []
+        """(sha256, flavour, outcome) of each compilation in order, for tests and logs."""
+        self.listeners: list[Compiled] = []
+        """Called after each compilation (the runtimes wake the jobs waiting for one)."""
+        self._queued: set[tuple[str, bool]] = set()
         self.tasks = Supervisor("precompiler")
         self.pinned: set[str] = set()
         """Modules whose artifacts pruning keeps (the operator's runtimes)."""
@@ -124,19 +134,20 @@ class Precompiler:
         await self.tasks.stop()
 
     def submit(self, *, tenant: str, sha256: str, path: Path,
-               limits: CompileLimits | None = None) -> None:
+               limits: CompileLimits | None = None, fuel: bool = False) -> None:
         """Queue a compilation under ``limits`` (default: the uploads' caps in
-        ``[modules]``; an operator's runtime brings its own)."""
-        if sha256 in self._queued or self.cache.path(sha256, fuel=False).exists():
+        ``[modules]``; an operator's runtime brings its own), in the plain engine
+        flavour or the fuel-metered one."""
+        if (sha256, fuel) in self._queued or self.cache.has(sha256, fuel=fuel):
             return
-        self._queued.add(sha256)
+        self._queued.add((sha256, fuel))
         self.queue.put(tenant, CompileOrder(
-            sha256, path, limits or CompileLimits.for_uploads(self.settings)))
+            sha256, path, limits or CompileLimits.for_uploads(self.settings), fuel=fuel))
         self._note()
 
-    def pending(self, sha256: str) -> bool:
+    def pending(self, sha256: str, *, fuel: bool = False) -> bool:
         """Queued or being compiled now."""
-        return sha256 in self._queued
+        return (sha256, fuel) in self._queued
 
     async def idle(self, within_s: float) -> None:
         """For tests: wait until nothing is queued or compiling."""
@@ -167,12 +178,14 @@ class Precompiler:
                 with structlog.contextvars.bound_contextvars(tenant=tenant):
                     outcome = await self._compile(order)
             finally:
-                self._queued.discard(order.sha256)
+                self._queued.discard((order.sha256, order.fuel))
                 self._busy = False
-            self.done.append((order.sha256, outcome))
+            self.done.append((order.sha256, flavour(fuel=order.fuel), outcome))
             if self.metrics is not None:
                 self.metrics.compiles.labels(outcome).inc()
             self._note()
+            for listener in self.listeners:
+                listener(order.sha256, order.fuel)
             await self._prune()
 
     async def _prune(self) -> None:
@@ -188,7 +201,8 @@ class Precompiler:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "poold.runtime.compile",
             "--cache", str(self.cache.root.parent), "--memory-mb", str(s.memory_mb),
-            "--cpu-s", str(s.timeout_s), order.sha256, str(order.path),
+            "--cpu-s", str(s.timeout_s), *(["--fuel"] if order.fuel else []),
+            order.sha256, str(order.path),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -197,7 +211,8 @@ class Precompiler:
                 _, stderr = await proc.communicate()
         except TimeoutError:
             log.warning("compilation took too long and was stopped", key=s.timeout_key,
-                        module=order.sha256, timeout_s=s.timeout_s)
+                        module=order.sha256, flavour=flavour(fuel=order.fuel),
+                        timeout_s=s.timeout_s)
             self._mark(order, f"compiling it took longer than {s.timeout_s:g} s "
                               f"({s.timeout_key})")
             return "timeout"
@@ -207,11 +222,12 @@ class Precompiler:
                 await proc.wait()
         if proc.returncode == 0:
             log.info("module compiled into the cache", module=order.sha256,
+                     flavour=flavour(fuel=order.fuel),
                      seconds=round(time.monotonic() - started, 1))
             return "compiled"
         error = stderr.decode("utf-8", "replace")[-500:].strip()
         log.warning("compilation failed", module=order.sha256, exit_code=proc.returncode,
-                    memory_mb=s.memory_mb, error=error)
+                    flavour=flavour(fuel=order.fuel), memory_mb=s.memory_mb, error=error)
         if (proc.returncode or 0) < 0 or "memory allocation" in error:
             # the runtime aborts (SIGABRT) when an allocation fails under the cap
             why = (f"compiling it needs more than {s.memory_mb} MiB of memory "
@@ -224,6 +240,6 @@ class Precompiler:
     @staticmethod
     def _mark(order: CompileOrder, why: str) -> None:
         try:
-            uncompilable_marker(order.path).write_text(why)
+            uncompilable_marker(order.path, fuel=order.fuel).write_text(why)
         except OSError as e:  # the module was removed meanwhile: nothing to refuse
             log.warning("could not record the failed compilation", error=str(e))

@@ -2,12 +2,16 @@
 
 At start-up each runtime's module is put into the module store by content, like
 an upload but from the operator's disk (no upload size cap: an interpreter is
-often ~100 MB), and handed to the background compiler so the first job does not
-pay for compiling it. A job that names the runtime runs that module.
+often ~100 MB), and handed to the background compiler, in both engine flavours
+(plain, then fuel-metered for jobs with ``limits.fuel``), so that no worker ever
+compiles it: a job of a flavour not compiled yet waits in the queue without a
+worker (:class:`Runtimes` says when it may go). A job that names the runtime runs
+that module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -19,18 +23,27 @@ from poold.config import ConfigError, InterpreterSettings, Settings
 from poold.modules.compiler import CompileLimits, uncompilable_marker
 from poold.modules.store import ModuleStore
 from poold.runtime.digest import file_sha256
+from poold.runtime.engine import flavour
 from poold.runtime.inspect import ModuleRejected, check_header
 from poold.types import ModuleHash
 
 log = structlog.get_logger(__name__)
 
+FLAVOURS = (False, True)
+"""The engine flavours a runtime is compiled in, in this order: plain (``fuel`` off)
+first, since most jobs ask for no fuel, then fuel-metered."""
+
 
 class RuntimeState(Enum):
+    """Where one engine flavour of a runtime is (the runtime's ``state`` is its plain
+    flavour's: whether jobs without ``limits.fuel`` can run)."""
+
     READY = "ready"
     """Jobs run; the interpreter is compiled (or, without a background compiler,
     the first job compiles it)."""
     COMPILING = "compiling"
-    """Being compiled once, at start-up. Jobs are accepted and start when it is done."""
+    """Queued for the background compiler or being compiled. Jobs are accepted and
+    wait in the queue, without a worker, until it is done."""
     FAILED = "failed"
     """It could not be compiled within its runtimes.<name>.compile_* caps."""
     UNAVAILABLE = "unavailable"
@@ -51,23 +64,52 @@ class Runtime:
     def max_script_bytes(self) -> int:
         return self.settings.max_script_kb * 1024
 
-    def state(self, store: ModuleStore) -> tuple[RuntimeState, str | None]:
-        """Where the runtime is now, and why when it cannot run jobs."""
+    def state(self, store: ModuleStore, *, fuel: bool = False) -> tuple[RuntimeState, str | None]:
+        """Where the runtime's ``fuel`` (or plain) flavour is now, and why when it
+        cannot run jobs. THE rule for whether a job of it may take a worker: READY
+        means a worker finds the compiled interpreter and compiles nothing.
+
+        A backend whose workers need more than this machine's compile cache adds its
+        condition here (Kubernetes: the compiled artifact published on the shared
+        volume: COMPILING until then) and calls :meth:`Runtimes.changed` when it
+        holds, so that the jobs waiting for it are dispatched."""
         if self.sha256 is None:
             return RuntimeState.UNAVAILABLE, self.unavailable
-        problem = store.compile_problem(self.sha256)
+        problem = store.compile_problem(self.sha256, fuel=fuel)
         if problem is not None:
             return RuntimeState.FAILED, problem
-        if store.precompiler is not None and store.precompiler.pending(self.sha256):
+        precompiler = store.precompiler
+        if precompiler is not None and not precompiler.cache.has(self.sha256, fuel=fuel):
             return RuntimeState.COMPILING, None
         return RuntimeState.READY, None
 
+    def compile_limits(self) -> CompileLimits:
+        key = f"runtimes.{self.name}"
+        return CompileLimits(
+            timeout_s=self.settings.compile_timeout_s, memory_mb=self.settings.compile_memory_mb,
+            timeout_key=f"{key}.compile_timeout_s", memory_key=f"{key}.compile_memory_mb")
+
+    def queue_compile(self, store: ModuleStore, *, fuel: bool) -> None:
+        """Hand the flavour to the background compiler, under the runtime's own caps
+        (``runtimes.<name>.compile_*``, not the uploads'). Nothing when it is cached,
+        queued or compiling already."""
+        if self.sha256 is None or store.precompiler is None:
+            return
+        store.precompiler.submit(
+            tenant=f"runtime:{self.name}", sha256=self.sha256, path=store.path(self.sha256),
+            limits=self.compile_limits(), fuel=fuel)
+
     def public(self, store: ModuleStore) -> dict[str, Any]:
         """What ``GET /v1/runtimes`` shows: never the host's paths."""
-        state, why = self.state(store)
+        states = {flavour(fuel=fuel): self.state(store, fuel=fuel) for fuel in FLAVOURS}
+        state, why = states["plain"]
+        fuel_why = states["fuel"][1]
+        if why is None and fuel_why is not None:
+            why = f"jobs with limits.fuel cannot run: {fuel_why}"
         return {
             "name": self.name,
             "state": state.value,
+            "flavours": {name: found.value for name, (found, _) in states.items()},
             "error": why,
             "module": self.sha256,
             "size": self.size,
@@ -78,9 +120,73 @@ class Runtime:
         }
 
 
-def install_runtimes(settings: Settings, store: ModuleStore) -> dict[str, Runtime]:
+class Runtimes(Mapping[str, Runtime]):
+    """The operator's runtimes by name, and whether a job of one may take a worker now.
+
+    The scheduler asks :meth:`ready` before it gives a runtime's job a worker and
+    :meth:`refusal` to end a waiting job whose flavour can never run; it learns of
+    changes through :meth:`on_change`. The rule itself is :meth:`Runtime.state`.
+    :meth:`changed` is called after every compilation of the background compiler,
+    and by whatever else makes a flavour ready (a backend's publishing)."""
+
+    def __init__(self, found: Mapping[str, Runtime], store: ModuleStore) -> None:
+        self._found = dict(found)
+        self.store = store
+        self._listeners: list[Callable[[], None]] = []
+        if store.precompiler is not None:
+            store.precompiler.listeners.append(lambda _sha, _fuel: self.changed())
+
+    def __getitem__(self, name: str) -> Runtime:
+        return self._found[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._found)
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+    def ready(self, name: str, *, fuel: bool) -> bool:
+        """Whether a job of runtime ``name`` (with ``limits.fuel`` or not) may take a
+        worker now: its worker would compile nothing. False for an unknown name."""
+        runtime = self._found.get(name)
+        if runtime is None:
+            return False
+        state, _ = runtime.state(self.store, fuel=fuel)
+        if state is RuntimeState.COMPILING:
+            # queued already, as a rule; again if its artifact went missing meanwhile
+            # (a cleared cache folder), or the jobs waiting for it would wait forever
+            runtime.queue_compile(self.store, fuel=fuel)
+        return state is RuntimeState.READY
+
+    def refusal(self, name: str, *, fuel: bool) -> str | None:
+        """Why jobs of runtime ``name`` in that flavour cannot run on this server (a
+        sentence naming the config key), or None while they can or will."""
+        runtime = self._found.get(name)
+        if runtime is None:
+            return (f"the runtime {name!r} is no longer configured on this server "
+                    f"(it offers: {runtime_names(self._found)}); submit the job again")
+        state, why = runtime.state(self.store, fuel=fuel)
+        if state is RuntimeState.UNAVAILABLE:
+            return f"the runtime {name!r} is not available on this server: {why}"
+        if state is RuntimeState.FAILED:
+            jobs = "jobs with limits.fuel" if fuel else "jobs"
+            return (f"the runtime {name!r} cannot run {jobs} on this server: {why}; the "
+                    "operator can raise the limit and restart poold")
+        return None
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a runtime's readiness may have changed."""
+        self._listeners.append(callback)
+
+    def changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+
+def install_runtimes(settings: Settings, store: ModuleStore) -> Runtimes:
     """Check every runtime's files, put its module into ``store`` and queue its
-    compilation under the runtime's own caps (``runtimes.<name>.compile_*``).
+    compilation in both flavours under the runtime's own caps
+    (``runtimes.<name>.compile_*``).
 
     Blocking (hashes files of ~100 MB): call it in a thread. Raises
     :class:`ConfigError` naming the key when a file or folder is missing, unless
@@ -113,18 +219,14 @@ def install_runtimes(settings: Settings, store: ModuleStore) -> dict[str, Runtim
         if not target.exists():
             # a copy, not a link: the operator may rewrite their file in place later
             copy_atomic(runtime.module, target)
+        installed = found[name] = Runtime(name=name, sha256=sha, size=size, settings=runtime)
         if store.precompiler is not None:
-            # a restart retries a compilation that failed (perhaps with raised caps)
-            uncompilable_marker(target).unlink(missing_ok=True)
             store.precompiler.pinned.add(sha)
-            store.precompiler.submit(
-                tenant=f"runtime:{name}", sha256=sha, path=target,
-                limits=CompileLimits(
-                    timeout_s=runtime.compile_timeout_s, memory_mb=runtime.compile_memory_mb,
-                    timeout_key=f"{key}.compile_timeout_s",
-                    memory_key=f"{key}.compile_memory_mb"))
-        found[name] = Runtime(name=name, sha256=sha, size=size, settings=runtime)
-    return found
+            for fuel in FLAVOURS:
+                # a restart retries a compilation that failed (perhaps with raised caps)
+                uncompilable_marker(target, fuel=fuel).unlink(missing_ok=True)
+                installed.queue_compile(store, fuel=fuel)
+    return Runtimes(found, store)
 
 
 def _check_files(key: str, runtime: InterpreterSettings) -> None:
@@ -143,6 +245,6 @@ def _check_files(key: str, runtime: InterpreterSettings) -> None:
             raise ConfigError(f"{key}.module: {runtime.module}: {e}") from e
 
 
-def runtime_names(runtimes: dict[str, Runtime]) -> str:
+def runtime_names(runtimes: Mapping[str, Runtime]) -> str:
     return ", ".join(sorted(runtimes)) if runtimes else "none (the operator configures them)"
 

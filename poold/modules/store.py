@@ -77,10 +77,11 @@ class ModuleStore:
     def path(self, sha256: ModuleHash) -> Path:
         return self.root / f"{sha256}.wasm"
 
-    def compile_problem(self, sha256: str) -> str | None:
-        """Why the module could not be compiled within this server's limits, if so."""
+    def compile_problem(self, sha256: str, *, fuel: bool = False) -> str | None:
+        """Why the module could not be compiled within this server's limits (in the
+        plain or the fuel-metered engine flavour), if so."""
         try:
-            return uncompilable_marker(self.path(ModuleHash(sha256))).read_text()
+            return uncompilable_marker(self.path(ModuleHash(sha256)), fuel=fuel).read_text()
         except FileNotFoundError:
             return None
 
@@ -190,13 +191,19 @@ class ModuleStore:
             check_header(head)
             sha = ModuleHash(digest.hexdigest())
             final = self.path(sha)
+            # validated even when the bytes are stored already: the store also holds
+            # the operator's runtimes (reactors importing host.call), which no tenant
+            # may upload as its own module
+            await asyncio.get_running_loop().run_in_executor(None, self._validate, tmp)
             if final.exists():
                 marker = uncompilable_marker(final)
-                if self.precompiler is not None and marker.exists():
-                    marker.unlink(missing_ok=True)  # uploading it again retries
+                if (self.precompiler is not None and marker.exists()
+                        and sha not in self.precompiler.pinned):
+                    # uploading it again retries (a runtime's compile keeps its own caps:
+                    # a restart retries that one)
+                    marker.unlink(missing_ok=True)
                     self.precompiler.submit(tenant=tenant, sha256=sha, path=final)
                 return StoredModule(sha, size, created=self._add_owner(sha, tenant))
-            await asyncio.get_running_loop().run_in_executor(None, self._validate, tmp)
             commit(tmp, final)
             self._sizes[sha] = size
             self._add_owner(sha, tenant)

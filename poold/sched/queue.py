@@ -32,6 +32,17 @@ class FairQueue:
         self._queues.setdefault(tenant, deque()).appendleft(job)
         self._queues.move_to_end(tenant, last=False)
 
+    def insert(self, tenant: TenantName, job: JobId, *,
+               before: Callable[[JobId], bool]) -> None:
+        """Put a job into its tenant's line ahead of the first job ``before`` picks (a
+        job that waited out of line goes back to its place); at the end if none."""
+        q = self._queues.setdefault(tenant, deque())
+        for i, other in enumerate(q):
+            if before(other):
+                q.insert(i, job)
+                return
+        q.append(job)
+
     def pop(self, eligible: Callable[[TenantName], bool]) -> tuple[TenantName, JobId] | None:
         for tenant in list(self._queues):
             q = self._queues[tenant]

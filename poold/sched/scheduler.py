@@ -73,6 +73,18 @@ class ModulePaths(Protocol):
     def path(self, sha256: ModuleHash) -> Path: ...
 
 
+class RuntimeGate(Protocol):
+    """Whether a runtime's job may take a worker (:class:`poold.modules.runtimes.Runtimes`):
+    not before its interpreter is compiled in the engine flavour the job needs, so
+    that no worker ever compiles one (minutes, gigabytes, outside the job's limits)."""
+
+    def ready(self, name: str, *, fuel: bool) -> bool: ...
+
+    def refusal(self, name: str, *, fuel: bool) -> str | None: ...
+
+    def on_change(self, callback: Callable[[], None]) -> None: ...
+
+
 class JobData(Protocol):
     """What the scheduler needs of the data plane (:class:`poold.data.kafka.DataPlane`)."""
 
@@ -104,6 +116,7 @@ class Scheduler:
         files: JobFiles,
         metrics: Metrics,
         connect: LinkFactory | None = None,
+        runtimes: RuntimeGate | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -121,6 +134,14 @@ class Scheduler:
         :meth:`_admit` and :meth:`_release`."""
         self._queued_inputs: dict[JobId, list[bytes]] = {}
         """Input records of queued jobs, kept since submission to save a disk read."""
+        self.runtimes = runtimes
+        self.parked: dict[JobId, TenantName] = {}
+        """Queued runtime jobs whose interpreter is not compiled yet in the flavour they
+        need: out of the fair queue (they take no worker and hold no other job back)
+        until :attr:`runtimes` says it is ready, or that it never will be."""
+        self._gate_changed = False
+        if runtimes is not None:
+            runtimes.on_change(self._on_gate_change)
         self._connect = connect or self._agent_link
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -146,6 +167,10 @@ class Scheduler:
             worker.link = self._connect(worker)
         self._wake.set()
 
+    def _on_gate_change(self) -> None:
+        self._gate_changed = True
+        self._wake.set()
+
     def _room(self, tenant: TenantName) -> int:
         quota = self.settings.tenants[tenant].max_concurrent_jobs
         return quota - self._active.get(tenant, 0)
@@ -159,7 +184,7 @@ class Scheduler:
 
     async def submit(self, job: Job, records: list[bytes]) -> Job:
         tenant = self.settings.tenants[job.tenant]
-        if self.queue.size(job.tenant) >= tenant.max_queued_jobs:
+        if self._waiting(job.tenant) >= tenant.max_queued_jobs:
             raise QueueFull(
                 f"tenant {job.tenant} already has {tenant.max_queued_jobs} jobs waiting "
                 "(tenants.*.max_queued_jobs); retry later"
@@ -169,7 +194,7 @@ class Scheduler:
         await self.store.put(job)
         crash_point("accepted")
         self._queued_inputs[job.id] = records
-        self.queue.push(job.tenant, job.id)
+        self._enqueue(job)
         self.metrics.jobs_submitted.labels(job.tenant).inc()
         self.pool.arrived()
         # dispatch from here, not via the dispatcher's task: one task switch
@@ -178,7 +203,9 @@ class Scheduler:
         return job
 
     async def cancel(self, job: Job) -> Job:
-        if job.state is JobState.QUEUED and self.queue.remove(job.tenant, job.id):
+        if job.state is JobState.QUEUED and (
+                self.queue.remove(job.tenant, job.id)
+                or self.parked.pop(job.id, None) is not None):
             self._queued_inputs.pop(job.id, None)
             return await self._finish(job, JobState.CANCELLED, error=CANCELLED_BEFORE_START)
         run = self.running.get(job.id)
@@ -276,14 +303,15 @@ class Scheduler:
         requeued = failed = 0
         for job in pending:
             if job.state is JobState.QUEUED:
-                self.queue.push(job.tenant, job.id)
+                self._enqueue(job)
                 requeued += 1
                 continue
             if not self._delivered.pop(job.id, True) and job.attempts < 2:
-                await self.store.put(job.evolve(
+                again = job.evolve(
                     state=JobState.QUEUED, pod=None, warm=None, assigned_at=None,
-                    input=None, output=None, delivering=False))
-                self.queue.push(job.tenant, job.id)
+                    input=None, output=None, delivering=False)
+                await self.store.put(again)
+                self._enqueue(again)
                 requeued += 1
             else:
                 failed += 1
@@ -294,7 +322,8 @@ class Scheduler:
                 )
         if pending:
             log.info("recovered jobs", requeued=requeued, ended=failed,
-                     total=len(pending))
+                     parked=len(self.parked), total=len(pending))
+        await self._settle_parked()
         self._wake.set()
         self.pool.poke()
 
@@ -338,6 +367,8 @@ class Scheduler:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                if self._gate_changed:
+                    await self._settle_parked()
                 self._dispatch()
         finally:
             await self.jobs.stop(ordered=False)
@@ -351,6 +382,8 @@ class Scheduler:
             if picked is None:
                 break
             tenant, job_id = picked
+            if self._park_if_waiting(tenant, job_id):
+                continue
             worker = self.pool.take_idle(tenant)
             if worker is None:  # pragma: no cover - checked above
                 self.queue.push_front(tenant, job_id)
@@ -362,8 +395,71 @@ class Scheduler:
             # jobs wait while workers idle hot for other tenants: at max_pods, let
             # those go so generic workers can take their place
             self.pool.retire_hot(keep=lambda t: self.queue.size(t) > 0)
-        self.metrics.queued.set(len(self.queue))
+        self.metrics.queued.set(len(self.queue) + len(self.parked))
         self.pool.poke()
+
+    # -- runtime jobs waiting for their interpreter's compilation -------------------
+
+    def _waiting(self, tenant: TenantName) -> int:
+        """The tenant's jobs waiting to start, in the queue or parked."""
+        return self.queue.size(tenant) + sum(1 for t in self.parked.values() if t == tenant)
+
+    def _enqueue(self, job: Job) -> None:
+        """Into the fair queue, or parked while its runtime is not ready. No await
+        between the check and the parking: a compilation that ends meanwhile is
+        seen by :meth:`_settle_parked`."""
+        if not self._park_if_waiting(job.tenant, job.id, job):
+            self.queue.push(job.tenant, job.id)
+
+    def _park_if_waiting(self, tenant: TenantName, job_id: JobId, job: Job | None = None) -> bool:
+        """Park the job (True) if it names a runtime whose flavour it needs cannot
+        run yet; one that never will is ended by :meth:`_settle_parked`."""
+        if self.runtimes is None:
+            return False
+        job = job or self.store.get(job_id)
+        if job is None or job.runtime is None:
+            return False
+        fuel = job.limits.fuel is not None
+        if self.runtimes.ready(job.runtime, fuel=fuel):
+            return False
+        self.parked[job_id] = tenant
+        if self.runtimes.refusal(job.runtime, fuel=fuel) is not None:
+            self._on_gate_change()  # ended by the dispatcher's next turn
+        else:
+            log.info("job waits for its runtime's compilation", job_id=job_id, tenant=tenant,
+                     runtime=job.runtime, flavour="fuel" if fuel else "plain")
+        return True
+
+    async def _settle_parked(self) -> None:
+        """Back into the queue, in their turn, the parked jobs whose runtime is ready;
+        end with the reason those whose runtime cannot run (its compilation failed):
+        an accepted job never just waits forever."""
+        self._gate_changed = False
+        if self.runtimes is None:
+            return
+        for job_id, tenant in list(self.parked.items()):
+            job = self.store.get(job_id)
+            if job is None or job.state is not JobState.QUEUED or job.runtime is None:
+                self.parked.pop(job_id, None)
+                continue
+            fuel = job.limits.fuel is not None
+            if self.runtimes.ready(job.runtime, fuel=fuel):
+                del self.parked[job_id]
+                self.queue.insert(tenant, job_id, before=self._submitted_after(job))
+                continue
+            refused = self.runtimes.refusal(job.runtime, fuel=fuel)
+            if refused is not None:
+                del self.parked[job_id]
+                self._queued_inputs.pop(job_id, None)
+                await self._finish(job, JobState.ERROR, error=refused)
+                self.files.drop_input(job_id)
+        self._wake.set()
+
+    def _submitted_after(self, job: Job) -> Callable[[JobId], bool]:
+        def later(other: JobId) -> bool:
+            found = self.store.get(other)
+            return found is not None and found.submitted_at > job.submitted_at
+        return later
 
     def _admit(
         self, job_id: JobId, tenant: TenantName, worker: Worker, records: list[bytes] | None

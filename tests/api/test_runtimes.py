@@ -239,7 +239,9 @@ async def test_a_runtime_compiles_under_its_own_limit_not_the_uploads(
         await modules.precompiler.idle(60)
         [tiny] = (await client.json("GET", "/v1/runtimes", 200))["runtimes"]
         assert tiny["state"] == "ready", tiny
-        assert modules.precompiler.done == [(tiny["module"], "compiled")]
+        assert tiny["flavours"] == {"plain": "ready", "fuel": "ready"}, tiny
+        assert modules.precompiler.done == [(tiny["module"], "plain", "compiled"),
+                                            (tiny["module"], "fuel", "compiled")]
         job = await _run(client, script="x\n")
         assert job["state"] == "succeeded", job
 

@@ -98,7 +98,7 @@ async def test_costly_module_compiles_outside_poold(alpha: Client) -> None:
     grew = peak_rss_mb() - before
     print(f"{BIG}-function module compiled out of process; poold peak RSS +{grew:.0f} MB"
           f" (load {os.getloadavg()[0]:.1f})")
-    assert (sha, "compiled") in precompiler.done, precompiler.done
+    assert (sha, "plain", "compiled") in precompiler.done, precompiler.done
     assert precompiler.cache.path(sha, fuel=False).exists()
     assert grew < FLAT_MB, grew
 
@@ -117,7 +117,7 @@ async def compile_alone(tmp_path: Path, wasm: bytes, **settings: float) -> str:
         await precompiler.idle(within_s=120)
     finally:
         await precompiler.stop()
-    [(done_sha, outcome)] = precompiler.done
+    [(done_sha, _, outcome)] = precompiler.done
     assert done_sha == sha
     assert precompiler.cache.path(sha, fuel=False).exists() == (outcome == "compiled")
     return outcome
@@ -150,5 +150,5 @@ async def test_compiles_are_taken_round_robin_by_tenant(tmp_path: Path) -> None:
     finally:
         await precompiler.stop()
     names = {sha: tag for tag, sha in order}
-    assert [names[sha] for sha, _ in precompiler.done] == ["a1", "b1", "a2", "a3"]
-    assert {outcome for _, outcome in precompiler.done} == {"compiled"}
+    assert [names[sha] for sha, _, _ in precompiler.done] == ["a1", "b1", "a2", "a3"]
+    assert {outcome for _, _, outcome in precompiler.done} == {"compiled"}

@@ -31,7 +31,7 @@ async def test_jobs_of_a_module_over_the_compile_memory_cap_are_refused(alpha: C
     body = await alpha.json("PUT", "/v1/modules", 201, data=io.BytesIO(wasm), headers=WASM)
     sha = body["sha256"]
     await precompiler.idle(within_s=90)
-    assert precompiler.done == [(sha, "failed")], precompiler.done
+    assert precompiler.done == [(sha, "plain", "failed")], precompiler.done
 
     refused = await alpha.json("POST", "/v1/jobs", 400, json={"module": sha})
     assert "modules.compile_memory_mb" in refused["error"], refused
@@ -41,5 +41,6 @@ async def test_jobs_of_a_module_over_the_compile_memory_cap_are_refused(alpha: C
     # uploading it again retries; under the same cap it fails the same way
     await alpha.json("PUT", "/v1/modules", 200, data=io.BytesIO(wasm), headers=WASM)
     await precompiler.idle(within_s=90)
-    assert precompiler.done == [(sha, "failed"), (sha, "failed")], precompiler.done
+    failed = (sha, "plain", "failed")
+    assert precompiler.done == [failed, failed], precompiler.done
     await alpha.json("POST", "/v1/jobs", 400, json={"module": sha})

@@ -7,7 +7,9 @@ Compiling the 99 MB interpreter takes minutes, so it is compiled once, out of
 process, into a compile cache kept across runs (``POOLD_TEST_COMPILE_CACHE``, by
 default ``~/.cache/poold/compiled``: keyed by the module's sha256, the wasmtime
 version and the engine flavour, and refused by wasmtime itself if its settings
-differ); every daemon here starts from that cache.
+differ); every daemon here starts from that cache. Both engine flavours, as poold
+compiles both: otherwise every daemon here would start compiling the fuel flavour
+(~120 CPU-seconds, 2.8 GB) and be stopped before it is done.
 """
 
 from __future__ import annotations
@@ -62,15 +64,18 @@ def python_runtime() -> tuple[InterpreterSettings, Path]:
     python = _python()
     cache = _compile_cache()
     sha, _ = file_sha256(python.module)
-    if not CompileCache(cache).has(sha, fuel=False):
+    for fuel in (False, True):
+        if CompileCache(cache).has(sha, fuel=fuel):
+            continue
         began = time.monotonic()
         done = subprocess.run(
             [sys.executable, "-m", "poold.runtime.compile", "--cache", str(cache),
              "--memory-mb", str(python.compile_memory_mb), "--cpu-s", str(COMPILE_TIMEOUT_S),
-             sha, str(python.module)],
+             *(["--fuel"] if fuel else []), sha, str(python.module)],
             capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False)
         assert done.returncode == 0, done.stderr
-        print(f"compiled {python.module.name} in {time.monotonic() - began:.1f} s into {cache}")
+        print(f"compiled {python.module.name} ({'fuel' if fuel else 'plain'}) in "
+              f"{time.monotonic() - began:.1f} s into {cache}")
     return python, cache
 
 
@@ -95,6 +100,7 @@ async def _run(client: Client, script: str, **fields: Any) -> dict[str, Any]:
 async def test_a_python_script_turns_input_records_into_output_records(py: Client) -> None:
     [listed] = (await py.json("GET", "/v1/runtimes", 200))["runtimes"]
     assert listed["name"] == "python" and listed["state"] == "ready", listed
+    assert listed["flavours"] == {"plain": "ready", "fuel": "ready"}, listed
     script = (
         "import sys\n"
         "n = 0\n"
@@ -155,6 +161,23 @@ async def test_the_job_limits_hold_for_the_interpreter(py: Client) -> None:
                      limits={"memory_mb": 96})
     assert job["state"] == "failed", job
     assert "MemoryError" in await py.text(f"/v1/jobs/{job['id']}/logs")
+
+
+async def test_fuel_meters_the_interpreter(py: Client) -> None:
+    """A job with limits.fuel runs on the fuel flavour, compiled ahead like the plain one
+    (its worker loads it from the cache), and stops when the fuel is spent."""
+    job = await _run(py, "print(sum(range(1000)))\n", limits={"fuel": 2_000_000_000})
+    assert job["state"] == "succeeded", job
+    assert (await py.text(f"/v1/jobs/{job['id']}/output")).splitlines() == ["499500"]
+    spent = job["usage"]["fuel_consumed"]
+    assert 0 < spent < 2_000_000_000, job
+
+    # four times what that whole job took: the loop starts, and runs out
+    job = await _run(py, "print('looping', flush=True)\nwhile True:\n    pass\n",
+                     limits={"fuel": 4 * spent})
+    assert job["state"] == "failed", job
+    assert "ran out of fuel" in job["error"], job
+    assert (await py.text(f"/v1/jobs/{job['id']}/output")).splitlines() == ["looping"]
 
 
 async def test_poold_run_runtime_python(py: Client, tmp_path: Path) -> None:

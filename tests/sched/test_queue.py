@@ -60,3 +60,15 @@ def test_demand_counts_only_startable_jobs() -> None:
         q.push(A, JobId(f"a{i}"))
     q.push(B, JobId("b0"))
     assert q.demand(lambda t: 2 if t == A else 0) == 2
+
+
+def test_a_job_back_from_waiting_goes_to_its_place_in_line() -> None:
+    """A runtime job that waited out of line for its interpreter's compilation goes back
+    ahead of its tenant's jobs submitted after it, behind those submitted before."""
+    q = FairQueue()
+    for i in (0, 2, 3):
+        q.push(A, JobId(f"a{i}"))
+    q.insert(A, JobId("a1"), before=lambda j: int(j[1:]) > 1)
+    q.insert(B, JobId("b0"), before=lambda j: False)  # a tenant with nothing queued
+    q.insert(A, JobId("a9"), before=lambda j: int(j[1:]) > 9)  # none later: at the end
+    assert drain(q) == ["a0", "b0", "a1", "a2", "a3", "a9"]
