@@ -239,3 +239,29 @@ async def test_a_tenant_cannot_upload_a_runtime_module_as_its_own(reactor: React
         assert "_start" in body["error"], body
         refused = await client.json("POST", "/v1/jobs", 404, json={"module": reactor.sha})
         assert "unknown module" in refused["error"], refused
+
+
+async def test_a_waiting_job_can_be_cancelled_and_counts_against_the_queue_cap(
+        reactor: Reactor) -> None:
+    reactor.settings = reactor.settings.model_copy(update={"tenants": {
+        name: t.model_copy(update={"max_queued_jobs": 2})
+        for name, t in reactor.settings.tenants.items()}})
+    with reactor.held(fuel=True) as release:
+        async with _serving(reactor) as client:
+            daemon = client.daemon
+            await _until(daemon, _compiled(daemon, reactor.sha, "plain"))
+            kept, cancelled = [await _submit(client, limits=FUEL) for _ in range(2)]
+            full = await client.json("POST", "/v1/jobs", 429, json={
+                "runtime": "tiny", "script": "", "limits": FUEL})
+            assert "max_queued_jobs" in full["error"], full
+
+            job = await client.json("DELETE", f"/v1/jobs/{cancelled}", 200)
+            assert job["state"] == "cancelled", job
+            assert daemon.scheduler is not None
+            assert JobId(cancelled) not in daemon.scheduler.parked
+            _queued_without_worker(daemon, kept)
+
+            release()
+            assert (await wait_done(daemon, kept)).exit_code == 6
+            job = await client.json("GET", f"/v1/jobs/{cancelled}", 200)
+            assert job["state"] == "cancelled" and job["pod"] is None, job
