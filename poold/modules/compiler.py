@@ -197,6 +197,19 @@ class Precompiler:
 
     async def _compile(self, order: CompileOrder) -> str:
         s = order.limits
+        if order.fuel:
+            try:
+                plain = uncompilable_marker(order.path).read_text()
+            except FileNotFoundError:
+                plain = None
+            if plain is not None:
+                # fuel-metered code is larger: under the same caps it would fail too,
+                # after up to runtimes.<name>.compile_timeout_s more of a core
+                log.warning("fuel flavour not compiled: the plain one failed",
+                            module=order.sha256, error=plain)
+                self._mark(order, f"not compiled, since its plain flavour could not be "
+                                  f"within the same caps: {plain}")
+                return "failed"
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "poold.runtime.compile",

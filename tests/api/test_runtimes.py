@@ -255,6 +255,14 @@ async def test_a_runtime_over_its_compile_limit_is_failed_naming_the_key(
         await modules.precompiler.idle(60)
         [tiny] = (await client.json("GET", "/v1/runtimes", 200))["runtimes"]
         assert tiny["state"] == "failed", tiny
+        assert tiny["flavours"] == {"plain": "failed", "fuel": "failed"}, tiny
         assert "runtimes.tiny.compile_timeout_s" in tiny["error"]
         body = await client.json("POST", "/v1/jobs", 400, json={"runtime": "tiny", "script": "x"})
         assert "runtimes.tiny.compile_timeout_s" in body["error"]
+        # the fuel flavour, larger, is not even tried under the caps the plain one failed
+        sha = tiny["module"]
+        assert modules.precompiler.done == [(sha, "plain", "timeout"), (sha, "fuel", "failed")]
+        body = await client.json("POST", "/v1/jobs", 400, json={
+            "runtime": "tiny", "script": "x", "limits": {"fuel": 1000}})
+        assert "limits.fuel" in body["error"], body
+        assert "runtimes.tiny.compile_timeout_s" in body["error"], body
