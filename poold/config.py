@@ -418,6 +418,10 @@ class KubernetesSettings(_Section):
     does), so clock skew between nodes never makes two leaders."""
     owner_deployment: str | None = None
     """Deployment that owns runner pods (ownerReference), so deleting poold deletes them."""
+    runtimes_mount_path: Annotated[str, Field(pattern=r"^/[^:]*$")] = "/runtimes"
+    """Where runner pods see the runtimes poold publishes to ``<slots.root>/runtimes``
+    (a read-only mount poold adds to the pod template when ``[runtimes.*]`` are
+    configured); the agent gets it as ``POOLD_AGENT_RUNTIMES``."""
 
 
 class TenantSettings(_Section):

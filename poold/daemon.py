@@ -33,7 +33,8 @@ from poold.jobs.files import JobFiles
 from poold.jobs.journal import JournalJobStore
 from poold.metrics import Metrics
 from poold.modules.compiler import Precompiler
-from poold.modules.runtimes import install_runtimes
+from poold.modules.runtimes import install_runtimes, share_runtimes
+from poold.modules.shared import SharedRuntimes
 from poold.modules.store import ModuleStore
 from poold.modules.structure import StructureLimits
 from poold.retry import RetryPolicy
@@ -82,6 +83,8 @@ class Daemon:
         self.draining = False
         self.api: Api | None = None
         self.files: JobFiles | None = None
+        self.shared: SharedRuntimes | None = None
+        """Kubernetes backend with runtimes: their publication to the shared volume."""
 
     async def start(self) -> None:
         s = self.settings
@@ -111,6 +114,11 @@ class Daemon:
         )
         await self.modules.start()
         runtimes = await asyncio.to_thread(install_runtimes, s, self.modules)
+        if s.pool.backend == "kubernetes" and runtimes:
+            # runner pods read the runtimes from the shared volume (poold/modules/shared.py)
+            self.shared = share_runtimes(
+                runtimes, settings=s, store=self.modules, cache=CompileCache(s.cache_dir))
+            self.tasks.run(self.shared.run, name="runtime-publisher", finishable=True)
         files = self.files = JobFiles(s.state.dir / "jobs", fsync=s.state.fsync)
         self.backend = self._backend(bootstrap)
         if isinstance(self.backend, KubernetesBackend):
@@ -123,7 +131,7 @@ class Daemon:
         self.tuner = PoolTuner(pool=self.pool, file=s.pool, overrides=overrides)
         self.scheduler = Scheduler(
             settings=s, store=self.store, pool=self.pool, data=self.data, modules=self.modules,
-            files=files, metrics=self.metrics, runtimes=runtimes,
+            files=files, metrics=self.metrics, runtimes=runtimes, runtime_folders=self.shared,
         )
         self.elector = self._elector()
         if self.elector is None:
@@ -162,14 +170,14 @@ class Daemon:
                                     host="127.0.0.1", port=0),
             )
         try:
-            template = load_template(s.kubernetes.pod_template)
+            return KubernetesBackend(
+                settings=s.kubernetes, template=load_template(s.kubernetes.pod_template),
+                kafka=bootstrap, configuration=self._kube_configuration,
+                agent_env=agent_env(s, kafka=bootstrap), retry=s.retry,
+                runtimes=s.kubernetes.runtimes_mount_path if s.runtimes else None,
+            )
         except TemplateError as e:
             raise ConfigError(str(e)) from e
-        return KubernetesBackend(
-            settings=s.kubernetes, template=template, kafka=bootstrap,
-            configuration=self._kube_configuration, agent_env=agent_env(s, kafka=bootstrap),
-            retry=s.retry,
-        )
 
     def _elector(self) -> LeaseElector | None:
         k = self.settings.kubernetes

@@ -31,13 +31,20 @@ class JobDocument:
     input: PartitionRef | None
     output: PartitionRef
     mounts: list[list[str]] = field(default_factory=list)
-    """``[host folder, guest path]`` pairs the module sees read-only (a runtime's)."""
+    """``[folder, guest path]`` pairs the module sees read-only (a runtime's): host
+    folders, or with ``runtime_dir`` folders relative to it."""
     script: str | None = None
     """For a runtime's job: the script's file name in ``in/script/``, which the
     module sees read-only at ``/script/``."""
     runtime: str | None = None
     """The ``[runtimes.<name>]`` whose interpreter this is: it may be a WASI reactor
     and import ``host.call`` (poold/runtime/runner.py ``RunRequest.interpreter``)."""
+    runtime_dir: str | None = None
+    """Runner pods: the runtime's folder under the agent's runtimes folder
+    (``<name>-<digest12>``, published by poold to ``<slots.root>/runtimes``), holding
+    ``module.wasm`` (the interpreter, read from there instead of the slot) and
+    ``mounts/<n>``. Relative, so it means the same wherever the volume is mounted.
+    None: the module is in the slot and the mounts are host folders (local backend)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

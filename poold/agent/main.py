@@ -17,6 +17,7 @@ import contextlib
 import hmac
 import json
 import os
+import resource
 import signal
 import sys
 import threading
@@ -29,15 +30,17 @@ import structlog
 from aiohttp import web
 
 from poold.agent.quotas import OutDirWatch, Overrun, Quotas, cap_data
-from poold.agent.runtimes import make_runner
+from poold.agent.runtimes import make_runner, wasmtime_runner
 from poold.agent.settings import AgentSettings
 from poold.agent.streams import LinePump, LogSink
 from poold.agent.usage import Meter
 from poold.atomic import write_atomic
 from poold.data.kafka import MAX_RECORD_BYTES, AgentData, DataUnavailable
+from poold.errors import Error
 from poold.protocol import JobDocument, ResultDocument
 from poold.runtime.digest import file_sha256
 from poold.runtime.runner import CANCELLED_BEFORE_START, Runner, RunRequest, RunResult
+from poold.runtime.wasmtime_runner import WasmtimeRunner
 from poold.slots import Slot, read_json, write_json_atomic
 
 log = structlog.get_logger("poold.agent")
@@ -52,6 +55,10 @@ STOP_GRACE_S = 2.0
 in a host call (a WASI sleep of an hour) cannot be interrupted, so beyond this
 the process exits without it rather than ignore SIGTERM."""
 PARENT_CHECK_S = 0.5
+
+
+class Refused(Error):
+    """A job document this worker will not act on; ``str()`` is the job's error."""
 
 
 class EventLog:
@@ -87,6 +94,13 @@ class Agent:
         self.slot = Slot(settings.slot)
         self.data = AgentData(settings.kafka, on_acked=self._output_acked)
         self.runner: Runner = runner or make_runner(settings)
+        """The driver of the job at hand (:meth:`_driver`): the worker's engine, or
+        wasmtime for a runtime's job."""
+        self._engine_runner = self.runner
+        self._interpreter_runner: WasmtimeRunner | None = None
+        self._data_limit = resource.getrlimit(resource.RLIMIT_DATA)
+        """As the worker started: a job on WasmEdge after one on wasmtime (a hot pod)
+        gets it back rather than the last job's cap."""
         self.events = EventLog()
         self._next_log = asyncio.Event()
         """Set (and replaced) each time :attr:`events` begins a new job's log."""
@@ -330,12 +344,55 @@ class Agent:
         if reset is not None:
             reset()
 
-    def _read_only(self, doc: JobDocument) -> tuple[tuple[Path, str], ...]:
-        """The runtime's folders and, for a script, the slot's script folder."""
-        folders = [(Path(host), guest) for host, guest in doc.mounts]
+    def _driver(self, doc: JobDocument) -> Runner:
+        """A runtime's interpreter runs on wasmtime whatever the worker's engine: it
+        needs read-only mounts and a compiled interpreter, which the WasmEdge CLI
+        (no read-only ``--dir``, ``--force-interpreter``) cannot give."""
+        if doc.runtime is None or isinstance(self._engine_runner, WasmtimeRunner):
+            return self._engine_runner
+        if self._interpreter_runner is None:
+            self._interpreter_runner = wasmtime_runner(self.settings)
+        return self._interpreter_runner
+
+    def _locate(self, doc: JobDocument) -> tuple[Path, tuple[tuple[Path, str], ...]]:
+        """The module to run and the folders it sees read-only: the runtime's mounts
+        and, for a script, the slot's script folder. A runtime on the shared volume
+        (``runtime_dir``) is found under this worker's runtimes folder, and nothing
+        it names may lead out of it. Raises :class:`Refused`."""
+        if doc.runtime_dir is None:
+            module = self.slot.module
+            folders = [(Path(host), guest) for host, guest in doc.mounts]
+        else:
+            base = self._runtime_folder(doc.runtime_dir)
+            module = base / "module.wasm"
+            folders = []
+            for relative, guest in doc.mounts:
+                folder = (base / relative).resolve()
+                if base not in folder.parents:
+                    raise Refused(f"the job mounts {relative!r} at {guest}, which is not "
+                                  f"inside its runtime's folder {doc.runtime_dir}; refused")
+                folders.append((folder, guest))
         if doc.script is not None:
             folders.append((self.slot.scripts, "/script"))
-        return tuple(folders)
+        return module, tuple(folders)
+
+    def _runtime_folder(self, name: str) -> Path:
+        shared = self.settings.runtimes
+        if shared is None:
+            raise Refused(
+                "the job's runtime is on the shared volume, but this worker has no runtimes "
+                "folder (POOLD_AGENT_RUNTIMES): its pod lacks the read-only runtimes mount "
+                "that poold adds to the runner pod template (kubernetes.runtimes_mount_path)")
+        root = shared.resolve()
+        base = (root / name).resolve()
+        if root not in base.parents:
+            raise Refused(f"the job names a runtime folder {name!r} outside this worker's "
+                          f"runtimes folder {shared}; refused")
+        if not base.is_dir():
+            raise Refused(f"the runtime's files are not at {shared / name} in this worker: "
+                          "poold publishes them to <slots.root>/runtimes on the shared volume "
+                          "at start-up; check that the runner pods mount that folder")
+        return base
 
     async def _serve_one(self, doc: JobDocument) -> None:
         self.state = "busy"
@@ -370,17 +427,25 @@ class Agent:
             )
 
         loop = asyncio.get_running_loop()
+        self.runner = self._driver(doc)
+        try:
+            module, read_only = self._locate(doc)
+        except Refused as e:
+            return result("error", str(e))
+        shared = doc.runtime_dir is not None
         compiled = getattr(self.runner, "compiled", None)
         # hashing an interpreter of 100 MB costs more than a small script's run: not
         # when the runner starts from the compile cache (if it reads the bytes after
-        # all, it checks them itself)
-        verified = not (doc.size > INLINE_HASH_BYTES and compiled is not None
-                        and compiled(doc.sha256, fuel=doc.fuel is not None))
+        # all, it checks them itself), nor for a runtime on the shared volume, which
+        # starts from its compiled form or not at all (may_compile below)
+        verified = not shared and not (
+            doc.size > INLINE_HASH_BYTES and compiled is not None
+            and compiled(doc.sha256, fuel=doc.fuel is not None))
         if verified:
             if doc.size <= INLINE_HASH_BYTES:
-                digest, size = file_sha256(self.slot.module)
+                digest, size = file_sha256(module)
             else:
-                digest, size = await loop.run_in_executor(None, file_sha256, self.slot.module)
+                digest, size = await loop.run_in_executor(None, file_sha256, module)
             if digest != doc.sha256 or size != doc.size:
                 return result("error", "the module delivered to the worker does not match "
                               "its sha256; the delivery was damaged, submit the job again")
@@ -438,11 +503,15 @@ class Agent:
                 {"type": "stderr", "data": chunk.decode("utf-8", "replace")}),
         )
 
+        in_process = isinstance(self.runner, WasmtimeRunner)
+
         def on_start() -> None:
-            if self.settings.engine == "wasmtime":
-                # WasmEdge (a child process) may reserve its memory writable up
-                # front; the runner pod's memory limit is its guard instead
+            if in_process:
                 cap_data(doc.memory_mb)
+            else:
+                # WasmEdge (a child process, which inherits the limit) may reserve its
+                # memory writable up front; the runner pod's memory limit is its guard
+                resource.setrlimit(resource.RLIMIT_DATA, self._data_limit)
             watch.start()
             meter.begin()
             now = time.time()
@@ -450,12 +519,12 @@ class Agent:
             loop.call_soon_threadsafe(self.events.publish, {"type": "started", "ts": now})
 
         request = RunRequest(
-            wasm_path=self.slot.module, sha256=doc.sha256, args=tuple(doc.args),
+            wasm_path=module, sha256=doc.sha256, args=tuple(doc.args),
             env=tuple((k, v) for k, v in doc.env), timeout_s=doc.timeout_s,
             memory_mb=doc.memory_mb, fuel=doc.fuel, out_dir=self.slot.artifacts,
             stdin_path=stdin,
-            read_only=self._read_only(doc), interpreter=doc.runtime is not None,
-            verified=verified,
+            read_only=read_only, interpreter=doc.runtime is not None,
+            verified=verified, may_compile=not shared,
         )
 
         def work() -> RunResult:

@@ -62,6 +62,12 @@ class AgentSettings(BaseModel):
     """stdout a job may send to Kafka (``runtime.max_output_mb``)."""
     max_output_records: Annotated[int, Field(ge=0)] = 1_000_000
     """stdout lines a job may send to Kafka (``runtime.max_output_records``)."""
+    runtimes: Path | None = None
+    """Runner pods: where the operator's runtimes appear (``POOLD_AGENT_RUNTIMES``, the
+    read-only mount of ``<slots.root>/runtimes`` that poold adds to the pod template).
+    A runtime job's document names its interpreter and mounts relative to this
+    folder, and ``compiled/`` under it is a read-only second compile cache. Unset
+    (the local backend): a job document names host paths and the module is in the slot."""
     parent_pid: int | None = None
     """Local backend only: the fork server. The agent stops when its parent changes
     (the fork server, and so poold, is gone), in case no death signal reached it."""
@@ -114,6 +120,7 @@ VARIABLES: dict[str, tuple[str, int]] = {
     "max_output_bytes": ("POOLD_AGENT_MAX_OUTPUT_MB", MIB),
     "max_output_records": ("POOLD_AGENT_MAX_OUTPUT_RECORDS", 1),
     "parent_pid": ("POOLD_AGENT_PARENT_PID", 1),
+    "runtimes": ("POOLD_AGENT_RUNTIMES", 1),
 }
 """Each field's environment variable and its unit (a variable in KiB or MiB holds
 the field's bytes divided by it)."""

@@ -40,6 +40,7 @@ from poold.backends.podtemplate import (
     hot_tenant,
     release_patch,
     render,
+    runtimes_mount,
     selector,
     token_of,
 )
@@ -164,10 +165,17 @@ class KubernetesBackend:
         delete_grace_s: int = 2,
         agent_env: Mapping[str, str] | None = None,
         retry: RetrySettings | None = None,
+        runtimes: str | None = None,
     ) -> None:
         """``agent_env``: agent settings from poold's config (``POOLD_AGENT_*``) that
         every runner pod gets, over what the template says. ``retry``: how a failed
-        API call waits before it is tried again (``[retry]``)."""
+        API call waits before it is tried again (``[retry]``). ``runtimes``: where
+        runner pods mount the published runtimes (``kubernetes.runtimes_mount_path``),
+        None without runtimes; a template that cannot have that mount raises
+        :class:`TemplateError` here, at start-up."""
+        if runtimes is not None:
+            runtimes_mount(template, runtimes)
+        self._runtimes = runtimes
         self.settings = settings
         self._policy = RetryPolicy.of(retry or RetrySettings(), attempts=settings.api_retries)
         self.namespace = settings.namespace or os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
@@ -405,7 +413,7 @@ class KubernetesBackend:
         core = self._core
         body = render(self._template, name=pod, pool=self.settings.pool_name,
                       env=self._agent_env, owner=self._owner,
-                      token=secrets.token_urlsafe(32))
+                      token=secrets.token_urlsafe(32), runtimes=self._runtimes)
 
         async def call() -> dict[str, Any]:
             return await self._json(core.create_namespaced_pod(

@@ -30,6 +30,10 @@ ANNOTATION_JOBS = "poold.dev/jobs"
 """On a hot pod: how many jobs it has taken (``pool.max_jobs_per_worker``)."""
 UNKNOWN_JOBS = 2**31
 TOKEN_ENV = "POOLD_AGENT_TOKEN"  # noqa: S105 - the variable's name, not a secret
+RUNTIMES_ENV = "POOLD_AGENT_RUNTIMES"
+RUNTIMES_SUBPATH = "runtimes"
+"""The folder of the slot volume where poold publishes the runtimes (poold/modules/shared.py)."""
+SLOT_SUBPATH_EXPR = "$(POD_NAME)"
 APP = "poold-runner"
 
 
@@ -72,9 +76,12 @@ def render(
     env: Mapping[str, str],
     owner: dict[str, Any] | None = None,
     token: str = "",
+    runtimes: str | None = None,
 ) -> dict[str, Any]:
     """``env`` (the agent settings poold's config decides) replaces same-named entries
-    of the first container's env, or is added to it."""
+    of the first container's env, or is added to it. ``runtimes``: where the pod
+    mounts the published runtimes (``kubernetes.runtimes_mount_path``; None when no
+    runtime is configured), see :func:`runtimes_mount`."""
     pod = copy.deepcopy(template)
     meta = pod.setdefault("metadata", {})
     meta.pop("generateName", None)
@@ -87,6 +94,12 @@ def render(
     spec["restartPolicy"] = "Never"
     container = spec["containers"][0]
     env = {**env, TOKEN_ENV: token}
+    if runtimes is not None:
+        mount = runtimes_mount(template, runtimes)
+        mounts = [m for m in container.get("volumeMounts", [])
+                  if m.get("mountPath") != mount["mountPath"]]
+        container["volumeMounts"] = [*mounts, mount]
+        env[RUNTIMES_ENV] = runtimes
     entries = [e for e in container.get("env", []) if e.get("name") not in env]
     entries += [{"name": name, "value": value} for name, value in env.items()]
     container["env"] = entries
@@ -98,6 +111,24 @@ def render(
         headers.append({"name": "Authorization", "value": f"Bearer {token}"})
         probe["httpHeaders"] = headers
     return pod
+
+
+def runtimes_mount(template: dict[str, Any], path: str) -> dict[str, Any]:
+    """The first container's read-only mount of the published runtimes at ``path``:
+    the folder ``runtimes`` of the volume its slot comes from (the mount with
+    ``subPathExpr: $(POD_NAME)``), which poold fills at start-up. A read-only
+    ``subPath`` of a PVC is allowed by the restricted Pod Security profile."""
+    container = template["spec"]["containers"][0]
+    for mount in container.get("volumeMounts", []):
+        if str(mount.get("subPathExpr", "")).strip() == SLOT_SUBPATH_EXPR:
+            return {"name": mount["name"], "mountPath": path, "subPath": RUNTIMES_SUBPATH,
+                    "readOnly": True}
+    raise TemplateError(
+        "kubernetes.pod_template: its first container has no volumeMount with subPathExpr "
+        f"{SLOT_SUBPATH_EXPR} (the pod's slot), which the runtimes ([runtimes.*]) need: "
+        "runner pods mount the same volume's folder runtimes read-only at "
+        "kubernetes.runtimes_mount_path. Mount the slot that way (deploy/runner/"
+        "pod-template.yaml does) or remove the runtimes")
 
 
 def token_of(pod: dict[str, Any]) -> str | None:

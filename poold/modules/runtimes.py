@@ -12,7 +12,7 @@ that module.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -21,9 +21,10 @@ import structlog
 from poold.atomic import copy_atomic
 from poold.config import ConfigError, InterpreterSettings, Settings
 from poold.modules.compiler import CompileLimits, uncompilable_marker
+from poold.modules.shared import FOLDER, Published, SharedRuntimes
 from poold.modules.store import ModuleStore
 from poold.runtime.digest import file_sha256
-from poold.runtime.engine import flavour
+from poold.runtime.engine import CompileCache, flavour
 from poold.runtime.inspect import ModuleRejected, check_header
 from poold.types import ModuleHash
 
@@ -59,6 +60,9 @@ class Runtime:
     size: int | None
     unavailable: str | None = None
     """Why the runtime cannot run jobs (an ``optional`` runtime's missing files)."""
+    shared: SharedRuntimes | None = None
+    """Kubernetes backend: the runtimes published to the shared volume for runner
+    pods; the runtime is ready only once its files and compiled form are there."""
 
     @property
     def max_script_bytes(self) -> int:
@@ -81,6 +85,12 @@ class Runtime:
         precompiler = store.precompiler
         if precompiler is not None and not precompiler.cache.has(self.sha256, fuel=fuel):
             return RuntimeState.COMPILING, None
+        if self.shared is not None:
+            problem = self.shared.problem(self.name)
+            if problem is not None:
+                return RuntimeState.FAILED, problem
+            if not self.shared.ready(self.name, self.sha256, fuel=fuel):
+                return RuntimeState.COMPILING, None
         return RuntimeState.READY, None
 
     def compile_limits(self) -> CompileLimits:
@@ -174,6 +184,12 @@ class Runtimes(Mapping[str, Runtime]):
                     "operator can raise the limit and restart poold")
         return None
 
+    def share(self, shared: SharedRuntimes) -> None:
+        """Bind every runtime to its publication on the shared volume (the Kubernetes
+        backend: :func:`share_runtimes`)."""
+        self._found = {name: replace(r, shared=shared) for name, r in self._found.items()}
+        shared.on_change(self.changed)
+
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever a runtime's readiness may have changed."""
         self._listeners.append(callback)
@@ -194,16 +210,6 @@ def install_runtimes(settings: Settings, store: ModuleStore) -> Runtimes:
     found: dict[str, Runtime] = {}
     for name, runtime in sorted(settings.runtimes.items()):
         key = f"runtimes.{name}"
-        if settings.pool.backend != "local":
-            # runner pods see neither poold's folders nor its compile cache, and their
-            # WasmEdge driver cannot mount read-only (docs/runtimes.md, Backends)
-            why = (f"{key}: runtimes run on the local backend only for now; the "
-                   f"{settings.pool.backend} backend does not deliver their files to runner "
-                   "pods yet (docs/runtimes.md, Backends)")
-            log.warning("runtime unavailable", runtime=name, reason=why)
-            found[name] = Runtime(name=name, settings=runtime, sha256=None, size=None,
-                                  unavailable=why)
-            continue
         try:
             _check_files(key, runtime)
         except ConfigError as e:
@@ -227,6 +233,23 @@ def install_runtimes(settings: Settings, store: ModuleStore) -> Runtimes:
                 uncompilable_marker(target, fuel=fuel).unlink(missing_ok=True)
                 installed.queue_compile(store, fuel=fuel)
     return Runtimes(found, store)
+
+
+def share_runtimes(runtimes: Runtimes, *, settings: Settings, store: ModuleStore,
+                   cache: CompileCache) -> SharedRuntimes:
+    """For the Kubernetes backend: bind the runtimes to what publishes them to the
+    shared volume (``<slots.root>/runtimes``), whose ``run()`` the daemon starts. A
+    runtime is then ready in a flavour only once published, and the jobs waiting for
+    it are dispatched when it is."""
+    shared = SharedRuntimes(
+        root=settings.slots.root / FOLDER, cache=cache, fsync=settings.slots.fsync,
+        runtimes=[Published(name=r.name, sha256=r.sha256, module=store.path(r.sha256),
+                            mounts=[r.settings.mounts[g] for g in sorted(r.settings.mounts)])
+                  for r in runtimes.values() if r.sha256 is not None])
+    runtimes.share(shared)
+    if store.precompiler is not None:
+        store.precompiler.listeners.append(lambda _sha, _fuel: shared.wake())
+    return shared
 
 
 def _check_files(key: str, runtime: InterpreterSettings) -> None:

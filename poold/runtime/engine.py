@@ -4,7 +4,9 @@ poold (which precompiles at upload) and every agent (which runs) must build
 the engine the same way, or a cached artifact would be refused; both call
 :func:`make_engine`. The cache is keyed by module sha256, wasmtime version
 and engine flavour, and written by temp-file-then-rename so workers sharing
-it never read a half-written artifact.
+it never read a half-written artifact. A cache may also consult read-only
+roots that someone else fills (runner pods: the compiled runtimes poold
+publishes on the shared volume), which it never writes, removes or touches.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import contextlib
 import fcntl
 import importlib.metadata
 import os
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 import wasmtime
 
 from poold.atomic import write_atomic
+from poold.errors import ModuleError
 
 WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 
@@ -37,14 +40,45 @@ def flavour(*, fuel: bool) -> str:
     return "fuel" if fuel else "plain"
 
 
-class CompileCache:
-    """Compiled modules on disk, shared by all workers of this machine or volume."""
+class NotCompiled(ModuleError):
+    """A cache that may not compile (:meth:`CompileCache.load` with ``compile=False``)
+    holds no usable artifact of the module; ``str()`` says why."""
 
-    def __init__(self, root: Path) -> None:
+
+def artifact_path(root: Path, sha256: str, *, fuel: bool) -> Path:
+    """Where a cache rooted at ``root`` keeps a module's artifact: poold publishes its
+    runtimes' artifacts to the shared volume in this same layout."""
+    return root / f"wasmtime-{WASMTIME_VERSION}" / flavour(fuel=fuel) / f"{sha256}.cwasm"
+
+
+class CompileCache:
+    """Compiled modules on disk, shared by all workers of this machine or volume.
+
+    ``read_only``: more cache roots in the same layout, consulted after this one
+    and never written, removed or touched (a damaged or foreign artifact there
+    is skipped, not deleted): another process owns them."""
+
+    def __init__(self, root: Path, *, read_only: Sequence[Path] = ()) -> None:
         self.root = root / f"wasmtime-{WASMTIME_VERSION}"
+        self.read_only = tuple(read_only)
 
     def path(self, sha256: str, *, fuel: bool) -> Path:
         return self.root / flavour(fuel=fuel) / f"{sha256}.cwasm"
+
+    def _shared(self, sha256: str, *, fuel: bool) -> Iterator[Path]:
+        for root in self.read_only:
+            yield artifact_path(root, sha256, fuel=fuel)
+
+    @staticmethod
+    def _try_shared(engine: wasmtime.Engine, cached: Path) -> tuple[wasmtime.Module | None, str]:
+        """Load an artifact of a read-only root, or say why not (never unlink it)."""
+        if not cached.is_file():
+            return None, f"{cached} does not exist"
+        try:
+            return wasmtime.Module.deserialize_file(engine, str(cached)), ""
+        except wasmtime.WasmtimeError as e:
+            text = str(e).strip()
+            return None, f"{cached} cannot be used: {text.splitlines()[0] if text else e!r}"
 
     def _try_load(self, engine: wasmtime.Engine, cached: Path) -> wasmtime.Module | None:
         if not cached.exists():
@@ -72,19 +106,31 @@ class CompileCache:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def has(self, sha256: str, *, fuel: bool) -> bool:
-        return self.path(sha256, fuel=fuel).is_file()
+        """Whether this cache or a read-only root holds an artifact of the module."""
+        return self.path(sha256, fuel=fuel).is_file() or any(
+            p.is_file() for p in self._shared(sha256, fuel=fuel))
 
     def load(
         self, engine: wasmtime.Engine, sha256: str, wasm_path: Path, *, fuel: bool,
-        check: Callable[[Path], None] | None = None,
+        check: Callable[[Path], None] | None = None, compile: bool = True,
     ) -> tuple[wasmtime.Module, bool]:
         """The compiled module and whether it came from the cache. ``check`` is
         called on ``wasm_path`` before its bytes are compiled (never on a cache
-        hit, which does not read them); it raises to refuse them."""
+        hit, which does not read them); it raises to refuse them. With
+        ``compile=False`` a miss raises :class:`NotCompiled` instead of compiling
+        (a runner pod must never compile a 100 MB interpreter)."""
         cached = self.path(sha256, fuel=fuel)
         module = self._try_load(engine, cached)
         if module is not None:
             return module, True
+        reasons = []
+        for shared in self._shared(sha256, fuel=fuel):
+            module, why = self._try_shared(engine, shared)
+            if module is not None:
+                return module, True
+            reasons.append(why)
+        if not compile:
+            raise NotCompiled("; ".join(reasons) or f"{cached} does not exist")
         with self._compiling(cached):
             module = self._try_load(engine, cached)
             if module is not None:

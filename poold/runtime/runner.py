@@ -39,6 +39,10 @@ class RunRequest:
     upload: it may be a WASI *reactor* (``_initialize`` then ``run``, whose result is
     the exit code, instead of ``_start``) and may import ``host.call``, which is
     given a stub that answers -1 (docs/runtimes.md)."""
+    may_compile: bool = True
+    """False for a runtime's interpreter in a runner pod: it starts from a compiled
+    artifact (its own cache or the one poold published) or the job ends ``error``;
+    compiling 100 MB needs far more CPU and memory than a runner pod has."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import wasmtime
 from poold.atomic import write_atomic
 from poold.errors import ModuleError
 from poold.runtime.digest import file_sha256
-from poold.runtime.engine import CompileCache, make_engine
+from poold.runtime.engine import CompileCache, NotCompiled, make_engine
 from poold.runtime.inspect import MAX_MEMORIES, MAX_TABLES
 from poold.runtime.runner import (
     InterruptReason,
@@ -36,6 +36,11 @@ TABLE_ELEMENT_BYTES = 8
 TABLE_SHARE = 16
 """1/16 of a job's memory cap is set aside for table elements, the rest is linear memory."""
 WARM_UP_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
+NOT_COMPILED = (
+    "the runtime's interpreter is not compiled for this worker, and a worker never "
+    "compiles one (it needs minutes of CPU and GBs of memory): poold publishes the compiled "
+    "form to the shared volume once its background compiler is done; submit the job again "
+    "when GET /v1/runtimes shows the runtime ready ({reason})")
 HOST_CALL_ANSWER = -1
 """What the stub of ``host.call`` answers: "no host function", for a runtime
 built to call into an embedding host that poold is not."""
@@ -207,7 +212,10 @@ class WasmtimeRunner:
             module, cached = self._cache.load(
                 engine, request.sha256, request.wasm_path, fuel=fuel,
                 check=None if request.verified else _checker(request.sha256),
+                compile=request.may_compile,
             )
+        except NotCompiled as e:
+            return RunResult("error", None, NOT_COMPILED.format(reason=e))
         except wasmtime.WasmtimeError as e:
             return RunResult("error", None, f"the module could not be compiled: {_first_line(e)}")
         except DeliveryDamaged as e:

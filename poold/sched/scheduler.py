@@ -33,6 +33,7 @@ from poold.jobs.files import JobFiles
 from poold.jobs.model import Job, JobState, OffsetRange
 from poold.jobs.store import JobStore
 from poold.metrics import Metrics
+from poold.modules.shared import folder_mounts
 from poold.protocol import JobDocument, PartitionRef, ResultDocument
 from poold.runtime.runner import CANCELLED_BEFORE_START
 from poold.sched.agent_link import AgentLink, Link
@@ -83,6 +84,10 @@ class RuntimeGate(Protocol):
     def refusal(self, name: str, *, fuel: bool) -> str | None: ...
 
     def on_change(self, callback: Callable[[], None]) -> None: ...
+class RuntimeFolders(Protocol):
+    """Where runner pods find the runtimes (:class:`poold.modules.shared.SharedRuntimes`)."""
+
+    def folder(self, name: str) -> str | None: ...
 
 
 class JobData(Protocol):
@@ -117,7 +122,11 @@ class Scheduler:
         metrics: Metrics,
         connect: LinkFactory | None = None,
         runtimes: RuntimeGate | None = None,
+        runtime_folders: RuntimeFolders | None = None,
     ) -> None:
+        """``runtime_folders``: on the Kubernetes backend, the runtimes published to the
+        shared volume; a runtime's job then names its files there instead of having
+        the interpreter delivered into the slot. None: host paths (local backend)."""
         self.settings = settings
         self.store = store
         self.pool = pool
@@ -125,6 +134,7 @@ class Scheduler:
         self.modules = modules
         self.files = files
         self.metrics = metrics
+        self.runtime_folders = runtime_folders
         self.queue = FairQueue()
         self.leases = PartitionLeases(settings.kafka.partitions)
         self.running: dict[JobId, RunningJob] = {}
@@ -599,10 +609,20 @@ class Scheduler:
                 return await self._finish(
                     job, JobState.ERROR, error=f"the runtime {job.runtime!r} is no longer "
                     "configured on this server; submit the job again")
+            mounts = [[str(host), guest] for guest, host in runtime.mounts.items()]
+            folder = None
+            if self.runtime_folders is not None:
+                folder = self.runtime_folders.folder(job.runtime)
+                if folder is None:  # a backstop: such a job waits until it is ready
+                    return await self._finish(
+                        job, JobState.ERROR, error=f"the runtime {job.runtime!r} is not on "
+                        "the shared volume yet (GET /v1/runtimes says when it is ready); "
+                        "submit the job again then")
+                mounts = [list(pair) for pair in folder_mounts(runtime.mounts)]
             document = dataclasses.replace(
-                document, mounts=[[str(host), guest] for guest, host in runtime.mounts.items()],
+                document, mounts=mounts,
                 script=runtime.script_name if job.script is not None else None,
-                runtime=job.runtime)
+                runtime=job.runtime, runtime_dir=folder)
         slot = Slot.of(self.settings.slots.root, worker.pod)
         if run.cancel.is_set():
             return await self._finish(job, JobState.CANCELLED, error=CANCELLED_BEFORE_START)
@@ -615,15 +635,16 @@ class Scheduler:
         return await self._complete(job, run, slot, outcome)
 
     async def _deliver(self, slot: Slot, job: Job, document: JobDocument) -> None:
-        """Module first, ``job.json`` last: its rename is the commit point."""
+        """Module first, ``job.json`` last: its rename is the commit point. A runtime
+        on the shared volume (``runtime_dir``) is read from there: no 100 MB copy per job."""
         source = self.modules.path(job.module)
         fsync = self.settings.slots.fsync
         if document.script is not None and job.script is not None:
             slot.scripts.mkdir(exist_ok=True)
             write_atomic(slot.scripts / document.script, job.script.encode(), fsync=fsync)
-        if job.module_size > 4 * 1024 * 1024:
+        if document.runtime_dir is None and job.module_size > 4 * 1024 * 1024:
             await asyncio.to_thread(place_atomic, source, slot.module, fsync=fsync)
-        else:
+        elif document.runtime_dir is None:
             place_atomic(source, slot.module, fsync=fsync)
         write_json_atomic(slot.job_json, document.to_json(), fsync=fsync)
 

@@ -7,6 +7,7 @@ something it must not be allowed to do; so these tests run everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -16,9 +17,10 @@ from typing import Any
 import pytest
 
 from poold.config import ConfigError, InterpreterSettings, Settings, load_settings
-from poold.modules.runtimes import install_runtimes
+from poold.modules.runtimes import RuntimeState, install_runtimes, share_runtimes
 from poold.modules.store import ModuleStore
 from poold.modules.structure import StructureLimits
+from poold.runtime.engine import CompileCache
 from tests.support.cli import environ, poold  # the CLI as a user runs it
 from tests.support.daemon import TOKENS, Client, make_settings, serving, wait_done
 from tests.support.wasm_fixtures import module
@@ -127,17 +129,35 @@ def test_runtime_paths_are_absolute_when_the_config_path_is_not(
     assert settings.runtimes["tiny"].mounts["/lib"] == tmp_path / "conf" / "interp" / "lib"
 
 
-def test_runtimes_are_unavailable_on_the_kubernetes_backend(tmp_path: Path) -> None:
-    """Runner pods see neither poold's folders nor its compile cache: rather than jobs
-    failing in pods, the runtime is listed as unavailable, saying why."""
-    settings = Settings(pool={"backend": "kubernetes"}, runtimes={"tiny": _runtime(tmp_path)})
+async def test_on_the_kubernetes_backend_a_runtime_is_ready_once_published(
+        tmp_path: Path) -> None:
+    """Runner pods see neither poold's folders nor its compile cache: the runtime is
+    `compiling` until its files and compiled form are on the shared volume."""
+    settings = Settings(pool={"backend": "kubernetes"}, slots={"root": tmp_path / "slots"},
+                        runtimes={"tiny": _runtime(tmp_path)})
     store = ModuleStore(tmp_path / "m", precompiler=None, max_bytes=1,
                         structure=StructureLimits.from_settings(settings.modules))
-    [tiny] = install_runtimes(settings, store).values()
-    state, why = tiny.state(store)
-    assert state.value == "unavailable"
-    assert why is not None and "local backend only" in why and "runtimes.tiny" in why
-    assert not list((tmp_path / "m").glob("*.wasm"))  # nothing copied, nothing to compile
+    cache = CompileCache(tmp_path / "cache")
+    runtimes = install_runtimes(settings, store)
+    shared = share_runtimes(runtimes, settings=settings, store=store, cache=cache)
+    woken: list[str] = []
+    runtimes.on_change(lambda: woken.append("changed"))
+    [tiny] = runtimes.values()
+    assert tiny.state(store) == (RuntimeState.COMPILING, None)
+    assert tiny.sha256 is not None
+    cache.precompile(tiny.sha256, store.path(tiny.sha256))  # what the precompiler does
+    publishing = asyncio.create_task(shared.run())
+    try:
+        await shared.wait("tiny", tiny.sha256, fuel=False, within_s=30)
+    finally:
+        publishing.cancel()
+        await asyncio.gather(publishing, return_exceptions=True)
+    assert tiny.state(store) == (RuntimeState.READY, None)
+    assert runtimes.ready("tiny", fuel=False)
+    assert not runtimes.ready("tiny", fuel=True)  # its fuel flavour is not published
+    assert woken  # the jobs waiting for it are dispatched
+    assert shared.folder("tiny") is not None
+    assert (tmp_path / "slots" / "runtimes" / str(shared.folder("tiny")) / "module.wasm").is_file()
 
 
 def test_a_missing_interpreter_names_the_key(tmp_path: Path) -> None:

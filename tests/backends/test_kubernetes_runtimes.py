@@ -1,0 +1,226 @@
+"""Runtimes on the Kubernetes backend (fake API server and kubelet, real agents):
+poold publishes each runtime and its compiled form to the shared volume, runner pods
+mount it read-only and run the interpreter from there, never from their slot, and
+never compile it.
+
+The runner pods' own compile cache (``/cache``) is an empty folder of its own here,
+not poold's: a job can only start from what poold published."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from poold.config import InterpreterSettings
+from poold.daemon import Daemon
+from poold.modules.shared import COMPILED
+from poold.runtime.engine import artifact_path
+from poold.sched import scheduler
+from tests.fakekube import FakeApiServer, FakeKubelet
+from tests.runtime.test_python import COMPILE_TIMEOUT_S, python_runtime  # noqa: F401
+from tests.support.daemon import Client, make_settings, wait_done
+from tests.support.wasm_fixtures import module
+
+TEMPLATE = Path(__file__).parent / "runner-pod.yaml"
+FAKE_WASMEDGE = Path(__file__).resolve().parents[1] / "fixtures" / "fake_wasmedge.py"
+
+Start = Callable[..., Any]
+
+
+def _tiny(tmp: Path) -> InterpreterSettings:
+    interp = tmp / "tiny.wasm"
+    interp.write_bytes(module("tinyinterp"))
+    lib = tmp / "lib"
+    lib.mkdir()
+    (lib / "data.txt").write_text("from the mount\n")
+    return InterpreterSettings(module=interp, mounts={"/lib": lib}, script_name="script")
+
+
+@pytest.fixture
+async def kube(tmp_path: Path, broker: str) -> AsyncIterator[Start]:
+    """``await start(runtimes, engine=...)``: a daemon on the Kubernetes backend whose
+    runner pods get an empty compile cache of their own."""
+    slots = tmp_path / "slots"
+    slots.mkdir()
+    pods_cache = tmp_path / "pods-cache"
+    pods_cache.mkdir()
+    daemons: list[Daemon] = []
+    async with FakeApiServer() as api, FakeKubelet(
+        api, pvc_paths={"poold-slots": slots, "poold-cache": pods_cache}, max_grace=1.0,
+        base_env={**os.environ, "POOLD_AGENT_WASMEDGE": str(FAKE_WASMEDGE),
+                  # the stand-in runs the module with this interpreter's wasmtime
+                  "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+    ):
+
+        async def start(runtimes: dict[str, InterpreterSettings], **overrides: Any) -> Daemon:
+            options: dict[str, Any] = {
+                "pool__backend": "kubernetes", "kubernetes__pod_template": str(TEMPLATE),
+                "kubernetes__namespace": "poold", "kubernetes__leader_election": "false",
+                "pool__start_timeout_s": "60", "pool__min_idle": "1", **overrides}
+            settings = make_settings(tmp_path, broker, **options)
+            settings = settings.model_copy(update={"runtimes": runtimes})
+            daemon = Daemon(settings, kube_configuration=api.client_configuration())
+            daemons.append(daemon)
+            await daemon.start()
+            return daemon
+
+        try:
+            yield start
+        finally:
+            for daemon in daemons:
+                await daemon.stop()
+
+
+async def _ready(daemon: Daemon, name: str, *, within_s: float = 60) -> dict[str, Any]:
+    assert daemon.shared is not None
+    runtime = daemon.api.runtimes[name] if daemon.api else None
+    assert runtime is not None and runtime.sha256 is not None
+    await daemon.shared.wait(name, runtime.sha256, fuel=False, within_s=within_s)
+    pool = daemon.pool
+    assert pool is not None
+    await pool.wait_until(lambda: pool.figures()["idle"] >= 1, 60)
+    return {"sha256": runtime.sha256}
+
+
+async def _run(client: Client, runtime: str, timeout: float = 60,
+               **fields: Any) -> dict[str, Any]:
+    job = await client.json("POST", "/v1/jobs", 202, json={"runtime": runtime, **fields})
+    await wait_done(client.daemon, job["id"], timeout=timeout)
+    done: dict[str, Any] = await client.json("GET", f"/v1/jobs/{job['id']}", 200)
+    return done
+
+
+@pytest.fixture
+def deliveries(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every file poold places into a slot (the module of a job, before job.json)."""
+    placed: list[Path] = []
+    real = scheduler.place_atomic
+
+    def spy(src: Path, path: Path, *, fsync: bool = True) -> None:
+        placed.append(path)
+        real(src, path, fsync=fsync)
+
+    monkeypatch.setattr(scheduler, "place_atomic", spy)
+    return placed
+
+
+async def test_a_runtime_job_runs_from_the_shared_volume(
+        kube: Start, tmp_path: Path, deliveries: list[Path]) -> None:
+    daemon = await kube({"tiny": _tiny(tmp_path)})
+    async with aiohttp.ClientSession() as session:
+        client = Client(daemon, session, "alpha")
+        ready = await _ready(daemon, "tiny")
+        [listed] = (await client.json("GET", "/v1/runtimes", 200))["runtimes"]
+        assert listed["state"] == "ready", listed
+        shared = daemon.settings.slots.root / "runtimes"
+        [folder] = [p for p in shared.iterdir() if p.name.startswith("tiny-")]
+        assert (folder / "module.wasm").read_bytes() == module("tinyinterp")
+        assert (folder / "mounts/0/data.txt").read_text() == "from the mount\n"
+        assert artifact_path(shared / COMPILED, ready["sha256"], fuel=False).is_file()
+
+        job = await _run(client, "tiny", script="line one\n", input=["in a", "in b"])
+        assert job["state"] == "succeeded", job
+        out = (await client.text(f"/v1/jobs/{job['id']}/output")).splitlines()
+        assert out == ["line one", "in a", "in b", "from the mount"]
+        assert job["usage"]["memory_peak_bytes"], job["usage"]  # metered by wasmtime
+
+        plain = await client.run(module("upper"), input=["x"])
+        assert plain["state"] == "succeeded", plain
+    # the interpreter never went into a slot; a plain module still does
+    assert [p.name for p in deliveries] == ["module.wasm"]
+    assert deliveries[0].parent.parent.name == plain["pod"]
+    assert not list((tmp_path / "pods-cache").rglob(f"{ready['sha256']}.*"))  # no pod compiled it
+
+
+@pytest.mark.parametrize(("mode", "what"), [
+    ("w", "create a file in the read-only mount"),
+    ("e", "read outside its mount"),
+])
+async def test_a_runtime_job_cannot_write_its_mounts_in_a_pod(
+        kube: Start, tmp_path: Path, mode: str, what: str) -> None:
+    daemon = await kube({"tiny": _tiny(tmp_path)})
+    async with aiohttp.ClientSession() as session:
+        client = Client(daemon, session, "alpha")
+        await _ready(daemon, "tiny")
+        folder = next((daemon.settings.slots.root / "runtimes").glob("tiny-*"))
+        (folder / "mounts" / "escape.txt").write_text("beside the mount\n")  # ../escape.txt
+        job = await _run(client, "tiny", script="x\n", args=[mode])
+        assert job["state"] == "failed", f"could {what}: {job}"
+        assert job["exit_code"] == 13
+        assert "refused" in await client.text(f"/v1/jobs/{job['id']}/logs")
+    assert not (folder / "mounts/0/new.txt").exists()
+
+
+async def test_on_wasmedge_pods_a_runtime_job_runs_on_wasmtime(
+        kube: Start, tmp_path: Path) -> None:
+    """WasmEdge's CLI cannot mount read-only (its driver refuses such a job) nor run a
+    compiled interpreter: the runtime's job takes the wasmtime driver, a plain module
+    keeps the pod's engine."""
+    daemon = await kube({"tiny": _tiny(tmp_path)}, runtime__engine="wasmedge")
+    async with aiohttp.ClientSession() as session:
+        client = Client(daemon, session, "alpha")
+        await _ready(daemon, "tiny")
+        job = await _run(client, "tiny", script="on wasmtime\n")
+        assert job["state"] == "succeeded", job
+        assert (await client.text(f"/v1/jobs/{job['id']}/output")).splitlines() == [
+            "on wasmtime", "from the mount"]
+        assert job["usage"]["memory_peak_bytes"], job["usage"]
+        plain = await client.run(module("upper"), input=["on wasmedge"])
+        assert plain["state"] == "succeeded", plain
+        assert plain["usage"]["memory_peak_bytes"] is None  # WasmEdge's CLI does not say
+
+
+async def test_a_job_of_an_unpublished_runtime_never_compiles_it_in_a_pod(
+        kube: Start, tmp_path: Path) -> None:
+    """The backstop: were a job to reach a pod before the compiled interpreter is on
+    the volume, it ends ``error`` saying so instead of compiling in the pod."""
+    daemon = await kube({"tiny": _tiny(tmp_path)})
+    async with aiohttp.ClientSession() as session:
+        client = Client(daemon, session, "alpha")
+        ready = await _ready(daemon, "tiny")
+        artifact_path(daemon.settings.slots.root / "runtimes" / COMPILED, ready["sha256"],
+                      fuel=False).unlink()
+        job = await _run(client, "tiny", script="x\n")
+        assert job["state"] == "error", job
+        assert "not compiled for this worker" in job["error"], job["error"]
+    assert not list((tmp_path / "pods-cache").rglob(f"{ready['sha256']}.*"))
+
+
+@pytest.mark.timeout(COMPILE_TIMEOUT_S + 300)
+async def test_a_python_script_runs_in_a_runner_pod(
+        kube: Start, tmp_path: Path, deliveries: list[Path],
+        python_runtime: tuple[InterpreterSettings, Path],  # noqa: F811
+) -> None:
+    python, cache = python_runtime
+    daemon = await kube({"python": python}, runtime__cache_dir=str(cache))
+    async with aiohttp.ClientSession() as session:
+        client = Client(daemon, session, "alpha")
+        ready = await _ready(daemon, "python", within_s=300)
+        script = (
+            "import sys\n"
+            "for line in sys.stdin:\n"
+            "    print(line.rstrip('\\n')[::-1])\n"
+            "try:\n"
+            "    open('/usr/local/lib/evil.txt', 'w')\n"
+            "    print('stdlib writable', file=sys.stderr)\n"
+            "except OSError as e:\n"
+            "    print('stdlib refused', type(e).__name__, file=sys.stderr)\n"
+            "print(sys.version_info[:2], file=sys.stderr)\n"
+        )
+        job = await _run(client, "python", timeout=120, script=script,
+                         input=["hello", "world"])
+        assert job["state"] == "succeeded", job
+        assert (await client.text(f"/v1/jobs/{job['id']}/output")).splitlines() == [
+            "olleh", "dlrow"]
+        logs = await client.text(f"/v1/jobs/{job['id']}/logs")
+        assert "stdlib refused" in logs and "(3, " in logs, logs
+        failed = await _run(client, "python", timeout=120, script="raise SystemExit(3)\n")
+        assert failed["state"] == "failed" and failed["exit_code"] == 3, failed
+    assert deliveries == []  # 100 MB never copied into a slot
+    assert not list((tmp_path / "pods-cache").rglob(f"{ready['sha256']}.*"))
