@@ -8,6 +8,9 @@ import re
 
 import pytest
 
+from poold.backends.podtemplate import render
+from poold.types import PodName
+
 from .manifests import (
     OVERLAYS,
     REPO,
@@ -143,6 +146,19 @@ def test_every_pod_spec_meets_the_restricted_profile(
     assert len(specs) == 3  # poold in dev and prod, and the runner template
     problems = [f"{where}: {v}" for where, spec in specs for v in restricted_violations(spec)]
     assert not problems, "\n".join(problems)
+
+
+def test_a_runner_pod_with_the_runtimes_mount_meets_the_restricted_profile(
+    runner_template: Object,
+) -> None:
+    """With [runtimes.*] poold adds a read-only mount of the slot volume's runtimes
+    folder to each runner pod: still the restricted profile, and still only PVCs."""
+    pod = render(runner_template, name=PodName("poold-runner-abc"), pool="default", env={},
+                 runtimes="/runtimes")
+    assert restricted_violations(pod["spec"]) == []
+    mounts = pod["spec"]["containers"][0]["volumeMounts"]
+    assert {"name": "slot", "mountPath": "/runtimes", "subPath": "runtimes",
+            "readOnly": True} in mounts
 
 
 def test_the_restricted_check_catches_a_bad_pod(runner_template: Object) -> None:
