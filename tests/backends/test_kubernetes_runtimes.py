@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from poold.config import InterpreterSettings
 from poold.daemon import Daemon
+from poold.modules import shared as shared_module
 from poold.modules.shared import COMPILED
 from poold.runtime.engine import artifact_path
 from poold.sched import scheduler
@@ -224,3 +226,41 @@ async def test_a_python_script_runs_in_a_runner_pod(
         assert failed["state"] == "failed" and failed["exit_code"] == 3, failed
     assert deliveries == []  # 100 MB never copied into a slot
     assert not list((tmp_path / "pods-cache").rglob(f"{ready['sha256']}.*"))
+
+
+async def test_a_job_waits_queued_until_its_runtime_is_published(
+        kube: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled in poold's cache is not enough on Kubernetes: until the compiled form is
+    on the shared volume the runtime is `compiling` and its jobs wait without a worker."""
+    gate = threading.Event()
+    real = shared_module.publish_artifact
+
+    def held(*args: Any, **kw: Any) -> bool:
+        gate.wait(60)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(shared_module, "publish_artifact", held)
+    daemon = await kube({"tiny": _tiny(tmp_path)})
+    try:
+        pool = daemon.pool
+        assert pool is not None and daemon.modules is not None
+        await pool.wait_until(lambda: pool.figures()["idle"] >= 1, 60)
+        async with aiohttp.ClientSession() as session:
+            client = Client(daemon, session, "alpha")
+            [listed] = (await client.json("GET", "/v1/runtimes", 200))["runtimes"]
+            assert listed["state"] == "compiling", listed
+            job = await client.json("POST", "/v1/jobs", 202,
+                                    json={"runtime": "tiny", "script": "waited\n"})
+            record = await client.json("GET", f"/v1/jobs/{job['id']}", 200)
+            assert record["state"] == "queued" and record["pod"] is None, record
+            assert pool.figures()["idle"] >= 1  # a worker was there; the job did not take it
+            gate.set()
+            await wait_done(daemon, job["id"])
+            done = await client.json("GET", f"/v1/jobs/{job['id']}", 200)
+            assert done["state"] == "succeeded", done
+            assert (await client.text(f"/v1/jobs/{job['id']}/output")).splitlines() == [
+                "waited", "from the mount"]
+            [listed] = (await client.json("GET", "/v1/runtimes", 200))["runtimes"]
+            assert listed["state"] == "ready", listed
+    finally:
+        gate.set()
