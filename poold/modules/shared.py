@@ -92,6 +92,12 @@ def runtime_digest(module_sha256: str, mounts: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _folder(path: Path) -> None:
+    """A folder runner pods can list whatever poold's umask (they may run as another user)."""
+    path.mkdir(exist_ok=True)
+    os.chmod(path, 0o755)
+
+
 def _copy_file(src: Path, dst: Path, *, fsync: bool) -> None:
     with open(src, "rb") as fin, open(dst, "xb") as fout:
         shutil.copyfileobj(fin, fout, CHUNK)
@@ -115,17 +121,20 @@ def publish_files(
     target = root / folder
     if target.is_dir():
         return folder
-    root.mkdir(parents=True, exist_ok=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    _folder(root)
     tmp = root / f".{folder}.{secrets.token_hex(4)}.tmp"
     try:
-        tmp.mkdir(mode=0o755)
+        _folder(tmp)
         place_atomic(module, tmp / MODULE, fsync=fsync)
+        os.chmod(tmp / MODULE, 0o644)  # a hard link shares the mode of poold's own copy
         for n, source in enumerate(mounts):
             dest = tmp / MOUNTS / str(n)
-            dest.mkdir(parents=True, mode=0o755)
+            _folder(dest.parent)
+            _folder(dest)
             for relative, path in _entries(source):
                 if relative.endswith("/"):
-                    (dest / relative).mkdir(mode=0o755)
+                    _folder(dest / relative)
                 else:
                     _copy_file(path, dest / relative, fsync=fsync)
             if fsync:
@@ -164,8 +173,12 @@ def publish_artifact(root: Path, cache: CompileCache, sha256: str, *, fuel: bool
     source = cache.path(sha256, fuel=fuel)
     if not source.is_file():
         return False
-    target.parent.mkdir(parents=True, exist_ok=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    _folder(root)
+    for below in reversed(target.relative_to(root).parents[:-1]):
+        _folder(root / below)
     place_atomic(source, target, fsync=fsync)
+    os.chmod(target, 0o644)
     return True
 
 

@@ -224,6 +224,15 @@ async def test_a_python_script_runs_in_a_runner_pod(
         assert "stdlib refused" in logs and "(3, " in logs, logs
         failed = await _run(client, "python", timeout=120, script="raise SystemExit(3)\n")
         assert failed["state"] == "failed" and failed["exit_code"] == 3, failed
+        # the fuel-metered flavour is published too, and metered in the pod
+        assert daemon.shared is not None
+        await daemon.shared.wait("python", ready["sha256"], fuel=True, within_s=300)
+        metered = await _run(client, "python", timeout=120, script="print(sum(range(1000)))\n",
+                             limits={"fuel": 10**10})
+        assert metered["state"] == "succeeded", metered
+        assert metered["usage"]["fuel_consumed"] > 0, metered["usage"]
+        assert (await client.text(f"/v1/jobs/{metered['id']}/output")).splitlines() == [
+            "499500"]
     assert deliveries == []  # 100 MB never copied into a slot
     assert not list((tmp_path / "pods-cache").rglob(f"{ready['sha256']}.*"))
 

@@ -107,3 +107,23 @@ def test_the_compiled_interpreter_is_published_in_the_cache_layout(
     assert published.read_bytes() == cache.path(sha, fuel=False).read_bytes()
     assert [p.name for p in published.parent.iterdir()] == [published.name]  # no temp file
     assert publish_artifact(root, cache, sha, fuel=True, fsync=False) is False
+
+
+def test_what_is_published_is_readable_whatever_poolds_umask(
+        tmp_path: Path, runtime: tuple[Path, str, list[Path]]) -> None:
+    """Runner pods may run as another user than poold."""
+    interp, sha, mounts = runtime
+    root = tmp_path / "runtimes"
+    cache = CompileCache(tmp_path / "cache")
+    cache.precompile(sha, interp)
+    old = os.umask(0o077)
+    try:
+        folder = publish_files(root, name="tiny", module=interp, module_sha256=sha,
+                               mounts=mounts, fsync=False)
+        publish_artifact(root, cache, sha, fuel=False, fsync=False)
+    finally:
+        os.umask(old)
+    for path in [root, *root.rglob("*")]:
+        want = 0o755 if path.is_dir() else 0o644
+        assert path.stat().st_mode & 0o777 == want, path
+    assert (root / folder).is_dir()
