@@ -95,7 +95,7 @@ def runtime_digest(module_sha256: str, mounts: list[Path]) -> str:
 def _folder(path: Path) -> None:
     """A folder runner pods can list whatever poold's umask (they may run as another user)."""
     path.mkdir(exist_ok=True)
-    os.chmod(path, 0o755)
+    os.chmod(path, 0o755)  # noqa: S103 - read-only for pods, which may be another user
 
 
 def _copy_file(src: Path, dst: Path, *, fsync: bool) -> None:
