@@ -212,6 +212,9 @@ class SharedRuntimes:
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._listeners: list[Callable[[], None]] = []
+        # there before the first runner pod mounts it, even with nothing to publish
+        root.parent.mkdir(parents=True, exist_ok=True)
+        _folder(root)
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever something more is published (or failed to be)."""
