@@ -26,7 +26,7 @@ from poold.runtime.engine import artifact_path
 from poold.sched import scheduler
 from tests.fakekube import FakeApiServer, FakeKubelet
 from tests.runtime.test_python import COMPILE_TIMEOUT_S, python_runtime  # noqa: F401
-from tests.support.daemon import Client, make_settings, wait_done
+from tests.support.daemon import Client, make_settings, until_running, wait_done
 from tests.support.wasm_fixtures import module
 
 TEMPLATE = Path(__file__).parent / "runner-pod.yaml"
@@ -58,7 +58,7 @@ async def kube(tmp_path: Path, broker: str) -> AsyncIterator[Start]:
         base_env={**os.environ, "POOLD_AGENT_WASMEDGE": str(FAKE_WASMEDGE),
                   # the stand-in runs the module with this interpreter's wasmtime
                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
-    ):
+    ) as kubelet:
 
         async def start(runtimes: dict[str, InterpreterSettings], **overrides: Any) -> Daemon:
             options: dict[str, Any] = {
@@ -71,6 +71,8 @@ async def kube(tmp_path: Path, broker: str) -> AsyncIterator[Start]:
             daemons.append(daemon)
             await daemon.start()
             return daemon
+
+        start.kubelet = kubelet  # type: ignore[attr-defined]  # for a pod's process id
 
         try:
             yield start
@@ -286,3 +288,47 @@ async def test_a_job_waits_queued_until_its_runtime_is_published(
             assert listed["state"] == "ready", listed
     finally:
         gate.set()
+
+
+def _data_limit(pid: int) -> str:
+    """The soft RLIMIT_DATA of a process, as /proc shows it ("unlimited" or bytes)."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max data size"):
+            return line.split()[3]
+    raise AssertionError(f"no data limit for {pid}")
+
+
+async def test_the_workers_memory_cap_follows_the_driver_a_job_runs_on(
+        kube: Start, tmp_path: Path) -> None:
+    """On a WasmEdge pod the agent caps its own data (RLIMIT_DATA) only for a runtime's
+    job, which runs in it on wasmtime; a module's job on the same pod afterwards (a hot
+    pod, pool.reuse) runs WasmEdge as a child, which inherits the limit, so it gets
+    the worker's own limit back."""
+    reactor = tmp_path / "reactor.wasm"
+    reactor.write_bytes(module("tinyreactor"))
+    daemon = await kube({"tiny": _tiny(tmp_path), "reactor": InterpreterSettings(module=reactor)},
+                        runtime__engine="wasmedge", pool__reuse="tenant")
+    kubelet: FakeKubelet = kube.kubelet  # type: ignore[attr-defined]
+    async with aiohttp.ClientSession() as session:
+        client = Client(daemon, session, "alpha")
+        await _ready(daemon, "tiny")
+        await _ready(daemon, "reactor")
+        first = await _run(client, "tiny", script="x\n")
+        assert first["state"] == "succeeded", first
+        pod = first["pod"]
+        before = _data_limit(kubelet.processes[pod])
+        assert before != "unlimited"  # capped for the runtime's job, and still
+
+        spin = await client.submit(await client.upload(module("spin")),
+                                   limits={"timeout_s": 30})
+        running = await until_running(daemon, spin["id"])
+        assert running.pod == pod  # the hot pod of this tenant
+        assert _data_limit(kubelet.processes[pod]) == "unlimited"
+        await client.json("DELETE", f"/v1/jobs/{spin['id']}", 200)
+
+        job = await client.json("POST", "/v1/jobs", 202, json={
+            "runtime": "reactor", "script": "", "args": ["spin"], "limits": {"timeout_s": 30}})
+        running = await until_running(daemon, job["id"])
+        capped = _data_limit(kubelet.processes[str(running.pod)])
+        assert capped != "unlimited"
+        await client.json("DELETE", f"/v1/jobs/{job['id']}", 200)
