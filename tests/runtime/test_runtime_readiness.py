@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from poold.jobs.model import Job, JobState
 from poold.runtime.engine import CompileCache
 from poold.types import JobId, ModuleHash
 from tests.support.cli import environ, poold
+from tests.support.compiles import compile_held
 from tests.support.daemon import TOKENS, Client, make_settings, serving, wait_done
 from tests.support.procs import children, cmdline
 from tests.support.wasm_fixtures import module, with_custom_section
@@ -54,22 +54,10 @@ class Reactor:
             update={"runtimes": {"tiny": InterpreterSettings(module=path)}})
         self.cache = CompileCache(self.settings.cache_dir)
 
-    @contextlib.contextmanager
-    def held(self, *, fuel: bool) -> Iterator[Callable[[], None]]:
+    def held(self, *, fuel: bool) -> contextlib.AbstractContextManager[Callable[[], None]]:
         """Hold the flavour's compilation until the function given is called (or the
         block ends)."""
-        lock_path = self.cache.path(self.sha, fuel=fuel).with_suffix(".lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+b") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-
-            def release() -> None:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-            try:
-                yield release
-            finally:
-                release()
+        return compile_held(self.cache, self.sha, fuel=fuel)
 
 
 @pytest.fixture
