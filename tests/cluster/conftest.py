@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
+from tests.runtime.test_python import python_runtime  # noqa: F401 - a fixture
+
 from .controlplane import HOW_TO_ENABLE, NODE, REPO, ControlPlane, built
 from .helpers import (
     NAMESPACE,

@@ -11,16 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from poold.config import KubernetesSettings, Settings
+from tests.support.daemon import make_settings
+
 from .controlplane import REPO, ControlPlane
 
 NAMESPACE = "poold"
 RUNNER = "app.kubernetes.io/name=poold-runner"
 TEMPLATE = REPO / "deploy" / "runner" / "pod-template.yaml"
-RUNTIMES_MOUNT = {"name": "slot", "mountPath": "/runtimes", "subPath": "runtimes",
-                  "readOnly": True}
-"""The second mount of the slot volume a runner pod gets when runtimes are configured
-(docs/runtimes.md, Backends): the runtimes' files and compiled interpreters poold
-publishes under ``<slots.root>/runtimes``, read-only."""
+RUNTIMES = KubernetesSettings().runtimes_mount_path
+"""Where runner pods mount the runtimes poold publishes (kubernetes.runtimes_mount_path's
+default): ``render(..., runtimes=RUNTIMES)`` adds that read-only mount of the slot volume."""
 
 
 def kubectl_path() -> str:
@@ -61,6 +62,23 @@ def wait_for_default_account(plane: ControlPlane, namespace: str) -> None:
 class Account:
     name: str
     kubeconfig: Path
+
+
+def settings_for(tmp_path: Path, broker: str, account: Account, pool_name: str,
+                 **overrides: Any) -> Settings:
+    """poold's test settings (tests.support.daemon) on the Kubernetes backend, as poold's
+    ServiceAccount, its runner pods owned by the Deployment deploy/ creates."""
+    options: dict[str, Any] = {
+        "pool__backend": "kubernetes",
+        "kubernetes__kubeconfig": str(account.kubeconfig),
+        "kubernetes__pod_template": str(TEMPLATE),
+        "kubernetes__pool_name": pool_name,
+        "kubernetes__lease_name": f"poold-leader-{pool_name}",
+        "kubernetes__owner_deployment": "poold",
+        "pool__start_timeout_s": "60",
+    }
+    options.update(overrides)
+    return make_settings(tmp_path, broker, **options)
 
 
 def service_account_kubeconfig(plane: ControlPlane, account: str, path: Path) -> Path:

@@ -23,13 +23,13 @@ from poold.backends.podtemplate import load_template, render
 from poold.config import ConfigError, KubernetesSettings
 from poold.daemon import Daemon
 from poold.types import JobId, PodName
-from tests.support.daemon import Client, make_settings
+from tests.support.daemon import Client
 from tests.support.wasm_fixtures import module
 
 from .controlplane import REPO, ControlPlane
 from .helpers import (
     NAMESPACE,
-    RUNTIMES_MOUNT,
+    RUNTIMES,
     TEMPLATE,
     Account,
     Applied,
@@ -37,25 +37,11 @@ from .helpers import (
     audit_calls,
     kubectl,
     pods_of,
+    settings_for,
 )
 from .kubelet import KubeletStandIn, configuration
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def settings_for(tmp_path: Path, broker: str, account: Account, pool_name: str,
-                 **overrides: Any) -> Any:
-    options: dict[str, Any] = {
-        "pool__backend": "kubernetes",
-        "kubernetes__kubeconfig": str(account.kubeconfig),
-        "kubernetes__pod_template": str(TEMPLATE),
-        "kubernetes__pool_name": pool_name,
-        "kubernetes__lease_name": f"poold-leader-{pool_name}",
-        "kubernetes__owner_deployment": "poold",
-        "pool__start_timeout_s": "60",
-    }
-    options.update(overrides)
-    return make_settings(tmp_path, broker, **options)
 
 
 @pytest.fixture
@@ -116,23 +102,24 @@ async def test_a_runner_pod_with_the_runtimes_mount_is_admitted_under_the_restri
     on each node and mounting that folder (a hostPath volume) would be refused. Read-only
     is the mount's own flag, which admission keeps as written but does not require."""
     pod = render(load_template(TEMPLATE), name=PodName(f"poold-w-{pool_name}rt"),
-                 pool=pool_name, env={"POOLD_AGENT_KAFKA": "kafka:9092",
-                                      "POOLD_AGENT_RUNTIMES": "/runtimes"})
-    pod["spec"]["containers"][0]["volumeMounts"].append(dict(RUNTIMES_MOUNT))
+                 pool=pool_name, env={"POOLD_AGENT_KAFKA": "kafka:9092"}, runtimes=RUNTIMES)
     created = await admin_core.create_namespaced_pod(NAMESPACE, pod, dry_run="All")
-    mounts = {m.mount_path: m for m in created.spec.containers[0].volume_mounts}
-    assert (mounts["/runtimes"].name, mounts["/runtimes"].sub_path,
-            mounts["/runtimes"].read_only) == ("slot", "runtimes", True)
+    agent = created.spec.containers[0]
+    mounts = {m.mount_path: m for m in agent.volume_mounts}
+    assert (mounts[RUNTIMES].name, mounts[RUNTIMES].sub_path,
+            mounts[RUNTIMES].read_only) == ("slot", "runtimes", True)
     assert mounts["/slot"].name == "slot" and not mounts["/slot"].read_only
     [slot] = [v for v in created.spec.volumes if v.name == "slot"]
     assert slot.persistent_volume_claim.claim_name == "poold-slots"
+    assert {e.name: e.value for e in agent.env}["POOLD_AGENT_RUNTIMES"] == RUNTIMES
 
     # the control: the same folder from the node's disk instead of the shared volume
     on_node = copy.deepcopy(pod)
     on_node["spec"]["volumes"].append({"name": "runtimes", "hostPath": {
         "path": "/var/lib/poold/runtimes", "type": "Directory"}})
-    on_node["spec"]["containers"][0]["volumeMounts"][-1] = {
-        "name": "runtimes", "mountPath": "/runtimes", "readOnly": True}
+    on_node["spec"]["containers"][0]["volumeMounts"] = [
+        m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["mountPath"] != RUNTIMES
+    ] + [{"name": "runtimes", "mountPath": RUNTIMES, "readOnly": True}]
     with pytest.raises(ApiException) as refused:
         await admin_core.create_namespaced_pod(NAMESPACE, on_node, dry_run="All")
     assert refused.value.status == 403

@@ -4,17 +4,36 @@ volume read-only, run by the kubelet stand-in."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from poold.atomic import place_atomic
 from poold.backends.podtemplate import load_template, render
+from poold.config import InterpreterSettings
+from poold.daemon import Daemon
+from poold.runtime.digest import file_sha256
+from poold.runtime.engine import CompileCache
 from poold.types import PodName
+from tests.support.compiles import compile_held
+from tests.support.daemon import Client, pool_filled, wait_done
 
 from .controlplane import ControlPlane
-from .helpers import NAMESPACE, RUNTIMES_MOUNT, TEMPLATE, akubectl
+from .helpers import (
+    NAMESPACE,
+    RUNTIMES,
+    TEMPLATE,
+    Account,
+    akubectl,
+    pods_of,
+    settings_for,
+)
 from .kubelet import KubeletStandIn, read_only_unavailable
 
 pytestmark = pytest.mark.timeout(600)
@@ -39,10 +58,12 @@ async def test_the_standin_makes_a_read_only_mount_read_only_for_the_pod(
     runtimes = tmp_path / "slots" / "runtimes"  # the stand-in's poold-slots, subPath runtimes
     for read_only, phase in ((True, "Failed"), (False, "Succeeded")):
         name = PodName(f"poold-w-{pool_name}{'ro' if read_only else 'rw'}")
-        pod = render(load_template(TEMPLATE), name=name, pool=pool_name, env={})
+        pod = render(load_template(TEMPLATE), name=name, pool=pool_name, env={},
+                     runtimes=RUNTIMES)
         container = pod["spec"]["containers"][0]
-        container["volumeMounts"].append({**RUNTIMES_MOUNT, "readOnly": read_only})
-        container["command"] = ["touch", f"/runtimes/{name}"]
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == RUNTIMES]
+        mount["readOnly"] = read_only
+        container["command"] = ["touch", f"{RUNTIMES}/{name}"]
         await admin_core.create_namespaced_pod(NAMESPACE, pod)
         await akubectl(deployed, "wait", f"--for=jsonpath={{.status.phase}}={phase}",
                        f"pod/{name}", "-n", NAMESPACE, "--timeout=60s")
@@ -53,3 +74,132 @@ async def test_the_standin_makes_a_read_only_mount_read_only_for_the_pod(
         else:
             assert (runtimes / name).is_file(), log
         await admin_core.delete_namespaced_pod(name, NAMESPACE)
+
+
+# -- a Python job end to end: poold publishes CPython, a runner pod runs the script --------
+
+
+async def test_a_python_script_runs_in_a_runner_pod_from_the_shared_volume(
+    deployed: ControlPlane, standin: KubeletStandIn, poold_account: Account, pool_name: str,
+    broker: str, tmp_path: Path, python_runtime: tuple[InterpreterSettings, Path],
+) -> None:
+    """deploy/'s setup: runner pods on WasmEdge (runtime.engine, and no WasmEdge CLI here,
+    so a job that reached it would fail), the interpreter published by poold. Each flavour
+    is ready, and its jobs leave the queue, only once its compiled form is on the volume."""
+    python, compiled = python_runtime
+    sha, _ = file_sha256(python.module)
+    cache = CompileCache(tmp_path / "compiled")  # poold's: empty, its compiles held below,
+    # as by another compiler at work (another replica's), which then leaves the artifacts
+    settings = settings_for(tmp_path, broker, poold_account, pool_name,
+                            runtime__cache_dir=str(cache.root.parent), runtime__engine="wasmedge")
+    settings = settings.model_copy(update={"runtimes": {"python": python}})
+    shared = settings.slots.root / "runtimes"
+    published = CompileCache(shared / "compiled")
+    daemon = Daemon(settings)
+
+    def compiled_meanwhile(release: Callable[[], None], *, fuel: bool) -> None:
+        """What the compiler holding the lock would leave: the artifact in place."""
+        place_atomic(CompileCache(compiled).path(sha, fuel=fuel), cache.path(sha, fuel=fuel),
+                     fsync=False)
+        release()
+
+    with contextlib.ExitStack() as held:
+        plain = held.enter_context(compile_held(cache, sha, fuel=False))
+        fuel = held.enter_context(compile_held(cache, sha, fuel=True))
+        try:
+            await daemon.start()
+            await asyncio.wait_for(daemon.active.wait(), 60)
+            async with aiohttp.ClientSession() as session:
+                alpha = Client(daemon, session, "alpha")
+
+                async def listed() -> dict[str, Any]:
+                    [found] = (await alpha.json("GET", "/v1/runtimes", 200))["runtimes"]
+                    assert found["name"] == "python" and found["module"] == sha, found
+                    return dict(found)
+
+                async def until_ready(flavour: str) -> None:
+                    """Polls: ready at the first answer that says so, and only with the
+                    flavour's compiled interpreter on the shared volume."""
+                    async with asyncio.timeout(120):
+                        while (state := (await listed())["flavours"][flavour]) != "ready":
+                            assert state == "compiling", state
+                            await asyncio.sleep(0.02)
+                    assert published.has(sha, fuel=flavour == "fuel"), flavour
+
+                first = await listed()
+                assert (first["state"], first["flavours"]) == (
+                    "compiling", {"plain": "compiling", "fuel": "compiling"}), first
+                metered = await alpha.json("POST", "/v1/jobs", 202, json={
+                    "runtime": "python", "script": "print(sum(range(1000)))\n",
+                    "limits": {"fuel": 2_000_000_000}})
+                compiled_meanwhile(plain, fuel=False)
+                await until_ready("plain")
+                assert not published.has(sha, fuel=True)
+                await _jobs(deployed, daemon, alpha, pool_name, shared)
+                # the jobs above came and went; the fuel flavour's job still waits
+                waiting = await alpha.json("GET", f"/v1/jobs/{metered['id']}", 200)
+                assert (waiting["state"], waiting["pod"]) == ("queued", None), waiting
+                compiled_meanwhile(fuel, fuel=True)
+                await until_ready("fuel")
+                await wait_done(daemon, metered["id"], timeout=120)
+                done = await alpha.json("GET", f"/v1/jobs/{metered['id']}", 200)
+                assert done["state"] == "succeeded" and done["usage"]["fuel_consumed"] > 0, done
+                assert await alpha.text(f"/v1/jobs/{metered['id']}/output") == "499500\n"
+        finally:
+            await daemon.stop()
+    # the pods read the interpreter compiled, from the shared folder: none compiled it
+    assert not list(standin.workdir.glob(f"pods/*/volumes/**/{sha}.cwasm"))
+
+
+async def _run(client: Client, script: str, **fields: Any) -> dict[str, Any]:
+    job = await client.json("POST", "/v1/jobs", 202,
+                            json={"runtime": "python", "script": script, **fields})
+    await wait_done(client.daemon, job["id"], timeout=120)
+    done: dict[str, Any] = await client.json("GET", f"/v1/jobs/{job['id']}", 200)
+    return done
+
+
+async def _jobs(plane: ControlPlane, daemon: Daemon, alpha: Client, pool_name: str,
+                shared: Path) -> None:
+    pool = daemon.pool
+    assert pool is not None
+    await pool.wait_until(lambda: pool_filled(pool), 120)
+    pods = await pods_of(plane, pool_name)
+    script = (
+        "import sys\n"
+        "n = 0\n"
+        "for line in sys.stdin:\n"
+        "    n += 1\n"
+        "    print(line.rstrip('\\n').upper())\n"
+        "print(f'{n} records, args {sys.argv[1:]}', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    )
+    job = await _run(alpha, script, input=["hello pod", "über"], args=["-x", "y"])
+    assert job["pod"] in pods, (job, pods)  # a runner pod of this pool ran it
+    assert (job["state"], job["exit_code"]) == ("failed", 3), job
+    assert job["runtime"] == "python"
+    out = await alpha.text(f"/v1/jobs/{job['id']}/output")
+    assert out.splitlines() == ["HELLO POD", "ÜBER"]
+    assert "2 records, args ['-x', 'y']" in await alpha.text(f"/v1/jobs/{job['id']}/logs")
+
+    # the runtime's mount is the published copy, read-only: writing there fails the
+    # script with the interpreter's own error, and nothing lands on the volume; a path
+    # that climbs out of it to the interpreter's folder is refused as well
+    script = (
+        "import sys\n"
+        "try:\n"
+        "    open('/usr/local/lib/../../module.wasm', 'rb')\n"
+        "    print('escaped')\n"
+        "except OSError as e:\n"
+        "    print('escape refused', type(e).__name__)\n"
+        "open('/out/kept.txt', 'w').write('kept')\n"
+        "open('/usr/local/lib/written-by-a-job.txt', 'w').write('no')\n"
+    )
+    job = await _run(alpha, script)
+    assert (job["state"], job["exit_code"]) == ("failed", 1), job
+    out = (await alpha.text(f"/v1/jobs/{job['id']}/output")).splitlines()
+    assert out[0].startswith("escape refused "), out
+    logs = await alpha.text(f"/v1/jobs/{job['id']}/logs")
+    assert "Traceback" in logs and "written-by-a-job.txt" in logs, logs
+    assert [a["name"] for a in job["artifacts"]] == ["kept.txt"]
+    assert not list(shared.glob("**/written-by-a-job.txt"))
