@@ -137,3 +137,38 @@ def test_cluster_toml_documents_every_key() -> None:
         stripped = line.strip()
         if stripped and not stripped.startswith(("#", "[")):
             assert "#" in line, f"config/cluster.toml:{number}: {stripped!r} has no comment"
+
+
+def uncommented(text: str, header: str) -> str:
+    """``text`` with the commented-out TOML table that starts at the line ``# <header>``
+    uncommented, down to its first line that is not a ``# `` comment."""
+    lines = text.splitlines()
+    start = lines.index(f"# {header}")
+    end = start
+    while end < len(lines) and lines[end].startswith("# "):
+        end += 1
+    return "\n".join([*lines[:start], *(line[2:] for line in lines[start:end]), *lines[end:]])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_commented_python_runtime_works_once_uncommented(
+    rendered: dict[str, list[Object]], overlay: str, tmp_path: Path
+) -> None:
+    """docs/deploy.md says to uncomment [runtimes.python]: it then loads with the
+    Deployment's environment, its files are on poold's state volume (where the docs copy
+    them), and a script sees what it sees on `make run` (config/local.toml)."""
+    edited = tmp_path / "cluster.toml"
+    edited.write_text(uncommented(CLUSTER_TOML.read_text(), "[runtimes.python]"))
+    environ = {k: v for k, v in env_of(poold_container(rendered[overlay])).items()
+               if k.startswith("POOLD_")}
+    environ["POOLD_TENANTS__ACME__TOKEN_SHA256"] = FAKE_HASH
+    s = load_settings(edited, environ=environ)
+    python = s.runtimes["python"]
+    assert python.module.is_relative_to(s.state.dir)
+    assert all(folder.is_relative_to(s.state.dir) for folder in python.mounts.values())
+    assert str(s.state.dir) == mounts(rendered[overlay])["state"]
+    local = load_settings(REPO / "config" / "local.toml", environ={}).runtimes["python"]
+    assert python.module.name == local.module.name
+    assert (sorted(python.mounts), python.args, python.env, python.script_name) == (
+        sorted(local.mounts), local.args, local.env, local.script_name)
+    assert python.compile_memory_mb == local.compile_memory_mb
