@@ -253,3 +253,18 @@ async def test_a_waiting_job_can_be_cancelled_and_counts_against_the_queue_cap(
             assert (await wait_done(daemon, kept)).exit_code == 6
             job = await client.json("GET", f"/v1/jobs/{cancelled}", 200)
             assert job["state"] == "cancelled" and job["pod"] is None, job
+
+
+async def test_a_waiting_job_whose_runtime_is_gone_after_a_restart_ends_saying_so(
+        reactor: Reactor) -> None:
+    with reactor.held(fuel=True):
+        async with _serving(reactor) as client:
+            await _until(client.daemon, _compiled(client.daemon, reactor.sha, "plain"))
+            fuelled = await _submit(client, limits=FUEL)
+            _queued_without_worker(client.daemon, fuelled)
+
+    reactor.settings = reactor.settings.model_copy(update={"runtimes": {}})
+    async with _serving(reactor) as client:
+        job = await wait_done(client.daemon, fuelled)
+        assert job.state is JobState.ERROR and job.pod is None, job
+        assert job.error is not None and "no longer configured" in job.error, job
