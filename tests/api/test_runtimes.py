@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from poold.config import ConfigError, InterpreterSettings, Settings, load_settings
+from poold.modules import shared as shared_module
 from poold.modules.runtimes import RuntimeState, install_runtimes, share_runtimes
 from poold.modules.store import ModuleStore
 from poold.modules.structure import StructureLimits
@@ -286,3 +288,27 @@ async def test_a_runtime_over_its_compile_limit_is_failed_naming_the_key(
             "runtime": "tiny", "script": "x", "limits": {"fuel": 1000}})
         assert "limits.fuel" in body["error"], body
         assert "runtimes.tiny.compile_timeout_s" in body["error"], body
+
+
+async def test_on_the_kubernetes_backend_a_runtime_that_cannot_be_published_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full volume: the runtime is `failed`, saying where, and its jobs are refused
+    instead of waiting for ever."""
+    settings = Settings(pool={"backend": "kubernetes"}, slots={"root": tmp_path / "slots"},
+                        runtimes={"tiny": _runtime(tmp_path)})
+    store = ModuleStore(tmp_path / "m", precompiler=None, max_bytes=1,
+                        structure=StructureLimits.from_settings(settings.modules))
+    runtimes = install_runtimes(settings, store)
+    shared = share_runtimes(runtimes, settings=settings, store=store,
+                            cache=CompileCache(tmp_path / "cache"))
+
+    def full(src: Path, dst: Path, *, fsync: bool) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shared_module, "_copy_file", full)
+    await shared.run()  # nothing left it could publish: it ends
+    state, why = runtimes["tiny"].state(store)
+    assert state is RuntimeState.FAILED
+    assert why is not None and "shared volume" in why and "No space left" in why, why
+    refusal = runtimes.refusal("tiny", fuel=False)
+    assert refusal is not None and "runtimes.tiny" in refusal
