@@ -21,6 +21,7 @@ from poold.daemon import Daemon
 from poold.runtime.digest import file_sha256
 from poold.runtime.engine import CompileCache
 from poold.types import PodName
+from tests.runtime.test_python import COMPILE_TIMEOUT_S
 from tests.support.compiles import compile_held
 from tests.support.daemon import Client, pool_filled, wait_done
 
@@ -79,6 +80,7 @@ async def test_the_standin_makes_a_read_only_mount_read_only_for_the_pod(
 # -- a Python job end to end: poold publishes CPython, a runner pod runs the script --------
 
 
+@pytest.mark.timeout(2 * COMPILE_TIMEOUT_S + 600)  # a cold machine compiles both flavours first
 async def test_a_python_script_runs_in_a_runner_pod_from_the_shared_volume(
     deployed: ControlPlane, standin: KubeletStandIn, poold_account: Account, pool_name: str,
     broker: str, tmp_path: Path, python_runtime: tuple[InterpreterSettings, Path],
