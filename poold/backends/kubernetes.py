@@ -19,6 +19,7 @@ generated models, which cost milliseconds per pod at a thousand pods.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import secrets
@@ -37,6 +38,7 @@ from poold.backends.base import BackendUnavailable, EventSink, WorkerEvent
 from poold.backends.podtemplate import (
     ANNOTATION_JOB,
     claim_patch,
+    has_runtimes_mount,
     hot_tenant,
     release_patch,
     render,
@@ -376,6 +378,15 @@ class KubernetesBackend:
         if reason is not None:
             self._emit(WorkerEvent("gone", name, reason=reason))
             return
+        outdated = self._outdated(pod)
+        if outdated is not None and _holder(pod) is None:
+            # made by a poold with another configuration (before [runtimes] were added,
+            # say): adopted, it would take runtime jobs it cannot run. One holding a job
+            # serves it and is recycled after (release_claim refuses to hand it back)
+            self._emit(WorkerEvent("gone", name, reason=outdated))
+            self.tasks.run(functools.partial(self._replace, name), name=f"replace {name}",
+                           finishable=True)
+            return
         status = pod.get("status", {})
         ip = status.get("podIP")
         if ip and _ready(status):
@@ -392,6 +403,23 @@ class KubernetesBackend:
         elif reported is None and name not in self._announced:
             self._announced.add(name)
             self._emit(WorkerEvent("seen", name))
+
+    def _outdated(self, pod: dict[str, Any]) -> str | None:
+        """Why a pod cannot run every job this configuration's pods can, or None."""
+        if self._runtimes is None or has_runtimes_mount(pod, self._runtimes):
+            return None
+        return (f"the pod lacks the read-only runtimes mount at {self._runtimes} "
+                "(kubernetes.runtimes_mount_path) that runner pods get with [runtimes.*]: a "
+                "poold without them made it; replaced by a new pod")
+
+    async def _replace(self, pod: PodName) -> None:
+        """Delete an outdated pod (reported gone already); the pool makes a new one."""
+        try:
+            await self.delete(pod)
+        except BackendUnavailable as e:
+            log.warning("could not delete an outdated runner pod; will try again when it "
+                        "is seen next", pod=pod, error=str(e))
+            self._reported.pop(pod, None)
 
     def _deleted(self, name: PodName, reason: str) -> None:
         self.pods.pop(name, None)
@@ -475,6 +503,8 @@ class KubernetesBackend:
         ran, and keeps ``tenant`` on it for good (a restarted daemon reads it there)."""
         core = self._core
         current = self.pods.get(pod)
+        if current is not None and self._outdated(current) is not None:
+            return False  # the pool recycles it: it could not run every job of the tenant
         for _ in range(CLAIM_ATTEMPTS):
             if current is None or _gone_reason(current) is not None:
                 return False

@@ -131,6 +131,18 @@ def runtimes_mount(template: dict[str, Any], path: str) -> dict[str, Any]:
         "pod-template.yaml does) or remove the runtimes")
 
 
+def has_runtimes_mount(pod: dict[str, Any], path: str) -> bool:
+    """Whether a pod's first container has the read-only runtimes mount at ``path`` that
+    :func:`render` gives it (a pod made by a poold without runtimes, or with another
+    ``kubernetes.runtimes_mount_path``, has not)."""
+    for container in pod.get("spec", {}).get("containers", [])[:1]:
+        for mount in container.get("volumeMounts") or []:
+            if (mount.get("mountPath") == path and mount.get("subPath") == RUNTIMES_SUBPATH
+                    and mount.get("readOnly") is True):
+                return True
+    return False
+
+
 def token_of(pod: dict[str, Any]) -> str | None:
     """The agent token poold put in a pod's spec (see :func:`render`)."""
     for container in pod.get("spec", {}).get("containers", [])[:1]:

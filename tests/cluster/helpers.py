@@ -1,5 +1,6 @@
 """What the tests of this folder share besides fixtures (those are in ``conftest.py``):
-kubectl against the control plane, its runner pods, its audit log."""
+kubectl against the control plane, its runner pods, its audit log, poold's settings for it,
+what a backend reports."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import asyncio
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from poold.backends.base import WorkerEvent
 from poold.config import KubernetesSettings, Settings
 from tests.support.daemon import make_settings
 
@@ -111,3 +114,24 @@ def audit_calls(plane: ControlPlane, user: str) -> list[dict[str, Any]]:
         if entry.get("user", {}).get("username") == user:
             entries.append(entry)
     return entries
+
+
+class Events:
+    """What a backend reported, with a way to wait for what is expected."""
+
+    def __init__(self) -> None:
+        self.seen: list[WorkerEvent] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: WorkerEvent) -> None:
+        self.seen.append(event)
+        self._changed.set()
+
+    async def wait(self, predicate: Callable[[], bool], timeout: float = 60) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    def has(self, kind: str, pod: str) -> bool:
+        return any(e.kind == kind and e.pod == pod for e in self.seen)

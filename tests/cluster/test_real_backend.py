@@ -19,7 +19,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from poold.backends.base import WorkerEvent
 from poold.backends.kubernetes import KubernetesBackend
 from poold.backends.podtemplate import load_template, render
 from poold.config import KubernetesSettings
@@ -29,34 +28,13 @@ from tests.support.daemon import TOKENS
 from tests.support.procs import stop
 
 from .controlplane import ControlPlane
-from .helpers import NAMESPACE, TEMPLATE, Account, akubectl, pods_of
+from .helpers import NAMESPACE, TEMPLATE, Account, Events, akubectl, pods_of
 from .kubelet import KubeletStandIn
 
 pytestmark = pytest.mark.timeout(600)
 LEASE_S = 8
 """Short, so the takeover test is quick; long enough that a leader on a loaded machine
 renews within its deadline (two thirds of it)."""
-
-
-class Events:
-    """What a backend reported, with a way to wait for what is expected."""
-
-    def __init__(self) -> None:
-        self.seen: list[WorkerEvent] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, event: WorkerEvent) -> None:
-        self.seen.append(event)
-        self._changed.set()
-
-    async def wait(self, predicate: Callable[[], bool], timeout: float = 60) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-    def has(self, kind: str, pod: str) -> bool:
-        return any(e.kind == kind and e.pod == pod for e in self.seen)
 
 
 async def test_a_watch_resumed_from_a_compacted_revision_relists_and_loses_no_pod(

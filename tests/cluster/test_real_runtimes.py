@@ -15,15 +15,16 @@ import aiohttp
 import pytest
 
 from poold.atomic import place_atomic
-from poold.backends.podtemplate import load_template, render
-from poold.config import InterpreterSettings
+from poold.backends.kubernetes import KubernetesBackend
+from poold.backends.podtemplate import ANNOTATION_JOB, load_template, render
+from poold.config import InterpreterSettings, KubernetesSettings
 from poold.daemon import Daemon
 from poold.runtime.digest import file_sha256
 from poold.runtime.engine import CompileCache
-from poold.types import PodName
+from poold.types import JobId, PodName, TenantName
 from tests.runtime.test_python import COMPILE_TIMEOUT_S
 from tests.support.compiles import compile_held
-from tests.support.daemon import Client, pool_filled, wait_done
+from tests.support.daemon import Client, pool_filled, serving, wait_done
 
 from .controlplane import ControlPlane
 from .helpers import (
@@ -31,6 +32,7 @@ from .helpers import (
     RUNTIMES,
     TEMPLATE,
     Account,
+    Events,
     akubectl,
     pods_of,
     settings_for,
@@ -205,3 +207,69 @@ async def _jobs(plane: ControlPlane, daemon: Daemon, alpha: Client, pool_name: s
     assert "Traceback" in logs and "written-by-a-job.txt" in logs, logs
     assert [a["name"] for a in job["artifacts"]] == ["kept.txt"]
     assert not list(shared.glob("**/written-by-a-job.txt"))
+
+
+async def test_pods_from_before_the_runtimes_were_configured_do_not_take_their_jobs(
+    deployed: ControlPlane, standin: KubeletStandIn, poold_account: Account, pool_name: str,
+    broker: str, tmp_path: Path, python_runtime: tuple[InterpreterSettings, Path],
+) -> None:
+    """docs/deploy.md's way to add a runtime: uncomment it and restart poold. The restarted
+    poold adopts the warm runner pods the previous one left (made without the runtimes
+    mount); a Python job must still run, in a pod that has the mount."""
+    python, compiled = python_runtime
+    before = settings_for(tmp_path, broker, poold_account, pool_name,
+                          runtime__cache_dir=str(compiled))
+    async with serving(before) as (daemon, _):
+        assert daemon.pool is not None
+        old = set(daemon.pool.workers)
+    assert await pods_of(deployed, pool_name) == old, "left for the next poold to adopt"
+    after = before.model_copy(update={"runtimes": {"python": python}})
+    async with serving(after) as (daemon, session):
+        alpha = Client(daemon, session, "alpha")
+        job = await _run(alpha, "print('hello from', __name__)\n")
+        assert job["state"] == "succeeded", (job, job.get("error"))
+        assert job["pod"] not in old, job
+        assert await alpha.text(f"/v1/jobs/{job['id']}/output") == "hello from __main__\n"
+    for pod in old:  # replaced, not left running beside the pool
+        await akubectl(deployed, "wait", "--for=delete", f"pod/{pod}", "-n", NAMESPACE,
+                       "--timeout=60s")
+
+
+async def test_a_pod_without_the_runtimes_mount_is_replaced_or_not_handed_back(
+    deployed: ControlPlane, standin: KubeletStandIn, poold_account: Account, pool_name: str,
+) -> None:
+    """The backend of a poold with runtimes, over pods a poold without them made: an idle
+    one is reported gone and deleted; one holding a job keeps it, but is not handed back
+    for its tenant's next job (``pool.reuse``), which could be a Python script."""
+    settings = KubernetesSettings(kubeconfig=poold_account.kubeconfig, pool_name=pool_name)
+    template = load_template(TEMPLATE)
+    idle, held = (PodName(f"poold-w-{pool_name}{n}") for n in ("id", "hd"))
+    before = Events()
+    old = KubernetesBackend(settings=settings, template=template, kafka="kafka:9092")
+    await old.start(before)
+    try:
+        for pod in (idle, held):
+            await old.create(pod)
+        await before.wait(lambda: before.has("ready", idle) and before.has("ready", held))
+        assert await old.claim(held, JobId("j-1"))
+    finally:
+        await old.stop()
+    after = Events()
+    new = KubernetesBackend(settings=settings, template=template, kafka="kafka:9092",
+                            runtimes=RUNTIMES)
+    await new.start(after)
+    try:
+        await after.wait(lambda: after.has("gone", idle) and after.has("ready", held))
+        [gone] = [e for e in after.seen if e.pod == idle]
+        assert "lacks the read-only runtimes mount" in (gone.reason or ""), gone
+        [ready] = [e for e in after.seen if e.pod == held]
+        assert ready.job == "j-1"
+        await akubectl(deployed, "wait", "--for=delete", f"pod/{idle}", "-n", NAMESPACE,
+                       "--timeout=60s")
+        assert not await new.release_claim(held, job=JobId("j-1"), tenant=TenantName("alpha"),
+                                           jobs=1)
+        assert await pods_of(deployed, pool_name) == {held}
+        annotations = new.pods[held]["metadata"]["annotations"]
+        assert annotations[ANNOTATION_JOB] == "j-1", "left as it was, for the pool to delete"
+    finally:
+        await new.stop()
