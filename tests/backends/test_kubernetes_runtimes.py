@@ -332,3 +332,23 @@ async def test_the_workers_memory_cap_follows_the_driver_a_job_runs_on(
         capped = _data_limit(kubelet.processes[str(running.pod)])
         assert capped != "unlimited"
         await client.json("DELETE", f"/v1/jobs/{job['id']}", 200)
+
+
+async def test_pods_made_without_the_runtimes_mount_take_no_runtime_job(
+        kube: Start, tmp_path: Path) -> None:
+    """docs/deploy.md adds a runtime by restarting poold: the warm pods the previous poold
+    left lack the runtimes mount, and the restarted one replaces them instead of giving
+    them a runtime's job (tests/cluster checks the same with a real API server)."""
+    before = await kube({})
+    pool = before.pool
+    assert pool is not None
+    await pool.wait_until(lambda: pool.figures()["idle"] >= 1, 60)
+    old = set(pool.workers)
+    await before.stop()
+    daemon = await kube({"tiny": _tiny(tmp_path)})
+    async with aiohttp.ClientSession() as session:
+        client = Client(daemon, session, "alpha")
+        await _ready(daemon, "tiny")
+        job = await _run(client, "tiny", script="after the restart\n")
+        assert job["state"] == "succeeded", job
+        assert job["pod"] not in old
