@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,14 +21,17 @@ import pytest
 from poold.atomic import place_atomic
 from poold.backends.kubernetes import KubernetesBackend
 from poold.backends.podtemplate import ANNOTATION_JOB, load_template, render
+from poold.client.aio import AsyncClient
 from poold.config import InterpreterSettings, KubernetesSettings
 from poold.daemon import Daemon
+from poold.data.embedded import free_port
 from poold.runtime.digest import file_sha256
 from poold.runtime.engine import CompileCache
 from poold.types import JobId, PodName, TenantName
 from tests.runtime.test_python import COMPILE_TIMEOUT_S
 from tests.support.compiles import compile_held
-from tests.support.daemon import Client, pool_filled, serving, wait_done
+from tests.support.daemon import TOKENS, Client, pool_filled, serving, wait_done
+from tests.support.procs import stop
 
 from .controlplane import ControlPlane
 from .helpers import (
@@ -38,6 +45,7 @@ from .helpers import (
     settings_for,
 )
 from .kubelet import KubeletStandIn, read_only_unavailable
+from .test_real_backend import ready, replica_env, until_ready
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -273,3 +281,56 @@ async def test_a_pod_without_the_runtimes_mount_is_replaced_or_not_handed_back(
         assert annotations[ANNOTATION_JOB] == "j-1", "left as it was, for the pool to delete"
     finally:
         await new.stop()
+
+
+async def test_two_replicas_publish_at_once_and_the_standby_runs_python_after_a_takeover(
+    deployed: ControlPlane, standin: KubeletStandIn, poold_account: Account, pool_name: str,
+    broker: str, tmp_path: Path, python_runtime: tuple[InterpreterSettings, Path],
+) -> None:
+    """deploy/overlays/prod runs two replicas: both publish the runtime to the one shared
+    volume at the same time, and a Python job runs before and after the leader is
+    SIGKILLed (the standby taking over the pods the leader made with the mount)."""
+    python, compiled = python_runtime
+    config = tmp_path / "runtimes.toml"
+    mounts = ", ".join(f"{json.dumps(guest)} = {json.dumps(str(host))}"
+                       for guest, host in python.mounts.items())
+    config.write_text(
+        "[runtimes.python]\n"
+        f"module = {json.dumps(str(python.module))}\n"
+        f"mounts = {{ {mounts} }}\n"
+        f"args = {json.dumps(python.args)}\n"
+        f"script_name = {json.dumps(python.script_name)}\n")
+    slots = tmp_path / "slots"
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    urls: dict[str, str] = {}
+    try:
+        for name in ("replica-a", "replica-b"):  # started together: both publish at once
+            port = free_port()
+            urls[name] = f"http://127.0.0.1:{port}"
+            env = replica_env(tmp_path, name, broker, poold_account, pool_name, port, slots)
+            env["POOLD_RUNTIME__CACHE_DIR"] = str(compiled)
+            with (tmp_path / f"{name}.log").open("wb") as log:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "poold", "serve", "--config", str(config)],
+                    stdout=log, stderr=subprocess.STDOUT, env=env)
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(120):
+                while not (leaders := [n for n in urls if await ready(session, urls[n])]):
+                    assert all(p.poll() is None for p in procs.values()), "a replica exited"
+                    await asyncio.sleep(0.1)
+            [leader] = leaders
+            [standby] = [n for n in urls if n != leader]
+            for serving_replica in (leader, standby):
+                if serving_replica == standby:
+                    procs[leader].send_signal(signal.SIGKILL)
+                    await until_ready(session, urls[standby], procs[standby], 60)
+                async with AsyncClient(urls[serving_replica], TOKENS["alpha"]) as client:
+                    job = await client.submit(
+                        runtime="python", input=["a", "b"],
+                        script=f"import sys\nprint('{serving_replica}:', len(sys.stdin.read()))\n")
+                    done = await client.wait(job.id, timeout=120)
+                    assert (done.state, done.exit_code) == ("succeeded", 0), done
+                    assert await client.output(job.id) == [f"{serving_replica}: 4"]
+    finally:
+        for proc in procs.values():
+            stop(proc, 30)
