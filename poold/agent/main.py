@@ -432,13 +432,14 @@ class Agent:
             module, read_only = self._locate(doc)
         except Refused as e:
             return result("error", str(e))
-        shared = doc.runtime_dir is not None
+        # a runtime's interpreter starts from its compiled form or not at all, on every
+        # backend (may_compile below): no worker compiles one, so its bytes are never
+        # read and hashing them (100 MB) would buy nothing
+        interpreter = doc.runtime is not None
         compiled = getattr(self.runner, "compiled", None)
-        # hashing an interpreter of 100 MB costs more than a small script's run: not
-        # when the runner starts from the compile cache (if it reads the bytes after
-        # all, it checks them itself), nor for a runtime on the shared volume, which
-        # starts from its compiled form or not at all (may_compile below)
-        verified = not shared and not (
+        # nor is a large module hashed when the runner starts from the compile cache:
+        # if it reads the bytes after all, it checks them itself
+        verified = not interpreter and not (
             doc.size > INLINE_HASH_BYTES and compiled is not None
             and compiled(doc.sha256, fuel=doc.fuel is not None))
         if verified:
@@ -523,8 +524,8 @@ class Agent:
             env=tuple((k, v) for k, v in doc.env), timeout_s=doc.timeout_s,
             memory_mb=doc.memory_mb, fuel=doc.fuel, out_dir=self.slot.artifacts,
             stdin_path=stdin,
-            read_only=read_only, interpreter=doc.runtime is not None,
-            verified=verified, may_compile=not shared,
+            read_only=read_only, interpreter=interpreter,
+            verified=verified, may_compile=not interpreter,
         )
 
         def work() -> RunResult:

@@ -80,17 +80,29 @@ class CompileCache:
             text = str(e).strip()
             return None, f"{cached} cannot be used: {text.splitlines()[0] if text else e!r}"
 
-    def _try_load(self, engine: wasmtime.Engine, cached: Path) -> wasmtime.Module | None:
-        if not cached.exists():
-            return None
+    @staticmethod
+    def _try_load(engine: wasmtime.Engine, cached: Path) -> tuple[wasmtime.Module | None, str]:
+        """Load an artifact of this cache, or say why not. One wasmtime refuses
+        (damaged, truncated, or built by another wasmtime or for other engine
+        settings) is removed: whoever may compile makes it again (poold's background
+        compiler notices it gone; a worker that may not compile never does)."""
+        try:
+            found = cached.stat()
+        except FileNotFoundError:
+            return None, f"{cached} does not exist"
         try:
             module = wasmtime.Module.deserialize_file(engine, str(cached))
-        except wasmtime.WasmtimeError:
-            cached.unlink(missing_ok=True)  # stale or damaged: compile again
-            return None
+        except wasmtime.WasmtimeError as e:
+            with contextlib.suppress(FileNotFoundError):
+                # not one a compiler has put in its place meanwhile
+                if cached.stat().st_ino == found.st_ino:
+                    cached.unlink()
+            text = str(e).strip()
+            return None, (f"{cached} could not be loaded, so it was removed "
+                          f"({text.splitlines()[0] if text else type(e).__name__})")
         with contextlib.suppress(OSError):  # the mtime orders eviction: least recently used
             os.utime(cached)
-        return module
+        return module, ""
 
     @contextlib.contextmanager
     def _compiling(self, cached: Path) -> Iterator[None]:
@@ -120,19 +132,19 @@ class CompileCache:
         ``compile=False`` a miss raises :class:`NotCompiled` instead of compiling
         (a runner pod must never compile a 100 MB interpreter)."""
         cached = self.path(sha256, fuel=fuel)
-        module = self._try_load(engine, cached)
+        module, why = self._try_load(engine, cached)
         if module is not None:
             return module, True
-        reasons = []
+        reasons = [why]
         for shared in self._shared(sha256, fuel=fuel):
             module, why = self._try_shared(engine, shared)
             if module is not None:
                 return module, True
             reasons.append(why)
         if not compile:
-            raise NotCompiled("; ".join(reasons) or f"{cached} does not exist")
+            raise NotCompiled("; ".join(reasons))
         with self._compiling(cached):
-            module = self._try_load(engine, cached)
+            module, _ = self._try_load(engine, cached)
             if module is not None:
                 return module, True
             if check is not None:

@@ -40,9 +40,10 @@ class RunRequest:
     the exit code, instead of ``_start``) and may import ``host.call``, which is
     given a stub that answers -1 (docs/runtimes.md)."""
     may_compile: bool = True
-    """False for a runtime's interpreter in a runner pod: it starts from a compiled
-    artifact (its own cache or the one poold published) or the job ends ``error``;
-    compiling 100 MB needs far more CPU and memory than a runner pod has."""
+    """False for a runtime's interpreter, on every backend: it starts from a compiled
+    artifact (the worker's cache, or the one poold published for runner pods) or the
+    job ends ``error``. Compiling 100 MB needs minutes of CPU and GBs of memory, which
+    only poold's background compiler may spend, under the runtime's compile caps."""
 
 
 @dataclass(frozen=True)

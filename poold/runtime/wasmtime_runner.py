@@ -37,10 +37,11 @@ TABLE_SHARE = 16
 """1/16 of a job's memory cap is set aside for table elements, the rest is linear memory."""
 WARM_UP_WAT = '(module (memory (export "memory") 1) (func (export "_start")))'
 NOT_COMPILED = (
-    "the runtime's interpreter is not compiled for this worker, and a worker never "
-    "compiles one (it needs minutes of CPU and GBs of memory): poold publishes the compiled "
-    "form to the shared volume once its background compiler is done; submit the job again "
-    "when GET /v1/runtimes shows the runtime ready ({reason})")
+    "this worker found no usable compiled form of the runtime's interpreter, and a worker "
+    "never compiles one (that needs minutes of CPU and GBs of memory): poold's background "
+    "compiler compiles it (again, when it was removed), under runtimes.<name>.compile_*, "
+    "and on Kubernetes publishes it to the shared volume; submit the job again when "
+    "GET /v1/runtimes shows the runtime ready ({reason})")
 HOST_CALL_ANSWER = -1
 """What the stub of ``host.call`` answers: "no host function", for a runtime
 built to call into an embedding host that poold is not."""

@@ -537,6 +537,10 @@ class Scheduler:
             run.partition = self.leases.acquire(job.tenant)
             self.metrics.partitions_leased.set(self.leases.leased)
             job = await self._execute(job, run)
+            if job.runtime is not None and job.state is JobState.ERROR and self.runtimes:
+                # a worker that found the interpreter's artifact unusable removed it (it
+                # never compiles one): the compilation is queued now, not by the next job
+                self.runtimes.ready(job.runtime, fuel=job.limits.fuel is not None)
             if (job.state is JobState.SUCCEEDED and not run.cancel.is_set()
                     and self.pool.can_reuse(worker)):
                 # only after a success: any other end may have left the worker

@@ -205,7 +205,7 @@ async def test_a_job_of_an_unpublished_runtime_never_compiles_it_in_a_pod(
                       fuel=False).unlink()
         job = await _run(client, "tiny", script="x\n")
         assert job["state"] == "error", job
-        assert "not compiled for this worker" in job["error"], job["error"]
+        assert "no usable compiled form" in job["error"], job["error"]
     assert not list((tmp_path / "pods-cache").rglob(f"{ready['sha256']}.*"))
 
 

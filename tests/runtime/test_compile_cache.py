@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from poold.runtime.engine import WASMTIME_VERSION, CompileCache, make_engine
+from poold.runtime.engine import WASMTIME_VERSION, CompileCache, NotCompiled, make_engine
 from tests.support.wasm_fixtures import module
 
 
@@ -79,3 +79,21 @@ def test_damaged_artifact_is_recompiled(tmp_path: Path, upper: tuple[Path, str])
     assert isinstance(module_, wasmtime.Module)
     _, again = cache.load(make_engine(fuel=False), sha, path, fuel=False)
     assert again is True
+
+
+def test_a_cache_that_may_not_compile_removes_a_damaged_artifact_and_says_so(
+        tmp_path: Path, upper: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker given a runtime's job (compile=False): the artifact wasmtime refuses is
+    removed, so poold's background compiler sees it gone, and nothing is compiled."""
+    path, sha = upper
+    cache = CompileCache(tmp_path / "cache")
+    cache.precompile(sha, path)
+    artifact = cache.path(sha, fuel=False)
+    artifact.write_bytes(artifact.read_bytes()[:1000])  # truncated
+    compiles = count_compiles(monkeypatch)
+    with pytest.raises(NotCompiled, match="could not be loaded, so it was removed") as refused:
+        cache.load(make_engine(fuel=False), sha, path, fuel=False, compile=False)
+    assert str(artifact) in str(refused.value)
+    assert not artifact.exists()
+    assert not cache.has(sha, fuel=False)
+    assert compiles == []

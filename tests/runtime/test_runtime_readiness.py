@@ -268,3 +268,44 @@ async def test_a_waiting_job_whose_runtime_is_gone_after_a_restart_ends_saying_s
         job = await wait_done(client.daemon, fuelled)
         assert job.state is JobState.ERROR and job.pod is None, job
         assert job.error is not None and "no longer configured" in job.error, job
+
+
+async def test_a_damaged_artifact_ends_the_job_without_a_compile_and_poold_compiles_it_again(
+        reactor: Reactor) -> None:
+    """The artifact is in the cache, so the flavour is ready and the job takes a worker;
+    wasmtime refuses the file (truncated here; another wasmtime build does the same).
+    The worker removes it and ends the job: it never compiles the interpreter, which
+    needs minutes and GBs, outside the runtime's caps. poold sees the artifact gone,
+    compiles it again under runtimes.tiny.compile_* (held here on the cache's lock, so
+    nothing but poold's compiler can be what writes it back), and the next job runs."""
+    async with _serving(reactor) as client:
+        daemon = client.daemon
+        await _until(daemon, _compiled(daemon, reactor.sha, "fuel"))
+        artifact = reactor.cache.path(reactor.sha, fuel=False)
+        with open(artifact, "r+b") as f:
+            f.truncate(artifact.stat().st_size // 2)
+        assert (await _flavours(client))["flavours"]["plain"] == "ready"
+
+        with reactor.held(fuel=False) as release:
+            job = await wait_done(daemon, await _submit(client, limits={"timeout_s": 5}))
+            assert job.state is JobState.ERROR and job.pod is not None, job
+            assert job.error is not None
+            assert "never compiles one" in job.error, job.error
+            assert "could not be loaded, so it was removed" in job.error, job.error
+            assert "submit the job again when GET /v1/runtimes shows the runtime ready" in (
+                job.error), job.error
+            assert not artifact.exists()  # removed by the worker, not written by it
+            # poold noticed at once: the compile is queued (waiting for the test's lock)
+            modules = daemon.modules
+            assert modules is not None and modules.precompiler is not None
+            assert modules.precompiler.pending(reactor.sha, fuel=False)
+            assert (await _flavours(client))["flavours"]["plain"] == "compiling"
+            waiting = await _submit(client)
+            _queued_without_worker(daemon, waiting)
+            release()
+            job = await wait_done(daemon, waiting)
+        assert job.state is JobState.FAILED and job.exit_code == 6, job  # tinyreactor's run()
+        assert modules.precompiler.done == [
+            (reactor.sha, "plain", "compiled"), (reactor.sha, "fuel", "compiled"),
+            (reactor.sha, "plain", "compiled")]
+        assert reactor.cache.has(reactor.sha, fuel=False)
