@@ -94,10 +94,7 @@ async def _ready(daemon: Daemon, name: str, *, within_s: float = 60) -> dict[str
 
 async def _run(client: Client, runtime: str, timeout: float = 60,
                **fields: Any) -> dict[str, Any]:
-    job = await client.json("POST", "/v1/jobs", 202, json={"runtime": runtime, **fields})
-    await wait_done(client.daemon, job["id"], timeout=timeout)
-    done: dict[str, Any] = await client.json("GET", f"/v1/jobs/{job['id']}", 200)
-    return done
+    return await client.run_runtime(runtime, timeout=timeout, **fields)
 
 
 @pytest.fixture

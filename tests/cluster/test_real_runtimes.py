@@ -164,11 +164,7 @@ async def test_a_python_script_runs_in_a_runner_pod_from_the_shared_volume(
 
 
 async def _run(client: Client, script: str, **fields: Any) -> dict[str, Any]:
-    job = await client.json("POST", "/v1/jobs", 202,
-                            json={"runtime": "python", "script": script, **fields})
-    await wait_done(client.daemon, job["id"], timeout=120)
-    done: dict[str, Any] = await client.json("GET", f"/v1/jobs/{job['id']}", 200)
-    return done
+    return await client.run_runtime("python", script=script, **fields)
 
 
 async def _jobs(plane: ControlPlane, daemon: Daemon, alpha: Client, pool_name: str,

@@ -28,7 +28,7 @@ from poold.config import InterpreterSettings, load_settings
 from poold.runtime.digest import file_sha256
 from poold.runtime.engine import CompileCache
 from tests.support.cli import environ, poold
-from tests.support.daemon import TOKENS, Client, make_settings, serving, wait_done
+from tests.support.daemon import TOKENS, Client, make_settings, serving
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "config" / "local.toml"
@@ -91,11 +91,7 @@ async def py(tmp_path: Path, broker: str,
 
 
 async def _run(client: Client, script: str, **fields: Any) -> dict[str, Any]:
-    job = await client.json("POST", "/v1/jobs", 202,
-                            json={"runtime": "python", "script": script, **fields})
-    await wait_done(client.daemon, job["id"], timeout=120)
-    done: dict[str, Any] = await client.json("GET", f"/v1/jobs/{job['id']}", 200)
-    return done
+    return await client.run_runtime("python", script=script, **fields)
 
 
 async def test_a_python_script_turns_input_records_into_output_records(py: Client) -> None:

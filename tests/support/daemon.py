@@ -94,6 +94,15 @@ class Client:
         result: dict[str, Any] = await self.json("GET", f"/v1/jobs/{job['id']}", 200)
         return result
 
+    async def run_runtime(self, runtime: str, *, timeout: float = 120,
+                          **fields: Any) -> dict[str, Any]:
+        """Submit a job of the operator's ``runtime`` (``script=`` and the rest as the
+        API takes them), wait for the end (``timeout``); the final job record."""
+        job = await self.json("POST", "/v1/jobs", 202, json={"runtime": runtime, **fields})
+        await wait_done(self.daemon, job["id"], timeout=timeout)
+        result: dict[str, Any] = await self.json("GET", f"/v1/jobs/{job['id']}", 200)
+        return result
+
     async def text(self, path: str, **kw: Any) -> str:
         async with self.request("GET", path, **kw) as r:
             assert r.status == 200, await r.text()
