@@ -206,7 +206,7 @@ async def test_a_job_of_an_unpublished_runtime_never_compiles_it_in_a_pod(
     assert not list((tmp_path / "pods-cache").rglob(f"{ready['sha256']}.*"))
 
 
-@pytest.mark.timeout(COMPILE_TIMEOUT_S + 300)
+@pytest.mark.timeout(2 * COMPILE_TIMEOUT_S + 300)  # a cold machine compiles both flavours
 async def test_a_python_script_runs_in_a_runner_pod(
         kube: Start, tmp_path: Path, deliveries: list[Path],
         python_runtime: tuple[InterpreterSettings, Path],  # noqa: F811
