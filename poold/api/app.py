@@ -38,7 +38,7 @@ from poold.api.guard import (
 from poold.config import Settings
 from poold.data.kafka import DataPlane, DataUnavailable
 from poold.jobs.files import JobFiles
-from poold.jobs.model import Job, Limits
+from poold.jobs.model import Job, JobState, Limits
 from poold.jobs.store import JobStore
 from poold.metrics import Metrics
 from poold.modules.runtimes import Runtime, Runtimes, runtime_names
@@ -324,7 +324,7 @@ class Api:
             return error(400, "the Idempotency-Key header is longer than 200 characters")
         existing = self.store.by_key(tenant, key)
         if existing is not None:
-            return web.json_response(existing.public(), status=200,
+            return web.json_response(self.record(existing), status=200,
                                      headers={"Idempotent-Replayed": "true",
                                               "Location": f"/v1/jobs/{existing.id}"})
         inflight = self._submitting.get((tenant, key))
@@ -333,7 +333,7 @@ class Api:
             if first.status == 202:
                 again = self.store.by_key(tenant, key)
                 if again is not None:
-                    return web.json_response(again.public(), status=200,
+                    return web.json_response(self.record(again), status=200,
                                              headers={"Idempotent-Replayed": "true"})
             return first
         future: asyncio.Future[web.Response] = asyncio.get_running_loop().create_future()
@@ -429,8 +429,18 @@ class Api:
             job = await self.scheduler.submit(job, [r.encode() for r in body.input])
         except QueueFull as e:
             return error(429, str(e), **{"Retry-After": "5"})
-        return web.json_response(job.public(), status=202,
+        return web.json_response(self.record(job), status=202,
                                  headers={"Location": f"/v1/jobs/{job.id}"})
+
+    def record(self, job: Job) -> dict[str, Any]:
+        """The job's record as the API shows it, with ``waiting`` worked out now: why a
+        queued runtime's job waits without a worker (its interpreter still compiling,
+        or not yet on the shared volume), from the runtimes' readiness as it is."""
+        waiting = None
+        if job.state is JobState.QUEUED and job.runtime is not None:
+            found = self.runtimes.waiting(job.runtime, fuel=job.limits.fuel is not None)
+            waiting = None if found is None else found.public()
+        return job.public(waiting=waiting)
 
     async def list_runtimes(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -469,7 +479,7 @@ class Api:
         parts: list[str] = []
         used = 0
         for job in jobs[:limit]:
-            text = json.dumps(listed(job))
+            text = json.dumps(listed(job, self.record(job)))
             if parts and used + len(text) + 2 > budget:
                 break
             parts.append(text)
@@ -481,17 +491,18 @@ class Api:
                             content_type="application/json")
 
     async def get_job(self, request: web.Request) -> web.Response:
-        return web.json_response(self._job(request).public())
+        return web.json_response(self.record(self._job(request)))
 
     async def export_jobs(self, request: web.Request) -> web.StreamResponse:
-        return await export_jobs(request, store=self.store, tenant=request[TENANT])
+        return await export_jobs(request, store=self.store, tenant=request[TENANT],
+                                 record=self.record)
 
     async def delete_job(self, request: web.Request) -> web.Response:
         job = self._job(request)
         if job.state.terminal:
             return error(409, f"the job already ended ({job.state.value}); nothing to cancel")
         job = await self.scheduler.cancel(job)
-        return web.json_response(job.public())
+        return web.json_response(self.record(job))
 
     async def get_output(self, request: web.Request) -> web.StreamResponse:
         job = self._job(request)
@@ -569,10 +580,11 @@ class Api:
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
 
-def listed(job: Job) -> dict[str, Any]:
-    """A job as ``GET /v1/jobs`` shows it: its artifacts as a count and a link, since
-    a job may leave many files and a page holds many jobs."""
-    record = job.public()
+def listed(job: Job, record: dict[str, Any]) -> dict[str, Any]:
+    """A job as ``GET /v1/jobs`` shows it (``record``: its :meth:`Api.record`): its
+    artifacts as a count and a link, since a job may leave many files and a page holds
+    many jobs."""
+    record = dict(record)
     record["artifact_count"] = len(record.pop("artifacts"))
     record.pop("artifacts_dropped", None)  # listed with the artifacts
     record["artifacts_url"] = f"/v1/jobs/{job.id}/artifacts"

@@ -6,13 +6,14 @@ import asyncio
 
 from aiohttp import web
 
-from poold.jobs.export import FORMATS, BadFilter, encode, parse_states, parse_time, select
+from poold.jobs.export import FORMATS, BadFilter, Record, encode, parse_states, parse_time, select
+from poold.jobs.model import Job
 from poold.jobs.store import JobStore
 from poold.types import TenantName
 
 
 async def export_jobs(
-    request: web.Request, *, store: JobStore, tenant: TenantName
+    request: web.Request, *, store: JobStore, tenant: TenantName, record: Record = Job.public,
 ) -> web.StreamResponse:
     """``?format=csv|ndjson`` (csv by default), ``since``/``until`` on
     ``submitted_at`` (RFC 3339; since inclusive, until exclusive), ``state``
@@ -36,7 +37,7 @@ async def export_jobs(
     })
     await response.prepare(request)
     jobs = select(store.of_tenant(tenant), since=since, until=until, states=states)
-    for chunk in encode(jobs, fmt):
+    for chunk in encode(jobs, fmt, record):
         await response.write(chunk)
         await asyncio.sleep(0)  # one chunk at a time: other requests go on meanwhile
     await response.write_eof()

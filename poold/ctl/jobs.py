@@ -30,9 +30,22 @@ from poold.ctl.render import Column, age, emit, millis, output_option, text
 STATES = ("queued", "assigned", "running", "succeeded", "failed", "timed_out", "cancelled",
           "error")
 
+def _state(record: dict[str, Any]) -> str:
+    """``queued:compiling`` while a queued job waits for its runtime (the reason after the
+    state, as kubectl's ``Init:0/1``: one word, so ``awk`` still sees one column)."""
+    waiting = record.get("waiting")
+    reason = waiting.get("reason") if isinstance(waiting, dict) else None
+    return text(record.get("state")) + (f":{reason}" if reason else "")
+
+
+def _waiting(record: dict[str, Any]) -> str:
+    waiting = record.get("waiting")
+    return text(waiting.get("message")) if isinstance(waiting, dict) else ""
+
+
 JOB_COLUMNS = [
     Column("ID", lambda r: text(r.get("id"))),
-    Column("STATE", lambda r: text(r.get("state"))),
+    Column("STATE", _state),
     Column("MODULE", lambda r: text(r.get("module"))[:12]),
     Column("EXIT", lambda r: text(r.get("exit_code"))),
     Column("WAIT", lambda r: millis(r.get("wait_ms"))),
@@ -43,6 +56,7 @@ JOB_COLUMNS = [
         None if r.get("warm") is None else "warm" if r["warm"] else "cold")), wide=True),
     Column("SUBMITTED", lambda r: text(r.get("submitted_at")), wide=True),
     Column("ERROR", lambda r: text(r.get("error")), wide=True, shrink=True),
+    Column("WAITING", _waiting, wide=True, shrink=True),
 ]
 
 ARTIFACT_COLUMNS = [
@@ -199,8 +213,9 @@ def get_jobs(conn: Connection, job_ids: tuple[str, ...], watch: bool, interval: 
     header = True
     while True:
         found = conn.call(fetch)
-        fresh = [j for j in found if (j.id, j.state) not in seen]
-        seen.update((j.id, j.state) for j in found)
+        # a new row when the state changes, or what a queued job waits for
+        fresh = [j for j in found if (j.id, _state(j.record)) not in seen]
+        seen.update((j.id, _state(j.record)) for j in found)
         if fresh:
             if fmt in ("table", "wide"):
                 emit([j.record for j in fresh], fmt=fmt, columns=JOB_COLUMNS, header=header)
@@ -353,6 +368,9 @@ def run(conn: Connection, module: str, args: tuple[str, ...], runtime: str | Non
             job = await c.submit(sha, **fields)
         if detach:
             return job
+        waiting = _waiting(job.record)
+        if waiting:
+            click.echo(f"poold: job {job.id} is {waiting}", err=True)
         printed = [0]
         logs = asyncio.create_task(_copy_logs(c, job.id, printed))
         try:

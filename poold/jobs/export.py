@@ -1,7 +1,7 @@
 """Job records as flat rows: ``GET /v1/jobs/export`` (CSV or NDJSON).
 
 One row per job, every field of the public record as a column of its own: the
-fixed objects (``limits``, ``input``, ``output``, ``usage``) become
+fixed objects (``limits``, ``input``, ``output``, ``usage``, ``waiting``) become
 ``<object>_<field>`` columns; values that are lists or free-form maps
 (``args``, ``env``, ``artifacts``) stay JSON text in one column. Columns are
 derived from the record itself, so a field added to the record appears here
@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from poold.timestamps import parse_rfc3339
 from poold.types import JobId, ModuleHash, PodName, TenantName
 
 FORMATS = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
-FLAT_OBJECTS = ("limits", "input", "output", "usage")
+FLAT_OBJECTS = ("limits", "input", "output", "usage", "waiting")
 """Record fields that are objects with fixed keys: one column per key."""
 CHUNK_BYTES = 64 * 1024
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -44,7 +44,7 @@ def _template() -> Job:
 
 def _columns() -> list[str]:
     columns: list[str] = []
-    for key, value in _template().public().items():
+    for key, value in _template().public(waiting={"reason": "", "message": ""}).items():
         if key in FLAT_OBJECTS:
             assert isinstance(value, dict), key
             columns += [f"{key}_{sub}" for sub in value]
@@ -56,10 +56,14 @@ def _columns() -> list[str]:
 COLUMNS = _columns()
 
 
-def flat(job: Job) -> dict[str, Any]:
+Record = Callable[[Job], dict[str, Any]]
+"""A job's public record as the API shows it (:meth:`poold.api.app.Api.record`)."""
+
+
+def flat(job: Job, record: Record = Job.public) -> dict[str, Any]:
     """The record as one flat row (JSON types; ``None`` where there is nothing)."""
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    for key, value in job.public().items():
+    for key, value in record(job).items():
         if key in FLAT_OBJECTS:
             for sub, item in (value or {}).items():
                 row[f"{key}_{sub}"] = item
@@ -78,14 +82,14 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def encode(jobs: Iterable[Job], fmt: str) -> Iterator[bytes]:
+def encode(jobs: Iterable[Job], fmt: str, record: Record = Job.public) -> Iterator[bytes]:
     """The export as chunks of about :data:`CHUNK_BYTES`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     if fmt == "csv":
         writer.writerow(COLUMNS)
     for job in jobs:
-        row = flat(job)
+        row = flat(job, record)
         if fmt == "csv":
             writer.writerow([_cell(row[c]) for c in COLUMNS])
         else:

@@ -112,11 +112,14 @@ class Job:
     def run_ms(self) -> float | None:
         return _ms(self.started_at, self.finished_at)
 
-    def public(self) -> dict[str, Any]:
-        """The record as the HTTP API shows it."""
+    def public(self, *, waiting: dict[str, str] | None = None) -> dict[str, Any]:
+        """The record as the HTTP API shows it. ``waiting``: why a queued job waits
+        without a worker (its runtime is still being compiled, say), worked out by the
+        caller when the record is read (:meth:`poold.api.app.Api.record`): never stored."""
         return {
             "id": self.id,
             "state": self.state.value,
+            "waiting": waiting,
             "module": self.module,
             "runtime": self.runtime,
             "args": list(self.args),

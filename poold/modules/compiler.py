@@ -124,6 +124,8 @@ class Precompiler:
         """Modules whose artifacts pruning keeps (the operator's runtimes)."""
         self._changed = asyncio.Event()
         self._busy = False
+        self._started: dict[tuple[str, bool], float] = {}
+        """(sha256, fuel) being compiled now -> when it started (``time.time()``)."""
 
     async def start(self) -> None:
         if not self.tasks:
@@ -149,6 +151,17 @@ class Precompiler:
         """Queued or being compiled now."""
         return (sha256, fuel) in self._queued
 
+    def started(self, sha256: str, *, fuel: bool = False) -> float | None:
+        """When the flavour's compilation began (``time.time()``), while it runs; None
+        when it is queued or not wanted."""
+        return self._started.get((sha256, fuel))
+
+    async def begun(self, sha256: str, *, fuel: bool = False, within_s: float) -> None:
+        """For tests: wait until the flavour's compilation has begun (or ended)."""
+        async with asyncio.timeout(within_s):
+            while (sha256, fuel) in self._queued and (sha256, fuel) not in self._started:
+                await self._changed.wait()
+
     async def idle(self, within_s: float) -> None:
         """For tests: wait until nothing is queued or compiling."""
         async with asyncio.timeout(within_s):
@@ -173,12 +186,14 @@ class Precompiler:
                 await self._prune()
                 continue
             self._busy = True
+            self._started[(order.sha256, order.fuel)] = time.time()
             self._note()
             try:
                 with structlog.contextvars.bound_contextvars(tenant=tenant):
                     outcome = await self._compile(order)
             finally:
                 self._queued.discard((order.sha256, order.fuel))
+                self._started.pop((order.sha256, order.fuel), None)
                 self._busy = False
             self.done.append((order.sha256, flavour(fuel=order.fuel), outcome))
             if self.metrics is not None:

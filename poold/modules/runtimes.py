@@ -11,6 +11,7 @@ that module.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -49,6 +50,31 @@ class RuntimeState(Enum):
     """It could not be compiled within its runtimes.<name>.compile_* caps."""
     UNAVAILABLE = "unavailable"
     """Its files are missing and the runtime is ``optional``."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why a runtime's job waits queued without a worker: the job record's ``waiting``,
+    worked out when the record is read (as Kubernetes' ``state.waiting`` of a container:
+    a reason for programs, a sentence for people)."""
+
+    reason: str
+    """``compiling`` (the flavour the job needs is being compiled, or queued for the
+    compiler) or ``publishing`` (Kubernetes: compiled, not yet on the shared volume)."""
+    message: str
+
+    def public(self) -> dict[str, str]:
+        return {"reason": self.reason, "message": self.message}
+
+
+def ago(seconds: float) -> str:
+    """``40 s ago``, ``3 min ago``, ``1 h 5 min ago``."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole} s ago"
+    if whole < 3600:
+        return f"{whole // 60} min ago"
+    return f"{whole // 3600} h {whole % 3600 // 60} min ago"
 
 
 @dataclass(frozen=True)
@@ -92,6 +118,34 @@ class Runtime:
             if not self.shared.ready(self.name, self.sha256, fuel=fuel):
                 return RuntimeState.COMPILING, None
         return RuntimeState.READY, None
+
+    def waiting(self, store: ModuleStore, *, fuel: bool, now: float | None = None
+                ) -> Waiting | None:
+        """What a job of the flavour waits for, while :meth:`state` says COMPILING."""
+        state, _ = self.state(store, fuel=fuel)
+        if state is not RuntimeState.COMPILING or self.sha256 is None:
+            return None
+        name = repr(self.name)
+        then = "; the job starts when it is done"
+        precompiler = store.precompiler
+        if precompiler is not None and not precompiler.cache.has(self.sha256, fuel=fuel):
+            form = " its fuel-metered form, which jobs with limits.fuel need" if fuel else ""
+            started = precompiler.started(self.sha256, fuel=fuel)
+            if started is not None:
+                since = (time.time() if now is None else now) - started
+                return Waiting("compiling", (
+                    f"waiting for the runtime {name} to finish compiling{form} (started "
+                    f"{ago(since)}; a first compile takes minutes, once per machine){then}"))
+            behind = ("behind its plain form" if fuel and precompiler.pending(self.sha256)
+                      else "for poold's compiler")
+            return Waiting("compiling", (
+                f"waiting for the runtime {name} to be compiled{form and ' in' + form} "
+                f"(queued {behind}){then}"))
+        form = "'s fuel-metered form" if fuel else ""
+        return Waiting("publishing", (
+            f"waiting for the runtime {name}{form} to be published on the shared volume, "
+            f"where runner pods read it (it is compiled; large files take a while to copy)"
+            f"{then}"))
 
     def compile_limits(self) -> CompileLimits:
         key = f"runtimes.{self.name}"
@@ -180,9 +234,29 @@ class Runtimes(Mapping[str, Runtime]):
             return f"the runtime {name!r} is not available on this server: {why}"
         if state is RuntimeState.FAILED:
             jobs = "jobs with limits.fuel" if fuel else "jobs"
-            return (f"the runtime {name!r} cannot run {jobs} on this server: {why}; the "
-                    "operator can raise the limit and restart poold")
+            return (f"the runtime {name!r} cannot run {jobs} on this server: "
+                    f"{why}{self._fix(runtime, fuel=fuel)}")
         return None
+
+    def _fix(self, runtime: Runtime, *, fuel: bool) -> str:
+        """What the operator can do about a failed flavour: for a compilation, by its
+        cause; a publishing failure's sentence ends with its own fix (modules.shared)."""
+        if runtime.sha256 is None:
+            return ""
+        why = self.store.compile_problem(runtime.sha256, fuel=fuel)
+        if why is None:
+            return ""
+        limits = runtime.compile_limits()
+        if limits.timeout_key in why or limits.memory_key in why:
+            return "; the operator can raise that limit and restart poold"
+        return (f"; the operator can point runtimes.{runtime.name}.module at a module this "
+                "server's wasmtime compiles, and restart poold")
+
+    def waiting(self, name: str, *, fuel: bool) -> Waiting | None:
+        """What a queued job of runtime ``name`` (with ``limits.fuel`` or not) waits for
+        before it may take a worker; None when it need not wait, or never will run."""
+        runtime = self._found.get(name)
+        return None if runtime is None else runtime.waiting(self.store, fuel=fuel)
 
     def share(self, shared: SharedRuntimes) -> None:
         """Bind every runtime to its publication on the shared volume (the Kubernetes

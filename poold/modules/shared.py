@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -56,6 +57,17 @@ of a compilation came (the background compiler calls :meth:`SharedRuntimes.wake`
 
 class PublishError(ModuleError):
     """A runtime could not be published to the shared volume; ``str()`` says why."""
+
+
+def _fix(error: Exception) -> str:
+    """What the operator can do about a publishing failure (a PublishError says it itself)."""
+    if isinstance(error, PublishError):
+        return ""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ("; the operator can make room on the shared volume (or give it more) and "
+                "restart poold")
+    return ("; the operator can correct what the error names on the shared volume (its "
+            "permissions, say) and restart poold")
 
 
 def folder_mounts(mounts: Mapping[str, Path]) -> list[tuple[str, str]]:
@@ -262,7 +274,7 @@ class SharedRuntimes:
             except (OSError, PublishError) as e:
                 self.problems[runtime.name] = (
                     f"runtimes.{runtime.name}: its files could not be published to the "
-                    f"shared volume ({self.root}): {e}")
+                    f"shared volume ({self.root}): {e}{_fix(e)}")
                 log.warning("runtime not published", runtime=runtime.name, error=str(e))
             self._note()
         while True:
@@ -280,7 +292,7 @@ class SharedRuntimes:
                     except OSError as e:
                         self.problems[runtime.name] = (
                             f"runtimes.{runtime.name}: its compiled form could not be "
-                            f"published to the shared volume ({self.root}): {e}")
+                            f"published to the shared volume ({self.root}): {e}{_fix(e)}")
                         log.warning("compiled runtime not published", runtime=runtime.name,
                                   error=str(e))
                         self._note()

@@ -32,7 +32,7 @@ from tests.support.daemon import TOKENS, Client, DaemonFactory
 from tests.support.wasm_fixtures import module
 
 MIB = 2**20
-OBJECTS = ("limits", "input", "output", "usage")
+OBJECTS = ("limits", "input", "output", "usage", "waiting")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from poold.config import ConfigError, InterpreterSettings, Settings, load_settings
 from poold.modules import shared as shared_module
+from poold.modules.compiler import uncompilable_marker
 from poold.modules.runtimes import RuntimeState, install_runtimes, share_runtimes
 from poold.modules.store import ModuleStore
 from poold.modules.structure import StructureLimits
@@ -148,6 +149,13 @@ async def test_on_the_kubernetes_backend_a_runtime_is_ready_once_published(
     assert tiny.state(store) == (RuntimeState.COMPILING, None)
     assert tiny.sha256 is not None
     cache.precompile(tiny.sha256, store.path(tiny.sha256))  # what the precompiler does
+    # a job's record says what it waits for (GET /v1/jobs/{id}'s waiting)
+    for fuel in (False, True):
+        waiting = runtimes.waiting("tiny", fuel=fuel)
+        assert waiting is not None and waiting.reason == "publishing", waiting
+        assert "to be published on the shared volume" in waiting.message, waiting
+        assert "the job starts when it is done" in waiting.message, waiting
+        assert ("fuel-metered" in waiting.message) is fuel, waiting
     publishing = asyncio.create_task(shared.run())
     try:
         await shared.wait("tiny", tiny.sha256, fuel=False, within_s=30)
@@ -155,6 +163,7 @@ async def test_on_the_kubernetes_backend_a_runtime_is_ready_once_published(
         publishing.cancel()
         await asyncio.gather(publishing, return_exceptions=True)
     assert tiny.state(store) == (RuntimeState.READY, None)
+    assert runtimes.waiting("tiny", fuel=False) is None
     assert runtimes.ready("tiny", fuel=False)
     assert not runtimes.ready("tiny", fuel=True)  # its fuel flavour is not published
     assert woken  # the jobs waiting for it are dispatched
@@ -281,6 +290,7 @@ async def test_a_runtime_over_its_compile_limit_is_failed_naming_the_key(
         assert "runtimes.tiny.compile_timeout_s" in tiny["error"]
         body = await client.json("POST", "/v1/jobs", 400, json={"runtime": "tiny", "script": "x"})
         assert "runtimes.tiny.compile_timeout_s" in body["error"]
+        assert body["error"].endswith("the operator can raise that limit and restart poold")
         # the fuel flavour, larger, is not even tried under the caps the plain one failed
         sha = tiny["module"]
         assert modules.precompiler.done == [(sha, "plain", "timeout"), (sha, "fuel", "failed")]
@@ -312,3 +322,47 @@ async def test_on_the_kubernetes_backend_a_runtime_that_cannot_be_published_fail
     assert why is not None and "shared volume" in why and "No space left" in why, why
     refusal = runtimes.refusal("tiny", fuel=False)
     assert refusal is not None and "runtimes.tiny" in refusal
+    # the fix is room on the volume, not a compile limit
+    assert refusal.endswith("the operator can make room on the shared volume (or give it "
+                            "more) and restart poold"), refusal
+    assert "limit" not in refusal, refusal
+    assert runtimes.waiting("tiny", fuel=False) is None  # nothing to wait for: it is refused
+
+
+async def test_a_runtime_whose_publishing_is_refused_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a full volume: the refusal points at the error itself."""
+    settings = Settings(pool={"backend": "kubernetes"}, slots={"root": tmp_path / "slots"},
+                        runtimes={"tiny": _runtime(tmp_path)})
+    store = ModuleStore(tmp_path / "m", precompiler=None, max_bytes=1,
+                        structure=StructureLimits.from_settings(settings.modules))
+    runtimes = install_runtimes(settings, store)
+    shared = share_runtimes(runtimes, settings=settings, store=store,
+                            cache=CompileCache(tmp_path / "cache"))
+
+    def denied(src: Path, dst: Path, *, fsync: bool) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(shared_module, "_copy_file", denied)
+    await shared.run()
+    refusal = runtimes.refusal("tiny", fuel=True)
+    assert refusal is not None and "Permission denied" in refusal, refusal
+    assert refusal.endswith("the operator can correct what the error names on the shared "
+                            "volume (its permissions, say) and restart poold"), refusal
+
+
+def test_a_runtime_the_compiler_refuses_says_to_change_the_module(tmp_path: Path) -> None:
+    """No limit to raise: the refusal names the module's key."""
+    settings = Settings(runtimes={"tiny": _runtime(tmp_path)})
+    store = ModuleStore(tmp_path / "m", precompiler=None, max_bytes=1,
+                        structure=StructureLimits.from_settings(settings.modules))
+    runtimes = install_runtimes(settings, store)
+    sha = runtimes["tiny"].sha256
+    assert sha is not None
+    # what the background compiler records when the compile process refuses the module
+    uncompilable_marker(store.path(sha)).write_text(
+        "the compiler refused it: WebAssembly translation error")
+    refusal = runtimes.refusal("tiny", fuel=False)
+    assert refusal is not None and "WebAssembly translation error" in refusal, refusal
+    assert refusal.endswith("the operator can point runtimes.tiny.module at a module this "
+                            "server's wasmtime compiles, and restart poold"), refusal

@@ -194,7 +194,7 @@ async def test_jobs_list_and_get_in_every_format(alpha: dict[str, str], api: Asy
     [listed_record] = [j.record for j in await api.list_jobs(limit=None) if j.id == job.id]
     assert listed_record in as_json.json()  # the listing's record, exactly as the API has it
     assert yaml.safe_load(as_yaml.out)[0]["id"] == (await api.list_jobs(limit=1))[0].id
-    assert rows(wide)[0][-4:] == ["POD", "START", "SUBMITTED", "ERROR"]
+    assert rows(wide)[0][-5:] == ["POD", "START", "SUBMITTED", "ERROR", "WAITING"]
     assert any(job.id == r[0] and r[-1] == job.error for r in rows(wide)[1:])
     assert quiet.rc == 0 and job.id in quiet.out.split()
     assert all(daemon.store.get(JobId(i)).state.value == "failed"  # type: ignore[union-attr]
