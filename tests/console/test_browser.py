@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,11 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from poold.config import InterpreterSettings
 from poold.daemon import Daemon
+from poold.runtime.engine import CompileCache
 from tests.console.chromium import CHROMIUM, CHROMIUM_ARGS
+from tests.support.compiles import compile_held
 from tests.support.daemon import TOKENS, Client, make_settings, serving
 from tests.support.wasm_fixtures import module, with_custom_section
 
@@ -47,13 +50,27 @@ WAIT_MS = 30_000
 expect.set_options(timeout=WAIT_MS)  # its own default is 5 s: too short on a loaded machine
 
 
+HELD_RUNTIME = with_custom_section(module("tinyreactor"), f"console-{secrets.token_hex(6)}", b"")
+RELEASE: list[Callable[[], None]] = []
+"""Lets the runtime's compilation go (test_a_job_waiting_for_its_runtime_says_why, early
+in the module: while it is held, the uploads' background compiles wait behind it)."""
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(
     tmp_path_factory: pytest.TempPathFactory, broker: str
 ) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession]]:
-    settings = make_settings(tmp_path_factory.mktemp("console"), broker)
-    async with serving(settings) as served_:
-        yield served_
+    tmp = tmp_path_factory.mktemp("console")
+    settings = make_settings(tmp, broker)
+    # a runtime whose compilation is held for the whole module: its jobs wait, queued
+    (tmp / "tiny.wasm").write_bytes(HELD_RUNTIME)
+    settings = settings.model_copy(
+        update={"runtimes": {"tiny": InterpreterSettings(module=tmp / "tiny.wasm")}})
+    with compile_held(CompileCache(settings.cache_dir), hashlib.sha256(HELD_RUNTIME).hexdigest(),
+                      fuel=False) as release:
+        RELEASE.append(release)
+        async with serving(settings) as served_:
+            yield served_
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +198,27 @@ async def test_signed_in_tab_survives_a_reload(watched: Watched) -> None:
     await watched.sign_in()
     await watched.page.reload()
     await expect(watched.page.get_by_test_id("pool-idle")).to_have_text(re.compile(r"^\d+$"))
+
+
+async def test_a_job_waiting_for_its_runtime_says_why(watched: Watched, alpha: Client) -> None:
+    """The runtime's compilation is held for this module's daemon (``served``)."""
+    page = watched.page
+    await watched.sign_in()
+    job = await alpha.json("POST", "/v1/jobs", 202, json={"runtime": "tiny", "script": ""})
+    await page.goto(f"{watched.base}/console/#/job/{job['id']}")
+    await expect(page.get_by_test_id("job-state")).to_have_text("queued")
+    waiting = page.get_by_test_id("job-waiting")
+    await expect(waiting).to_be_visible()
+    await expect(waiting).to_have_text(re.compile(
+        r"^waiting for the runtime 'tiny' to finish compiling \(started .*\); "
+        r"the job starts when it is done$"))
+    row = page.get_by_test_id("jobs-list").locator(f"tr[data-job-id='{job['id']}']")
+    await expect(row).to_contain_text("queued (compiling)")
+    await page.get_by_test_id("cancel-job").click()
+    await expect(page.get_by_test_id("job-state")).to_have_text("cancelled")
+    await expect(waiting).to_be_hidden()
+    await expect(row).not_to_contain_text("compiling")
+    RELEASE.pop()()
 
 
 # -- upload, submit, watch ------------------------------------------------------------

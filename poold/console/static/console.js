@@ -212,7 +212,13 @@ function renderJobs() {
     row.tabIndex = 0;
     row.append(el("td", short(job.id.replace(/^j-/, "")), "mono"));
     const state = el("td");
-    state.append(el("span", job.state, stateClass(job.state)));
+    // a queued job waiting for its runtime: the reason beside the state, the sentence on hover
+    const shown = job.waiting ? `${job.state} (${job.waiting.reason})` : job.state;
+    const badge = el("span", shown, stateClass(job.state));
+    if (job.waiting) {
+      badge.title = job.waiting.message;
+    }
+    state.append(badge);
     row.append(state, el("td", short(job.module), "mono"), el("td", ms(job.wait_ms), "num"),
       el("td", ms(job.run_ms), "num"), el("td", when(job.started_at)));
     if (current && current.id === job.id) {
@@ -410,6 +416,7 @@ function openJob(id) {
   $("job-artifacts").replaceChildren();
   $("job-fields").replaceChildren();
   $("job-error").hidden = true;
+  $("job-waiting").hidden = true;
   $("cancel-job").hidden = true;
   $("output-follow").textContent = "";
   const view = current;
@@ -429,6 +436,8 @@ function showRecord(view, job) {
   $("cancel-job").hidden = TERMINAL.has(job.state);
   $("job-error").hidden = !job.error;
   $("job-error").textContent = job.error ?? "";
+  $("job-waiting").hidden = !job.waiting;
+  $("job-waiting").textContent = job.waiting?.message ?? "";
   const fields = [
     ["module", job.module], ["args", JSON.stringify(job.args)],
     ["env", JSON.stringify(job.env)], ["limits", JSON.stringify(job.limits)],
