@@ -37,7 +37,7 @@ from poold.agent.usage import Meter
 from poold.atomic import write_atomic
 from poold.data.kafka import MAX_RECORD_BYTES, AgentData, DataUnavailable
 from poold.errors import Error
-from poold.protocol import JobDocument, ResultDocument
+from poold.protocol import JobDocument, ResultDocument, Unsupported
 from poold.runtime.digest import file_sha256
 from poold.runtime.runner import CANCELLED_BEFORE_START, Runner, RunRequest, RunResult
 from poold.runtime.wasmtime_runner import WasmtimeRunner
@@ -325,9 +325,15 @@ class Agent:
                 served=served, within_s=None if served is None else self.settings.linger_s)
             if raw is None:
                 return
-            doc = JobDocument.from_json(raw)
-            await self._serve_one(doc)
-            served = doc.job_id
+            served = raw.get("job_id")
+            try:
+                doc = JobDocument.from_json(raw)
+            except Unsupported as e:
+                # a document of a newer poold that needs what this agent lacks: the job
+                # ends saying so, rather than run the wrong way or leave poold waiting
+                self._refuse(e)
+            else:
+                await self._serve_one(doc)
             # ready for another: whoever follows the job holds its log; a line
             # poold opens for the next job follows a fresh one
             self._begin_next()
@@ -395,18 +401,28 @@ class Agent:
         return base
 
     async def _serve_one(self, doc: JobDocument) -> None:
-        self.state = "busy"
-        structlog.contextvars.bind_contextvars(job_id=doc.job_id, pod=self.settings.pod)
-        self.events.publish({"type": "accepted", "ts": time.time()})
+        self._accept(doc.job_id)
         try:
             result = await self._execute(doc)
         except Exception as e:
             log.exception("the agent failed the job")
-            result = ResultDocument(
-                job_id=doc.job_id, state="error", exit_code=None,
-                error=f"the worker's agent failed: {e!r}", started_at=None,
-                finished_at=time.time(), output_end=None, output_records=0,
-            )
+            result = _error(doc.job_id, f"the worker's agent failed: {e!r}")
+        self._report(result)
+
+    def _refuse(self, refused: Unsupported) -> None:
+        job_id = refused.job_id or ""
+        self._accept(job_id)
+        log.warning("job document refused", error=str(refused))
+        self._report(_error(job_id, f"{refused}; the job was not started. Submit it again: "
+                                    "workers of an older image are replaced by poold's own "
+                                    "as they are used (this one is)"))
+
+    def _accept(self, job_id: str) -> None:
+        self.state = "busy"
+        structlog.contextvars.bind_contextvars(job_id=job_id, pod=self.settings.pod)
+        self.events.publish({"type": "accepted", "ts": time.time()})
+
+    def _report(self, result: ResultDocument) -> None:
         write_json_atomic(self.slot.result_json, result.to_json(), fsync=self.settings.fsync)
         self.state = "done"
         self.events.publish({"type": "finished", "result": result.to_json()})
@@ -555,6 +571,13 @@ class Agent:
             return result("failed", over.reason, end=end, cached=outcome.cached)
         return result(outcome.state, outcome.error, code=outcome.exit_code, end=end,
                       cached=outcome.cached)
+
+
+def _error(job_id: str, error: str) -> ResultDocument:
+    """The result of a job that ended before its module started."""
+    return ResultDocument(job_id=job_id, state="error", exit_code=None, error=error,
+                          started_at=None, finished_at=time.time(), output_end=None,
+                          output_records=0)
 
 
 async def run_agent(settings: AgentSettings) -> None:

@@ -34,7 +34,7 @@ from poold.jobs.model import Job, JobState, OffsetRange
 from poold.jobs.store import JobStore
 from poold.metrics import Metrics
 from poold.modules.shared import folder_mounts
-from poold.protocol import JobDocument, PartitionRef, ResultDocument
+from poold.protocol import JobDocument, PartitionRef, ResultDocument, Unsupported
 from poold.runtime.runner import CANCELLED_BEFORE_START
 from poold.sched.agent_link import AgentLink, Link
 from poold.sched.pool import Pool, Worker, WorkerState
@@ -708,7 +708,7 @@ class Scheduler:
     @staticmethod
     def _read_result(slot: Slot) -> ResultDocument | None:
         raw = read_json(slot.result_json)
-        return ResultDocument.from_json(raw) if raw is not None else None
+        return _result(raw) if raw is not None else None
 
     async def _stream_events(self, job: Job, run: RunningJob) -> ResultDocument | None:
         worker = run.worker
@@ -725,7 +725,7 @@ class Scheduler:
                 elif kind == "stderr":
                     self.files.append_log(job.id, str(event["data"]).encode())
                 elif kind == "finished":
-                    return ResultDocument.from_json(event["result"])
+                    return _result(event["result"])
         except (aiohttp.ClientError, OSError, json.JSONDecodeError) as e:
             log.warning("agent event stream broke; polling the slot", error=str(e))
         return None
@@ -821,6 +821,20 @@ class Scheduler:
 
 
 _MONO_OFFSET = time.time() - time.monotonic()
+
+
+def _result(raw: dict[str, Any]) -> ResultDocument:
+    """The worker's result; one this poold cannot read as its agent meant it (a newer
+    agent's that requires what this poold lacks) ends the job ``error`` saying so."""
+    try:
+        return ResultDocument.from_json(raw)
+    except Unsupported as e:
+        log.warning("worker's result refused", error=str(e))
+        return ResultDocument(
+            job_id=e.job_id or "", state="error", exit_code=None, started_at=None,
+            error=f"{e}; how the job ended is unknown (its output may be incomplete): "
+                  "upgrade poold to its workers' version, then submit the job again",
+            finished_at=time.time(), output_end=None, output_records=0)
 
 
 def _monotonic_of(when: datetime) -> float:
