@@ -228,6 +228,56 @@ def get_jobs(conn: Connection, job_ids: tuple[str, ...], watch: bool, interval: 
         time.sleep(interval)
 
 
+@jobs.command("describe")
+@client_command
+@job_arguments
+def describe_jobs(conn: Connection, job_ids: tuple[str, ...]) -> None:
+    """Job records for people, one field a line (as kubectl describe): what a queued job
+    waits for, why one failed, what it consumed."""
+    found, code = _each(conn, job_ids, lambda c, i: c.get_job(i))
+    for n, job in enumerate(found):
+        if n:
+            click.echo()
+        for line in describe(job.record):
+            click.echo(line)
+    sys.exit(code)
+
+
+def describe(record: dict[str, Any]) -> list[str]:
+    """``Label:  value`` lines of a job record; ``Waiting`` and ``Error`` only when set."""
+    limits = record.get("limits") or {}
+    fields: list[tuple[str, Any]] = [
+        ("ID", record.get("id")),
+        ("State", record.get("state")),
+        ("Waiting", _waiting(record) or None),
+        ("Error", record.get("error")),
+        ("Runtime", record.get("runtime")),
+        ("Module", record.get("module")),
+        ("Args", " ".join(record.get("args") or []) or None),
+        ("Env", ", ".join(f"{k}={v}" for k, v in (record.get("env") or {}).items()) or None),
+        ("Limits", ", ".join(f"{k}={v}" for k, v in limits.items() if v is not None) or None),
+        ("Exit Code", record.get("exit_code")),
+        ("Pod", record.get("pod")),
+        ("Start", record.get("start")),
+        ("Submitted", record.get("submitted_at")),
+        ("Assigned", record.get("assigned_at")),
+        ("Started", record.get("started_at")),
+        ("Finished", record.get("finished_at")),
+        ("Wait", millis(record.get("wait_ms")) or None),
+        ("Run", millis(record.get("run_ms")) or None),
+        ("Artifacts", len(record.get("artifacts") or []) if "artifacts" in record else None),
+    ]
+    shown = [(k, v) for k, v in fields if not (k in ("Waiting", "Error") and v is None)]
+    width = max(len(k) for k, _ in shown) + 2
+    lines = [f"{k + ':':<{width}}{'<none>' if v is None else v}" for k, v in shown]
+    usage = record.get("usage")
+    if isinstance(usage, dict):
+        lines.append("Usage:")
+        lines += [f"  {k + ':':<{width}}{'<not measured>' if v is None else v}"
+                  for k, v in usage.items()]
+    return [render._clean(line) for line in lines]
+
+
 @jobs.command("cancel")
 @client_command
 @job_arguments

@@ -138,6 +138,12 @@ async def _waits_and_says_so(served: Client, sha: str, tmp_path: Path,
     got = await cli("jobs", "get", plain["id"])
     assert got.rc == 0, got
     assert got.out.splitlines()[1].split()[1] == "queued:compiling", got.out
+    described = await cli("jobs", "describe", plain["id"])
+    assert described.rc == 0, described
+    [line] = [li for li in described.out.splitlines() if li.startswith("Waiting:")]
+    # the same sentence (the seconds since the compile started go on)
+    assert line.startswith("Waiting:   waiting for the runtime 'tiny' to finish compiling "
+                           "(started ") and line.endswith(STARTS), described.out
     wide = await cli("jobs", "get", plain["id"], "-o", "wide")
     assert "WAITING" in wide.out and "to finish compiling" in wide.out, wide.out
     listed = await cli("jobs", "list", "-o", "wide")
@@ -157,6 +163,10 @@ async def _waits_and_says_so(served: Client, sha: str, tmp_path: Path,
     assert (await _record(served, plain["id"]))["waiting"] is None, left
     assert (await wait_done(daemon, plain["id"])).exit_code == 6
     assert (await _record(served, plain["id"]))["waiting"] is None
+    described = await cli("jobs", "describe", plain["id"])
+    assert "State:     failed" in described.out.splitlines(), described.out
+    assert "Exit Code: 6" in described.out.splitlines(), described.out
+    assert "Waiting" not in described.out, described.out
 
     await _precompiler(daemon).begun(sha, fuel=True, within_s=60)
     message = (await _record(served, fuelled["id"]))["waiting"]["message"]

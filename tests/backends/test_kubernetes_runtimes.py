@@ -8,6 +8,7 @@ not poold's: a job can only start from what poold published."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
@@ -249,6 +250,20 @@ async def test_a_python_script_runs_in_a_runner_pod(
     assert not list((tmp_path / "pods-cache").rglob(f"{ready['sha256']}.*"))
 
 
+async def _compiled_in_poold(daemon: Daemon, sha: str) -> None:
+    """Until poold's background compiler has the plain flavour, on the runtimes' wake-up
+    (called after each compilation)."""
+    assert daemon.modules is not None and daemon.modules.precompiler is not None
+    assert daemon.scheduler is not None and daemon.scheduler.runtimes is not None
+    cache = daemon.modules.precompiler.cache
+    changed = asyncio.Event()
+    daemon.scheduler.runtimes.on_change(changed.set)
+    async with asyncio.timeout(60):
+        while not cache.has(sha, fuel=False):
+            await changed.wait()
+            changed.clear()
+
+
 async def test_a_job_waits_queued_until_its_runtime_is_published(
         kube: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Compiled in poold's cache is not enough on Kubernetes: until the compiled form is
@@ -275,10 +290,17 @@ async def test_a_job_waits_queued_until_its_runtime_is_published(
             record = await client.json("GET", f"/v1/jobs/{job['id']}", 200)
             assert record["state"] == "queued" and record["pod"] is None, record
             assert pool.figures()["idle"] >= 1  # a worker was there; the job did not take it
+            # once poold has compiled it, the job's record says what it still waits for
+            await _compiled_in_poold(daemon, listed["module"])
+            record = await client.json("GET", f"/v1/jobs/{job['id']}", 200)
+            assert record["waiting"] == {"reason": "publishing", "message": (
+                "waiting for the runtime 'tiny' to be published on the shared volume, where "
+                "runner pods read it (it is compiled; large files take a while to copy); the "
+                "job starts when it is done")}, record
             gate.set()
             await wait_done(daemon, job["id"])
             done = await client.json("GET", f"/v1/jobs/{job['id']}", 200)
-            assert done["state"] == "succeeded", done
+            assert done["state"] == "succeeded" and done["waiting"] is None, done
             assert (await client.text(f"/v1/jobs/{job['id']}/output")).splitlines() == [
                 "waited", "from the mount"]
             [listed] = (await client.json("GET", "/v1/runtimes", 200))["runtimes"]
