@@ -417,7 +417,11 @@ class AsyncClient:
             if job.terminal:
                 return job
             if deadline is not None and time.monotonic() + pause > deadline:
-                raise JobWaitTimeout(f"job {job_id} is still {job.state} after {timeout:g} s")
+                waiting = job.record.get("waiting")
+                why = f": {waiting['message']}" if isinstance(waiting, dict) and \
+                    waiting.get("message") else ""
+                raise JobWaitTimeout(
+                    f"job {job_id} is still {job.state} after {timeout:g} s{why}")
             await asyncio.sleep(pause)
             pause = min(pause * 2, poll_max_s)
 

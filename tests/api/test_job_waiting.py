@@ -144,6 +144,11 @@ async def _waits_and_says_so(served: Client, sha: str, tmp_path: Path,
     # the same sentence (the seconds since the compile started go on)
     assert line.startswith("Waiting:   waiting for the runtime 'tiny' to finish compiling "
                            "(started ") and line.endswith(STARTS), described.out
+    # a script that gives up waiting learns why it did not end
+    waited = await cli("jobs", "wait", plain["id"], "--timeout", "0.2")
+    assert waited.rc == 75, waited
+    assert f"job {plain['id']} is still queued after 0.2 s: waiting for the runtime 'tiny' " \
+        "to finish compiling (started " in waited.err, waited.err
     wide = await cli("jobs", "get", plain["id"], "-o", "wide")
     assert "WAITING" in wide.out and "to finish compiling" in wide.out, wide.out
     listed = await cli("jobs", "list", "-o", "wide")
