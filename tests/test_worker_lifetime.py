@@ -3,13 +3,12 @@ poold ends what an earlier one left before it removes their slots."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -18,33 +17,9 @@ import pytest
 from poold.daemon import Daemon
 from poold.types import PodName
 from tests.support.daemon import Client
-from tests.support.procs import children, cmdline, working_in
+from tests.support.procs import children, cmdline, wait_gone, working_in
 from tests.support.serve import HEADERS, PooldProcess, serve_env
 from tests.support.wasm_fixtures import module
-
-
-async def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
-    """Wait on each process's pidfd until it exits; the pids still alive at the deadline."""
-    loop = asyncio.get_running_loop()
-    waits: dict[int, asyncio.Future[None]] = {}
-    fds = []
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        fds.append(fd)
-        done: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, lambda f=done: f.done() or f.set_result(None))
-        waits[pid] = done
-    try:
-        if waits:
-            await asyncio.wait(waits.values(), timeout=timeout)
-        return [pid for pid, done in waits.items() if not done.done()]
-    finally:
-        for fd in fds:
-            loop.remove_reader(fd)
-            os.close(fd)
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from poold.agent.usage import Meter
 from poold.atomic import write_atomic
 from poold.data.kafka import MAX_RECORD_BYTES, AgentData, DataUnavailable
 from poold.errors import Error
+from poold.faults import agent_crash_point
 from poold.protocol import JobDocument, ResultDocument, Unsupported
 from poold.runtime.digest import file_sha256
 from poold.runtime.runner import CANCELLED_BEFORE_START, Runner, RunRequest, RunResult
@@ -55,6 +56,15 @@ STOP_GRACE_S = 2.0
 in a host call (a WASI sleep of an hour) cannot be interrupted, so beyond this
 the process exits without it rather than ignore SIGTERM."""
 PARENT_CHECK_S = 0.5
+LINK_CLOSE_S = 1.0
+"""At shutdown, how long poold's open links get to take their last events and close."""
+SHUTDOWN_S = 2.0
+"""Then how long other requests (an event stream) may take before they are cut; the
+server would wait 60 s (aiohttp's default) for each, and poold keeps one open for as
+long as the worker lives, so an agent that failed would live on for minutes while
+poold took it for running its job."""
+KAFKA_STOP_S = 5.0
+"""How long closing the Kafka clients may take (output is flushed at each job's end)."""
 
 
 class Refused(Error):
@@ -115,6 +125,11 @@ class Agent:
         self._output_reported_at = 0.0
         self._work_done = threading.Event()
         self._work_done.set()
+        self._holding: str | None = None
+        """The job whose ``job.json`` was read and whose result is not yet written."""
+        self._closing = False
+        self._links: set[asyncio.Task[Any]] = set()
+        """The handlers of poold's open links (:meth:`_link`)."""
 
     # -- HTTP endpoint -------------------------------------------------------
 
@@ -142,7 +157,17 @@ class Agent:
         app.router.add_get("/events", self._events)
         app.router.add_post("/cancel", self._cancel)
         app.router.add_get("/link", self._link)
+        app.on_shutdown.append(self._close_links)
         return app
+
+    async def _close_links(self, _: web.Application) -> None:
+        """Let each open link send what is left of its job's events and close: poold
+        learns at once that the worker is going, not when a connection times out."""
+        self._closing = True
+        began, self._next_log = self._next_log, asyncio.Event()
+        began.set()
+        if self._links:
+            await asyncio.wait(self._links, timeout=LINK_CLOSE_S)
 
     async def _ready(self, _: web.Request) -> web.Response:
         status = 200 if self.state != "starting" else 503
@@ -183,14 +208,20 @@ class Agent:
                 async for event in events.follow():
                     await ws.send_str(json.dumps(event))
                 while self.events is events:  # until the next job's log begins
+                    if self._closing:
+                        return
                     await self._next_log.wait()
                 events = self.events
 
         reader = asyncio.create_task(commands(), name="agent-link")
         writer = asyncio.create_task(forward(), name="agent-link-events")
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._links.add(handler)
         try:
             await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._links.discard(handler)
             reader.cancel()
             writer.cancel()
             ended = await asyncio.gather(reader, writer, return_exceptions=True)
@@ -238,7 +269,8 @@ class Agent:
         # killing the worker
         with contextlib.suppress(ValueError):  # not the main thread: nothing to set
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                               shutdown_timeout=SHUTDOWN_S)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
         await site.start()
@@ -268,11 +300,39 @@ class Agent:
                     sys.stderr.flush()
                     os._exit(1)
             else:
-                job_task.result()  # no job came within linger_s of the last one
+                try:
+                    job_task.result()  # None: no job came within linger_s of the last one
+                except Exception as e:
+                    self._crashed(e)
+                    raise  # the process exits non-zero once the shutdown below is done
             stop_task.cancel()
         finally:
-            await self.data.stop()
+            try:
+                async with asyncio.timeout(KAFKA_STOP_S):
+                    await self.data.stop()
+            except TimeoutError:
+                log.warning("closing the Kafka clients took too long; exiting without",
+                            timeout_s=KAFKA_STOP_S)
             await runner.cleanup()
+
+    def _crashed(self, error: Exception) -> None:
+        """The job loop failed outside a job's own handling (a bug, a result that could
+        not be written). The job in hand ends ``error`` saying so, in its slot if the
+        slot takes it and in the event stream poold follows, so poold ends it now; the
+        agent then exits rather than leave poold waiting for a worker that does nothing."""
+        log.error("the agent's job loop failed; exiting", exc_info=error)
+        job_id, self._holding = self._holding, None
+        if job_id is None:
+            return
+        result = _error(job_id, f"the worker's agent failed and exited: {error!r}; a job "
+                                "that may have started is not run again: submit it again")
+        try:
+            write_json_atomic(self.slot.result_json, result.to_json(),
+                              fsync=self.settings.fsync)
+        except OSError as e:
+            log.warning("the failed job's result could not be written", error=str(e))
+        self.state = "done"
+        self.events.publish({"type": "finished", "result": result.to_json()})
 
     async def _watch_parent(self) -> None:
         parent = self.settings.parent_pid
@@ -326,6 +386,8 @@ class Agent:
             if raw is None:
                 return
             served = raw.get("job_id")
+            self._holding = served if isinstance(served, str) else None
+            agent_crash_point("job")
             try:
                 doc = JobDocument.from_json(raw)
             except Unsupported as e:
@@ -423,7 +485,9 @@ class Agent:
         self.events.publish({"type": "accepted", "ts": time.time()})
 
     def _report(self, result: ResultDocument) -> None:
+        agent_crash_point("report")
         write_json_atomic(self.slot.result_json, result.to_json(), fsync=self.settings.fsync)
+        self._holding = None
         self.state = "done"
         self.events.publish({"type": "finished", "result": result.to_json()})
         log.info("job finished in agent", state=result.state, exit_code=result.exit_code)

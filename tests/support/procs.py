@@ -10,8 +10,10 @@ whose reaper is itself gone, or busy, no longer does anything).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -91,3 +93,27 @@ def working_in(root: Path) -> list[int]:
         if cwd.startswith(str(root)):
             found.append(int(entry.name))
     return found
+
+
+async def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait on each process's pidfd until it exits; the pids still alive at the deadline."""
+    loop = asyncio.get_running_loop()
+    waits: dict[int, asyncio.Future[None]] = {}
+    fds = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        fds.append(fd)
+        done: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, lambda f=done: f.done() or f.set_result(None))
+        waits[pid] = done
+    try:
+        if waits:
+            await asyncio.wait(waits.values(), timeout=timeout)
+        return [pid for pid, done in waits.items() if not done.done()]
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+            os.close(fd)
