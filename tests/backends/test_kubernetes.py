@@ -13,6 +13,7 @@ from poold.backends.kubernetes import KubernetesBackend
 from poold.types import JobId, PodName
 from tests.fakekube import FakeApiServer, FakeKubelet
 from tests.support.daemon import Client, DaemonFactory, wait_done
+from tests.support.procs import wait_gone
 from tests.support.wasm_fixtures import module
 
 SELECTOR = "app.kubernetes.io/name=poold-runner"
@@ -260,3 +261,26 @@ async def test_oom_killed_idle_pod_is_replaced(
     await pool.wait_until(lambda: pool.figures()["idle"] == 2, 60)
     metrics = daemon.metrics.render().decode()
     assert 'poold_worker_failures_total{reason="idle_lost"} 1.0' in metrics
+
+
+async def test_a_runner_pods_crashed_agent_ends_its_job_error_at_once(
+    start_kube_daemon: DaemonFactory, kubelet: FakeKubelet
+) -> None:
+    """The agent's job loop crashes (``POOLD_AGENT_CRASH_AT``, poold/faults.py) after
+    it read job.json: the job ends ``error`` saying so, well within its hour's time
+    limit, once, and the pod's agent exits (tests/agent/test_agent_crash.py has the
+    local backend's and the agent's own side)."""
+    kubelet.base_env["POOLD_AGENT_CRASH_AT"] = "job"
+    daemon = await start_kube_daemon()
+    pids = dict(kubelet.processes)
+    async with aiohttp.ClientSession() as session:
+        client = Client(daemon, session, "alpha")
+        job = await client.submit(await client.upload(module("upper")), input=["a"],
+                                  limits={"timeout_s": 3600})
+        done = await wait_done(daemon, job["id"], timeout=60)
+    assert done.state.value == "error", done
+    assert done.error is not None, done
+    assert done.error.startswith("the worker's agent failed and exited: InjectedCrash("), done
+    assert done.attempts == 1 and done.started_at is None, done
+    assert done.pod in pids, (done.pod, pids)
+    assert await wait_gone([pids[done.pod]], 30) == []
