@@ -22,6 +22,7 @@ from poold.config import InterpreterSettings, Settings
 from poold.daemon import Daemon
 from poold.jobs.model import Job, JobState
 from poold.modules.compiler import Precompiler
+from poold.modules.runtimes import ago
 from poold.runtime.engine import CompileCache
 from poold.types import JobId
 from tests.support.cli import Done, environ, poold, spawned
@@ -192,3 +193,11 @@ async def _waits_and_says_so(served: Client, sha: str, tmp_path: Path,
         assert proc.returncode == 6, proc.returncode
     assert (await wait_done(daemon, fuelled["id"])).exit_code == 6
     assert (await _record(served, fuelled["id"]))["waiting"] is None
+
+
+@pytest.mark.parametrize(("seconds", "said"), [
+    (0.4, "0 s ago"), (59, "59 s ago"), (60, "1 min ago"), (150, "2 min ago"),
+    (3599, "59 min ago"), (3900, "1 h 5 min ago"), (-2, "0 s ago"),
+])
+def test_how_long_ago_a_compile_started_reads(seconds: float, said: str) -> None:
+    assert ago(seconds) == said
