@@ -76,6 +76,8 @@ class EventLog:
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
+        self.closed = False
+        """No more events will come (the agent is shutting down)."""
         self._changed = asyncio.Event()
         """Set (and replaced) by each :meth:`publish`: followers wake without a task
         started per event to notify them."""
@@ -85,10 +87,18 @@ class EventLog:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    def close(self) -> None:
+        """Followers end once they have had every event."""
+        self.closed = True
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     async def follow(self) -> AsyncIterator[dict[str, Any]]:
         i = 0
         while True:
             while len(self.events) <= i:
+                if self.closed:
+                    return
                 await self._changed.wait()
             while i < len(self.events):
                 event = self.events[i]
@@ -164,6 +174,7 @@ class Agent:
         """Let each open link send what is left of its job's events and close: poold
         learns at once that the worker is going, not when a connection times out."""
         self._closing = True
+        self.events.close()  # the job loop has ended: nothing more will come
         began, self._next_log = self._next_log, asyncio.Event()
         began.set()
         if self._links:

@@ -10,10 +10,14 @@ below the minutes it took before."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import secrets
+import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -27,6 +31,7 @@ from tests.support.procs import wait_gone
 from tests.support.wasm_fixtures import module
 
 FAILED = "the worker's agent failed and exited: InjectedCrash("
+CLOSED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
 
 def _worker_pids(daemon: Daemon) -> dict[str, int]:
@@ -60,52 +65,81 @@ async def test_a_crashed_agent_ends_its_job_error_at_once_and_is_not_run_again(
     assert record["state"] == "error" and record["error"] == done.error, record
 
 
-@pytest.mark.timeout(60)
-async def test_an_agent_whose_job_loop_fails_reports_closes_poolds_link_and_exits(
-        tmp_path: Path, broker: str, session: aiohttp.ClientSession) -> None:
-    """The agent alone, with poold's side played here: a link held open as poold holds
-    one to each worker. The link carries the job's end and closes, the slot holds the
-    same result, and the process exits non-zero by itself (nobody kills it)."""
+@dataclasses.dataclass
+class AgentProcess:
+    proc: asyncio.subprocess.Process
+    slot: Slot
+    endpoint: str
+    headers: dict[str, str]
+
+
+@contextlib.asynccontextmanager
+async def agent_process(tmp_path: Path, broker: str, **env: str) -> AsyncIterator[AgentProcess]:
+    """``poold agent`` as a runner pod runs it, ready; killed after if still running."""
     slot = Slot(tmp_path / "slot")
     slot.create()
     token = secrets.token_urlsafe(16)
     ready_read, ready_write = os.pipe()
-    env = {**os.environ, "POOLD_AGENT_SLOT": str(slot.dir), "POOLD_AGENT_KAFKA": broker,
-           "POOLD_AGENT_CACHE": str(tmp_path / "cache"), "POOLD_AGENT_HOST": "127.0.0.1",
-           "POOLD_AGENT_PORT": "0", "POOLD_AGENT_TOKEN": token,
-           "POOLD_AGENT_READY_FD": str(ready_write), "POOLD_AGENT_FSYNC": "false",
-           "POOLD_AGENT_CRASH_AT": "job"}
-    agent = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "poold", "agent", env=env, pass_fds=(ready_write,),
+    variables = {
+        **os.environ, "POOLD_AGENT_SLOT": str(slot.dir), "POOLD_AGENT_KAFKA": broker,
+        "POOLD_AGENT_CACHE": str(tmp_path / "cache"), "POOLD_AGENT_HOST": "127.0.0.1",
+        "POOLD_AGENT_PORT": "0", "POOLD_AGENT_TOKEN": token,
+        "POOLD_AGENT_READY_FD": str(ready_write), "POOLD_AGENT_FSYNC": "false", **env}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "poold", "agent", env=variables, pass_fds=(ready_write,),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     os.close(ready_write)
     try:
         with os.fdopen(ready_read, "rb") as ready:
             announced = json.loads(await asyncio.wait_for(
                 asyncio.to_thread(ready.readline), 30))
-        headers = {"Authorization": f"Bearer {token}"}
-        async with session.ws_connect(announced["endpoint"] + "/link", headers=headers,
+        yield AgentProcess(proc, slot, announced["endpoint"],
+                           {"Authorization": f"Bearer {token}"})
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.timeout(60)
+async def test_an_agent_whose_job_loop_fails_reports_closes_poolds_link_and_exits(
+        tmp_path: Path, broker: str, session: aiohttp.ClientSession) -> None:
+    """The agent alone, with poold's side played here: a link held open as poold holds
+    one to each worker. The link carries the job's end and closes, the slot holds the
+    same result, and the process exits non-zero by itself (nobody kills it)."""
+    async with agent_process(tmp_path, broker, POOLD_AGENT_CRASH_AT="job") as agent:
+        async with session.ws_connect(agent.endpoint + "/link", headers=agent.headers,
                                       autoping=False) as link:
-            write_json_atomic(slot.job_json, {"job_id": "j-1"}, fsync=False)
+            write_json_atomic(agent.slot.job_json, {"job_id": "j-1"}, fsync=False)
             await link.send_str('{"op":"run"}')
             async with asyncio.timeout(30):
                 message = await link.receive()
                 assert message.type is aiohttp.WSMsgType.TEXT, message
                 event = json.loads(message.data)
                 assert event["type"] == "finished", event
-                closing = await link.receive()
-                assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                                        aiohttp.WSMsgType.CLOSING), closing
-                code = await agent.wait()
+                assert (await link.receive()).type in CLOSED
+                code = await agent.proc.wait()
         result = event["result"]
         assert result["job_id"] == "j-1" and result["state"] == "error", result
         assert result["error"].startswith(FAILED), result
-        assert read_json(slot.result_json) == result
+        assert read_json(agent.slot.result_json) == result
         assert code == 1, code
-        assert agent.stderr is not None
-        said = (await agent.stderr.read()).decode()
+        assert agent.proc.stderr is not None
+        said = (await agent.proc.stderr.read()).decode()
         assert "the agent's job loop failed" in said, said
-    finally:
-        if agent.returncode is None:
-            agent.kill()
-            await agent.wait()
+
+
+@pytest.mark.timeout(60)
+async def test_a_stopped_agent_still_exits_cleanly_closing_poolds_link(
+        tmp_path: Path, broker: str, session: aiohttp.ClientSession) -> None:
+    """A normal stop (SIGTERM: a runner pod deleted) is no crash: exit code 0, no result
+    made up; poold's open link is closed rather than waited out."""
+    async with agent_process(tmp_path, broker) as agent:
+        async with session.ws_connect(agent.endpoint + "/link", headers=agent.headers,
+                                      autoping=False) as link:
+            agent.proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                assert (await link.receive()).type in CLOSED
+                code = await agent.proc.wait()
+        assert code == 0, code
+        assert read_json(agent.slot.result_json) is None
