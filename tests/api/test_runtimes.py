@@ -20,7 +20,7 @@ import pytest
 from poold.config import ConfigError, InterpreterSettings, Settings, load_settings
 from poold.modules import shared as shared_module
 from poold.modules.compiler import uncompilable_marker
-from poold.modules.runtimes import RuntimeState, install_runtimes, share_runtimes
+from poold.modules.runtimes import Runtimes, RuntimeState, install_runtimes, share_runtimes
 from poold.modules.store import ModuleStore
 from poold.modules.structure import StructureLimits
 from poold.runtime.engine import CompileCache
@@ -300,10 +300,11 @@ async def test_a_runtime_over_its_compile_limit_is_failed_naming_the_key(
         assert "runtimes.tiny.compile_timeout_s" in body["error"], body
 
 
-async def test_on_the_kubernetes_backend_a_runtime_that_cannot_be_published_fails(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A full volume: the runtime is `failed`, saying where, and its jobs are refused
-    instead of waiting for ever."""
+async def _published_with(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError,
+) -> tuple[Runtimes, ModuleStore]:
+    """A Kubernetes server's runtime "tiny" after publishing it to the shared volume
+    failed, each file copy raising ``error``."""
     settings = Settings(pool={"backend": "kubernetes"}, slots={"root": tmp_path / "slots"},
                         runtimes={"tiny": _runtime(tmp_path)})
     store = ModuleStore(tmp_path / "m", precompiler=None, max_bytes=1,
@@ -312,11 +313,20 @@ async def test_on_the_kubernetes_backend_a_runtime_that_cannot_be_published_fail
     shared = share_runtimes(runtimes, settings=settings, store=store,
                             cache=CompileCache(tmp_path / "cache"))
 
-    def full(src: Path, dst: Path, *, fsync: bool) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def failing(src: Path, dst: Path, *, fsync: bool) -> None:
+        raise error
 
-    monkeypatch.setattr(shared_module, "_copy_file", full)
+    monkeypatch.setattr(shared_module, "_copy_file", failing)
     await shared.run()  # nothing left it could publish: it ends
+    return runtimes, store
+
+
+async def test_on_the_kubernetes_backend_a_runtime_that_cannot_be_published_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full volume: the runtime is `failed`, saying where, and its jobs are refused
+    instead of waiting for ever."""
+    runtimes, store = await _published_with(
+        tmp_path, monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
     state, why = runtimes["tiny"].state(store)
     assert state is RuntimeState.FAILED
     assert why is not None and "shared volume" in why and "No space left" in why, why
@@ -332,19 +342,8 @@ async def test_on_the_kubernetes_backend_a_runtime_that_cannot_be_published_fail
 async def test_a_runtime_whose_publishing_is_refused_says_so(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Not a full volume: the refusal points at the error itself."""
-    settings = Settings(pool={"backend": "kubernetes"}, slots={"root": tmp_path / "slots"},
-                        runtimes={"tiny": _runtime(tmp_path)})
-    store = ModuleStore(tmp_path / "m", precompiler=None, max_bytes=1,
-                        structure=StructureLimits.from_settings(settings.modules))
-    runtimes = install_runtimes(settings, store)
-    shared = share_runtimes(runtimes, settings=settings, store=store,
-                            cache=CompileCache(tmp_path / "cache"))
-
-    def denied(src: Path, dst: Path, *, fsync: bool) -> None:
-        raise PermissionError(errno.EACCES, "Permission denied")
-
-    monkeypatch.setattr(shared_module, "_copy_file", denied)
-    await shared.run()
+    runtimes, _ = await _published_with(
+        tmp_path, monkeypatch, PermissionError(errno.EACCES, "Permission denied"))
     refusal = runtimes.refusal("tiny", fuel=True)
     assert refusal is not None and "Permission denied" in refusal, refusal
     assert refusal.endswith("the operator can correct what the error names on the shared "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
@@ -10,15 +9,6 @@ import pytest
 import wasmtime
 
 from poold.runtime.engine import WASMTIME_VERSION, CompileCache, NotCompiled, make_engine
-from tests.support.wasm_fixtures import module
-
-
-@pytest.fixture
-def upper(tmp_path: Path) -> tuple[Path, str]:
-    wasm = module("upper")
-    path = tmp_path / "upper.wasm"
-    path.write_bytes(wasm)
-    return path, hashlib.sha256(wasm).hexdigest()
 
 
 def count_compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:

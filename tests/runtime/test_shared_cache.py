@@ -3,7 +3,6 @@ volume, which runner pods read and must never change (another process owns them)
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -11,21 +10,12 @@ import pytest
 import wasmtime
 
 from poold.runtime.engine import CompileCache, NotCompiled, artifact_path, make_engine
-from tests.support.wasm_fixtures import module
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, float, bytes]]:
     """Every file under ``root``: size, mtime and content."""
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime, p.read_bytes())
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def upper(tmp_path: Path) -> tuple[Path, str]:
-    wasm = module("upper")
-    path = tmp_path / "upper.wasm"
-    path.write_bytes(wasm)
-    return path, hashlib.sha256(wasm).hexdigest()
 
 
 def test_an_artifact_of_a_read_only_root_is_used_and_left_untouched(
