@@ -139,6 +139,10 @@ class Planned:
     final: dict[str, Any] | None = None
     stuck: str | None = None
     """Its record, if it had not ended ``END_WITHIN_S`` after it was submitted."""
+    phase: str = "gate"
+    """Where its client is, for a stall's report: ``gate`` (waiting for its turn),
+    ``POST``, ``DELETE``, ``follow`` (reading its followed output), ``wait`` (for
+    its end, on the store's events), ``GET`` (its final record), ``done``."""
 
 
 def _plan(rng: random.Random) -> list[Planned]:
@@ -238,7 +242,8 @@ class Progress:
         self.done += 1
         self._changed.set()
 
-    async def watch(self, daemon: Daemon) -> None:
+    async def watch(self, daemon: Daemon, plan: list[Planned],
+                    session: aiohttp.ClientSession) -> None:
         """Fail as soon as ``STALL_S`` pass without a job done (a stalled daemon)."""
         while self.done < self.total:
             self._changed.clear()
@@ -246,8 +251,10 @@ class Progress:
                 await asyncio.wait_for(self._changed.wait(), STALL_S)
             except TimeoutError:
                 raise AssertionError(
-                    f"no job ended for {STALL_S} s: stalled after {self.report(daemon)}; "
-                    f"the daemon's tasks were waiting at:\n{_where_tasks_wait()}") from None
+                    f"no job ended for {STALL_S} s: stalled after {self.report(daemon)}\n"
+                    f"{_stall_report(daemon, plan, session)}\n"
+                    f"the tasks were waiting at (outermost await <- innermost):\n"
+                    f"{_where_tasks_wait()}") from None
 
     def report(self, daemon: Daemon) -> str:
         pool = daemon.pool.figures() if daemon.pool else None
@@ -255,30 +262,103 @@ class Progress:
         return f"{self.done} of {self.total} jobs done; jobs by state {states}; pool {pool}"
 
 
+def _stall_report(daemon: Daemon, plan: list[Planned], session: aiohttp.ClientSession) -> str:
+    """What tells the suspects of a stall apart: the jobs in flight as their clients
+    see them beside their records in the store (a client hung on a job that ended,
+    or jobs that never end), the scheduler's queue, quota slots and running jobs (a
+    tenant's slot never given back, or a dispatcher not woken with jobs queued and
+    workers idle), the pool's workers, and the clients' connections."""
+    scheduler, pool = daemon.scheduler, daemon.pool
+    assert scheduler is not None and pool is not None
+    in_flight = [j for j in plan if j.phase not in ("gate", "done")]
+    stored = {j.id: daemon.store.get(j.id) for j in in_flight  # type: ignore[arg-type]
+              if j.id is not None}
+
+    def state(job: Planned) -> str:
+        record = stored.get(job.id)
+        return "not accepted yet" if record is None else record.state.value
+
+    pairs = Counter(f"{j.phase}/{state(j)}" for j in in_flight)
+    queued = {t: n for t in TENANT_NAMES if (n := scheduler.queue.size(t))}  # type: ignore[arg-type]
+    dispatcher = [t for t in asyncio.all_tasks() if t.get_name() == "daemon:scheduler"]
+    lines = [
+        f"{len(in_flight)} jobs in flight, by client phase/state in the store: {dict(pairs)}",
+        f"scheduler: queued by tenant {queued} ({len(scheduler.queue)} in all); quota slots "
+        f"taken by tenant {scheduler.active}; running {len(scheduler.running)}; parked "
+        f"{len(scheduler.parked)}; wake pending {scheduler._wake.is_set()}; dispatcher task "
+        f"{'alive' if dispatcher and not dispatcher[0].done() else 'GONE'}; partitions "
+        f"leased {scheduler.leases.leased}",
+        f"daemon tasks failed: {daemon.tasks.failed.is_set()} ({daemon.tasks.error!r}); "
+        f"pool tasks failed: {pool.tasks.failed.is_set()} ({pool.tasks.error!r})",
+        f"client connections: {len(connector._acquired)} taken of {connector.limit}"
+        if (connector := session.connector) else "no connector",
+        "pool workers: " + ", ".join(
+            f"{w.pod} {w.state.value}{' job ' + w.job if w.job else ''}"
+            f"{' settling' if w.settling else ''}" for w in pool.workers.values()),
+    ]
+    for run in list(scheduler.running.values())[:16]:
+        record = daemon.store.get(run.job_id)
+        lines.append(
+            f"  running {run.job_id} ({run.tenant}): {record.state.value if record else None}, "
+            f"worker {run.worker.pod} {run.worker.state.value} "
+            f"(in the pool: {pool.workers.get(run.worker.pod) is run.worker}), "
+            f"cancel {run.cancel.is_set()}, output done {run.done}")
+    shown: Counter[str] = Counter()
+    for job in in_flight:  # a few of each phase/state
+        shown[key := f"{job.phase}/{state(job)}"] += 1
+        if shown[key] > 4:
+            continue
+        record = stored.get(job.id)
+        lines.append(
+            f"  in flight: {job.kind} {job.tenant} {job.id} client at {job.phase}, "
+            f"DELETEs {job.deletes}, first line {job.first_line!r}; "
+            + ("no record" if record is None else
+               f"{record.state.value} pod {record.pod} assigned {record.assigned_at} "
+               f"started {record.started_at} finished {record.finished_at} "
+               f"error {record.error!r}; running here: {record.id in scheduler.running}"))
+    return "\n".join(lines)
+
+
+def _frame(coro: Any) -> str:
+    frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+    if frame is None:
+        return repr(coro)
+    path = frame.f_code.co_filename
+    for root, shown in (("/site-packages/", ""), ("/poold/", "poold/"), ("/tests/", "tests/"),
+                        ("/asyncio/", "asyncio/")):
+        if root in path:
+            path = shown + path.split(root, 1)[1]
+            break
+    return f"{path}:{frame.f_lineno} {frame.f_code.co_name}"
+
+
 def _where_tasks_wait() -> str:
-    """Each running task's innermost awaiting line, counted: where a stall hangs."""
+    """Each running task's chain of awaits, counted: where a stall hangs. The
+    project's own frames and the innermost one (what it waits for) are shown."""
     found: Counter[str] = Counter()
     for task in asyncio.all_tasks():
-        coro: Any = task.get_coro()
+        coro = task.get_coro()
+        chain = [coro]
         while (inner := getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
                ) is not None and (hasattr(inner, "cr_frame") or hasattr(inner, "gi_frame")):
-            coro = inner
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        where = (f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}"
-                 if frame is not None else repr(coro))
-        found[f"{task.get_name().rstrip('0123456789')}  {where}"] += 1
+            chain.append(coro := inner)
+        frames = [_frame(c) for c in chain]
+        shown = [f for f in frames[:-1] if f.startswith(("poold/", "tests/"))] + frames[-1:]
+        found[f"{task.get_name().rstrip('0123456789')}  {' <- '.join(shown)}"] += 1
     return "\n".join(f"{n:4} {where}" for where, n in found.most_common(40))
 
 
 async def _run_one(job: Planned, client: Tenant, modules: dict[str, str],
                    killer: Killer, gate: asyncio.Semaphore, progress: Progress) -> None:
     await _run_gated(job, client, modules, killer, gate)
+    job.phase = "done"
     progress.one_done()
 
 
 async def _run_gated(job: Planned, client: Tenant, modules: dict[str, str],
                      killer: Killer, gate: asyncio.Semaphore) -> None:
     async with gate:
+        job.phase = "POST"
         body = {"module": modules[MODULE_OF[job.kind]], **job.body}
         async with client.request("POST", "/v1/jobs", json=body) as r:
             job.status = r.status
@@ -287,8 +367,10 @@ async def _run_gated(job: Planned, client: Tenant, modules: dict[str, str],
             return
         job.id = record["id"]
         if job.kind == "cancel_queued":
+            job.phase = "DELETE"
             await _delete(client, job)
         elif job.kind in ("cancel_run", "victim"):
+            job.phase = "follow"
             async with client.request("GET", f"/v1/jobs/{job.id}/output?follow=true") as r:
                 assert r.status == 200
                 job.first_line = await r.content.readline()
@@ -296,14 +378,18 @@ async def _run_gated(job: Planned, client: Tenant, modules: dict[str, str],
                     if job.kind == "victim":
                         killer.offer(job.id)
                     else:
+                        job.phase = "DELETE"
                         await _delete(client, job)
+                        job.phase = "follow"
                 await r.read()
+        job.phase = "wait"
         try:
             await wait_done(client.daemon, job.id, timeout=END_WITHIN_S)
         except TimeoutError:  # reported with the others' outcomes, not by cutting them off
             pool = client.daemon.pool.figures() if client.daemon.pool else None
             job.stuck = f"{client.daemon.store.get(job.id)}; pool {pool}"
             return
+        job.phase = "GET"
         job.final = await client.json("GET", f"/v1/jobs/{job.id}", 200)
 
 
@@ -419,7 +505,8 @@ async def _soak(start_daemon: DaemonFactory, session: aiohttp.ClientSession, see
     started = time.monotonic()
     try:
         async with asyncio.TaskGroup() as group:
-            watching = group.create_task(progress.watch(daemon), name="soak-progress")
+            watching = group.create_task(progress.watch(daemon, plan, session),
+                                         name="soak-progress")
             for job in plan:
                 group.create_task(_run_one(job, clients[job.tenant], modules[job.tenant],
                                            killer, gate, progress))
