@@ -422,6 +422,12 @@ class KubernetesSettings(_Section):
     """Where runner pods see the runtimes poold publishes to ``<slots.root>/runtimes``
     (a read-only mount poold adds to the pod template when ``[runtimes.*]`` are
     configured); the agent gets it as ``POOLD_AGENT_RUNTIMES``."""
+    runtimes_retention_s: Annotated[float, Field(ge=3600)] = 86400.0
+    """A runtime's folder or compiled form under ``<slots.root>/runtimes`` that this
+    config does not use and no job in a slot names is removed once no replica has used
+    it for this long, in seconds (poold/modules/prune.py). Every replica marks what it
+    uses every 10 min, so a replica running another config keeps its own; a day leaves
+    an operator time to roll a change back without copying ~0.5 GB again. At least 1 h."""
 
 
 class TenantSettings(_Section):

@@ -33,6 +33,7 @@ from poold.jobs.files import JobFiles
 from poold.jobs.journal import JournalJobStore
 from poold.metrics import Metrics
 from poold.modules.compiler import Precompiler
+from poold.modules.prune import RuntimePruner
 from poold.modules.runtimes import install_runtimes, share_runtimes
 from poold.modules.shared import SharedRuntimes
 from poold.modules.store import ModuleStore
@@ -85,6 +86,8 @@ class Daemon:
         self.files: JobFiles | None = None
         self.shared: SharedRuntimes | None = None
         """Kubernetes backend with runtimes: their publication to the shared volume."""
+        self.pruner: RuntimePruner | None = None
+        """Kubernetes backend: removes unused runtimes from the shared volume."""
 
     async def start(self) -> None:
         s = self.settings
@@ -119,6 +122,12 @@ class Daemon:
             self.shared = share_runtimes(
                 runtimes, settings=s, store=self.modules, cache=CompileCache(s.cache_dir))
             self.tasks.run(self.shared.run, name="runtime-publisher", finishable=True)
+        if s.pool.backend == "kubernetes":
+            # with or without [runtimes.*]: what an earlier config published goes too
+            self.pruner = RuntimePruner(
+                slots_root=s.slots.root, retention_s=s.kubernetes.runtimes_retention_s,
+                shared=self.shared, metrics=self.metrics)
+            self.tasks.run(self.pruner.run, name="runtime-pruner")
         files = self.files = JobFiles(s.state.dir / "jobs", fsync=s.state.fsync)
         self.backend = self._backend(bootstrap)
         if isinstance(self.backend, KubernetesBackend):

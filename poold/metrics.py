@@ -126,6 +126,16 @@ class Metrics:
             "poold_module_compiles_queued", "Uploaded modules waiting to be compiled.",
             registry=r,
         )
+        self.runtimes_removed = Counter(
+            "poold_shared_runtime_removals_total",
+            "Unused runtime entries removed from the shared volume's runtimes folder, by "
+            "kind: folder, artifact, temporary.",
+            ["kind"], registry=r,
+        )
+        self.runtimes_removed_bytes = Counter(
+            "poold_shared_runtime_removed_bytes_total",
+            "Bytes of the files in those entries.", registry=r,
+        )
         self.http_errors = Counter(
             "poold_http_client_errors_total", "4xx answers, by status.", ["status"], registry=r
         )

@@ -10,6 +10,7 @@ delivery; ``result.json`` plays the same role on the way back.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import Any
 
 from poold.atomic import write_atomic
 from poold.types import PodName
+
+SLOT_NAME = re.compile(r"poold-w-[0-9a-f]{10}")
+"""Names poold gives its workers, and so their slots (:func:`poold.types.new_pod_name`)."""
 
 
 @dataclass(frozen=True)

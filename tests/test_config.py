@@ -142,6 +142,14 @@ def test_out_of_range(tmp_path: Path) -> None:
     refused(write(tmp_path, "[server]\nport = 70000\n"), "server.port")
 
 
+def test_a_runtimes_retention_under_an_hour(tmp_path: Path) -> None:
+    """Every replica marks what it uses every 10 min: a shorter retention could prune
+    what a replica with another config still uses."""
+    refused(write(tmp_path, "[kubernetes]\nruntimes_retention_s = 600\n"),
+            "kubernetes.runtimes_retention_s", "3600")
+    assert load_settings(None, environ={}).kubernetes.runtimes_retention_s == 86400
+
+
 def test_bad_choice(tmp_path: Path) -> None:
     refused(write(tmp_path, '[pool]\nbackend = "docker"\n'), "pool.backend")
 

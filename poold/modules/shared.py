@@ -17,9 +17,9 @@ mount it read-only at ``kubernetes.runtimes_mount_path``):
   it is complete.
 
 On the Kubernetes backend a runtime (in a flavour) is ready only once both are
-there. Folders of earlier versions are left in place: a runner pod adopted by a
-restarted poold may still be running a job from one (docs/runtimes.md says how
-to remove them).
+there. Publishing (or finding published) sets an entry's mtime: what no replica
+has used for ``kubernetes.runtimes_retention_s`` and no job names is removed by
+:mod:`poold.modules.prune`.
 """
 
 from __future__ import annotations
@@ -110,6 +110,16 @@ def _folder(path: Path) -> None:
     os.chmod(path, 0o755)  # noqa: S103 - read-only for pods, which may be another user
 
 
+def _used(path: Path) -> bool:
+    """Mark a published entry as used now, so that no replica prunes it
+    (:mod:`poold.modules.prune`); False when it is not there."""
+    try:
+        os.utime(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _copy_file(src: Path, dst: Path, *, fsync: bool) -> None:
     with open(src, "rb") as fin, open(dst, "xb") as fout:
         shutil.copyfileobj(fin, fout, CHUNK)
@@ -131,7 +141,7 @@ def publish_files(
     digest = runtime_digest(module_sha256, mounts)
     folder = f"{name}-{digest[:12]}"
     target = root / folder
-    if target.is_dir():
+    if _used(target) and target.is_dir():
         return folder
     root.parent.mkdir(parents=True, exist_ok=True)
     _folder(root)
@@ -180,7 +190,7 @@ def publish_artifact(root: Path, cache: CompileCache, sha256: str, *, fuel: bool
     both are on one filesystem, else a copy, renamed into place); False when poold
     has not compiled it (yet)."""
     target = artifact_path(root / COMPILED, sha256, fuel=fuel)
-    if target.is_file():
+    if _used(target) and target.is_file():
         return True
     source = cache.path(sha256, fuel=fuel)
     if not source.is_file():
@@ -191,6 +201,7 @@ def publish_artifact(root: Path, cache: CompileCache, sha256: str, *, fuel: bool
         _folder(root / below)
     place_atomic(source, target, fsync=fsync)
     os.chmod(target, 0o644)
+    _used(target)  # a hard link keeps the compile's mtime
     return True
 
 
@@ -221,6 +232,8 @@ class SharedRuntimes:
         """(sha256, fuel) of the published compiled interpreters."""
         self.problems: dict[str, str] = {}
         """Runtime name -> why it could not be published."""
+        self.files_done = asyncio.Event()
+        """Set once every runtime's files are published (or failed to be)."""
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._listeners: list[Callable[[], None]] = []
@@ -277,6 +290,7 @@ class SharedRuntimes:
                     f"shared volume ({self.root}): {e}{_fix(e)}")
                 log.warning("runtime not published", runtime=runtime.name, error=str(e))
             self._note()
+        self.files_done.set()
         while True:
             left = False
             for runtime in self.runtimes:

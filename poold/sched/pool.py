@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,15 +26,11 @@ from poold.metrics import Metrics
 from poold.retry import RetryPolicy
 from poold.sched.agent_link import Link
 from poold.sched.sizing import AUTO_IDLE_TTL_S, Sizer, retirable
-from poold.slots import Slot
+from poold.slots import SLOT_NAME, Slot
 from poold.tasks import Supervisor
 from poold.types import JobId, PodName, TenantName, new_pod_name
 
 log = structlog.get_logger(__name__)
-
-SLOT_NAME = re.compile(r"poold-w-[0-9a-f]{10}")
-"""Names this pool gives its workers (see :func:`poold.types.new_pod_name`)."""
-
 
 class WorkerState(StrEnum):
     STARTING = "starting"

@@ -12,6 +12,7 @@ import asyncio
 import os
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -371,3 +372,47 @@ async def test_pods_made_without_the_runtimes_mount_take_no_runtime_job(
         job = await _run(client, "tiny", script="after the restart\n")
         assert job["state"] == "succeeded", job
         assert job["pod"] not in old
+
+
+def _stale(path: Path, *, size: int, age_s: float) -> Path:
+    """An entry an earlier poold published: a runtime's folder, or a compiled form."""
+    if path.suffix == ".cwasm":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"c" * size)
+    else:
+        (path / "mounts" / "0").mkdir(parents=True)
+        (path / "module.wasm").write_bytes(b"\0asm" + b"m" * (size - 4))
+    when = time.time() - age_s
+    os.utime(path, (when, when))
+    return path
+
+
+@pytest.mark.parametrize("configured", [True, False], ids=["changed", "removed"])
+async def test_runtimes_nobody_uses_any_more_leave_the_shared_volume(
+        kube: Start, tmp_path: Path, configured: bool) -> None:
+    """A runtime changed (or removed from the config) and a wasmtime upgraded: what the
+    earlier poold published goes once unused for kubernetes.runtimes_retention_s (a
+    day), counted in /metrics; what is younger, and what this config uses, stays."""
+    shared = tmp_path / "slots" / "runtimes"
+    old = _stale(shared / "tiny-0123456789ab", size=1000, age_s=2 * 86400)
+    old_compiled = _stale(shared / COMPILED / "wasmtime-1.0.0" / "plain" / f"{'a' * 64}.cwasm",
+                          size=500, age_s=2 * 86400)
+    recent = _stale(shared / "tiny-ba9876543210", size=1000, age_s=23 * 3600)
+    daemon = await kube({"tiny": _tiny(tmp_path)} if configured else {})
+    assert daemon.pruner is not None
+    await asyncio.wait_for(daemon.pruner.first_pass.wait(), 60)
+    assert not old.exists() and not old_compiled.exists()
+    assert (recent / "module.wasm").is_file()
+    async with aiohttp.ClientSession() as session:
+        client = Client(daemon, session, "alpha")
+        if configured:
+            ready = await _ready(daemon, "tiny")
+            [current] = [p for p in shared.glob("tiny-*") if p != recent]
+            assert (current / "module.wasm").read_bytes() == module("tinyinterp")
+            assert artifact_path(shared / COMPILED, ready["sha256"], fuel=False).is_file()
+            job = await _run(client, "tiny", script="still here\n")
+            assert job["state"] == "succeeded", job
+        metrics = await client.text("/metrics")
+    assert "poold_shared_runtime_removed_bytes_total 1500.0" in metrics
+    assert 'poold_shared_runtime_removals_total{kind="folder"} 1.0' in metrics
+    assert 'poold_shared_runtime_removals_total{kind="artifact"} 1.0' in metrics
