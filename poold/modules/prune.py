@@ -44,7 +44,7 @@ import structlog
 
 from poold.config import NAME_PATTERN
 from poold.metrics import Metrics
-from poold.modules.shared import COMPILED, FOLDER, SharedRuntimes
+from poold.modules.shared import COMPILED, FOLDER, SharedRuntimes, mark_used
 from poold.runtime.engine import WASMTIME_VERSION, flavour
 from poold.slots import SLOT_NAME, Slot, read_json
 
@@ -251,8 +251,7 @@ def touch(root: Path, in_use: InUse) -> None:
     paths += [root / COMPILED / CURRENT / name / f"{sha}.cwasm"
               for sha in in_use.artifacts for name in FLAVOURS]
     for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(path, follow_symlinks=False)
+        mark_used(path)
 
 
 class RuntimePruner:

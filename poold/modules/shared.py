@@ -110,13 +110,18 @@ def _folder(path: Path) -> None:
     os.chmod(path, 0o755)  # noqa: S103 - read-only for pods, which may be another user
 
 
-def _used(path: Path) -> bool:
+def mark_used(path: Path) -> bool:
     """Mark a published entry as used now, so that no replica prunes it
     (:mod:`poold.modules.prune`); False when it is not there."""
     try:
         os.utime(path, follow_symlinks=False)
     except FileNotFoundError:
         return False
+    except OSError as e:  # another user's (poold's uid changed): it is there all the same
+        log.warning("could not mark a published runtime entry as used; a replica with "
+                    "another config may prune it once kubernetes.runtimes_retention_s "
+                    "passes", path=str(path), error=str(e))
+        return os.path.lexists(path)
     return True
 
 
@@ -141,7 +146,7 @@ def publish_files(
     digest = runtime_digest(module_sha256, mounts)
     folder = f"{name}-{digest[:12]}"
     target = root / folder
-    if _used(target) and target.is_dir():
+    if mark_used(target) and target.is_dir():
         return folder
     root.parent.mkdir(parents=True, exist_ok=True)
     _folder(root)
@@ -190,7 +195,7 @@ def publish_artifact(root: Path, cache: CompileCache, sha256: str, *, fuel: bool
     both are on one filesystem, else a copy, renamed into place); False when poold
     has not compiled it (yet)."""
     target = artifact_path(root / COMPILED, sha256, fuel=fuel)
-    if _used(target) and target.is_file():
+    if mark_used(target) and target.is_file():
         return True
     source = cache.path(sha256, fuel=fuel)
     if not source.is_file():
@@ -201,7 +206,7 @@ def publish_artifact(root: Path, cache: CompileCache, sha256: str, *, fuel: bool
         _folder(root / below)
     place_atomic(source, target, fsync=fsync)
     os.chmod(target, 0o644)
-    _used(target)  # a hard link keeps the compile's mtime
+    mark_used(target)  # a hard link keeps the compile's mtime
     return True
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from poold.modules import prune as prune_module
+from poold.modules import shared as shared_module
 from poold.modules.prune import CURRENT, InUse, Removed, prune, touch
 from poold.modules.shared import COMPILED, MODULE, publish_artifact, publish_files
 from poold.protocol import JobDocument, PartitionRef
@@ -273,3 +274,23 @@ def test_only_worker_slots_are_read(slots: Path) -> None:
     (slots / "lost+found" / "in" / "job.json").write_text("{not json")
     _job(slots, runtime_dir=OLD, sha256=OLD_SHA).rename(slots / "backup" / "in" / "job.json")
     assert [r.path for r in _prune(slots)] == [OLD]
+
+
+def test_a_published_folder_poold_cannot_mark_is_still_used(
+        slots: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Published by poold under another uid (its image changed): setting its mtime
+    fails with EPERM, and the runtime is published all the same, as before pruning."""
+    root = slots / "runtimes"
+    interp = tmp_path / "interp.wasm"
+    interp.write_bytes(b"\0asm\x01\0\0\0")
+    sha = hashlib.sha256(interp.read_bytes()).hexdigest()
+    folder = publish_files(root, name="python", module=interp, module_sha256=sha, mounts=[],
+                           fsync=False)
+
+    def utime(path: object, *args: object, **kwargs: object) -> None:
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(shared_module.os, "utime", utime)
+    assert publish_files(root, name="python", module=interp, module_sha256=sha, mounts=[],
+                         fsync=False) == folder
+    touch(root, InUse(folders=frozenset({folder})))  # a pass goes on too

@@ -42,7 +42,8 @@ SELECTIONS: dict[str, list[str]] = {
                   "tests/api/test_artifact_paths.py"],
     "poold/jobs": ["tests/jobs", "tests/api/test_artifact_paths.py"],
     "poold/sched": ["tests/sched"],
-    "poold/modules": ["tests/api/test_bad_input.py", "tests/api/test_modules_list.py"],
+    "poold/modules": ["tests/api/test_bad_input.py", "tests/api/test_modules_list.py",
+                      "tests/modules/test_runtime_pruning.py"],
     "poold/runtime": ["tests/runtime"],
 }
 
