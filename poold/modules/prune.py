@@ -38,6 +38,7 @@ import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import structlog
@@ -66,12 +67,22 @@ CURRENT = f"wasmtime-{WASMTIME_VERSION}"
 FLAVOURS = (flavour(fuel=False), flavour(fuel=True))
 
 
+class Kind(StrEnum):
+    """What a removed entry was (the metric's ``kind`` label)."""
+
+    FOLDER = "folder"
+    """A runtime's files (``<name>-<digest12>/``)."""
+    ARTIFACT = "artifact"
+    """A compiled form."""
+    TEMPORARY = "temporary"
+    """Left by an interrupted publication or removal."""
+
+
 @dataclass(frozen=True)
 class Removed:
     path: str
     """Relative to the runtimes folder."""
-    kind: str
-    """``folder`` (a runtime's files), ``artifact`` (a compiled form) or ``temporary``."""
+    kind: Kind
     bytes: int
     """Sizes of the regular files removed (a hard-linked artifact frees its blocks only
     when its last name goes)."""
@@ -166,7 +177,7 @@ def _abandoned(entry: os.DirEntry[str], cutoff: float) -> bool:
     return max(st.st_mtime, st.st_ctime) <= cutoff
 
 
-Candidate = tuple[Path, str, bool]
+Candidate = tuple[Path, Kind, bool]
 """``(path, kind, check the mtime again once renamed aside)``"""
 
 
@@ -180,14 +191,14 @@ def _candidates(root: Path, *, in_use: InUse, folders: set[str], modules: set[st
             continue
         if ASIDE.match(entry.name):
             if _abandoned(entry, now - PASS_EVERY_S):
-                yield path, "temporary", False
+                yield path, Kind.TEMPORARY, False
         elif TEMPORARY.match(entry.name) and entry.is_dir(follow_symlinks=False):
             if _abandoned(entry, cutoff):
-                yield path, "temporary", False
+                yield path, Kind.TEMPORARY, False
         elif RUNTIME_FOLDER.match(entry.name) and entry.is_dir(follow_symlinks=False):
             if (entry.name not in in_use.folders and entry.name not in folders
                     and _stale(entry, cutoff)):
-                yield path, "folder", True
+                yield path, Kind.FOLDER, True
         elif entry.name == COMPILED and entry.is_dir(follow_symlinks=False):
             yield from _artifacts(path, in_use=in_use, modules=modules, cutoff=cutoff,
                                   now=now)
@@ -210,15 +221,15 @@ def _artifacts(compiled: Path, *, in_use: InUse, modules: set[str], cutoff: floa
                     continue
                 if ASIDE.match(entry.name):
                     if _abandoned(entry, now - PASS_EVERY_S):
-                        yield Path(entry.path), "temporary", False
+                        yield Path(entry.path), Kind.TEMPORARY, False
                 elif TEMPORARY.match(entry.name):
                     if _abandoned(entry, cutoff):
-                        yield Path(entry.path), "temporary", False
+                        yield Path(entry.path), Kind.TEMPORARY, False
                 elif ARTIFACT.match(entry.name):
                     sha = entry.name.removesuffix(".cwasm")
                     kept = sha in modules or (version.name == CURRENT and sha in in_use.artifacts)
                     if not kept and _stale(entry, cutoff):
-                        yield Path(entry.path), "artifact", True
+                        yield Path(entry.path), Kind.ARTIFACT, True
 
 
 def prune(root: Path, *, slots_root: Path, in_use: InUse, retention_s: float,
