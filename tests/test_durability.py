@@ -319,6 +319,36 @@ async def test_broker_outage_gives_503_and_recovers(
 
 
 
+async def test_output_read_in_a_broker_outage_ends_with_an_error_not_a_hang(
+    start_daemon: DaemonFactory, session: aiohttp.ClientSession
+) -> None:
+    """The soak's "stall": a followed output whose Kafka read failed after the 200 had
+    gone out was answered with a 503 written into the open body, and its client
+    waited for the rest until its own timeout (aiohttp's 300 s; curl for ever)."""
+    broker = EmbeddedBroker()
+    await broker.start()
+    try:
+        daemon = await start_daemon(kafka__bootstrap=broker.bootstrap,
+                                    kafka__request_timeout_s=2)
+        client = Client(daemon, session, "alpha")
+        job = await client.run(module("ticker"), args=["3"])
+        assert job["state"] == "succeeded", job
+        await broker.stop()
+        async with asyncio.timeout(60):  # before the fix: no answer before the client gives up
+            # nothing sent yet: a plain read is answered 503, to be retried
+            async with client.request("GET", f"/v1/jobs/{job['id']}/output") as r:
+                assert r.status == 503, await r.text()
+                assert r.headers["Retry-After"]
+                assert "Kafka" in (await r.json())["error"]
+            # a follow answers 200 at once; its read failing later cuts the body short
+            async with client.request("GET", f"/v1/jobs/{job['id']}/output?follow=true") as r:
+                assert r.status == 200
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await r.read()
+    finally:
+        await broker.stop()
+
+
 async def test_full_queue_answers_429_and_stores_nothing(
     start_daemon: DaemonFactory, session: aiohttp.ClientSession
 ) -> None:

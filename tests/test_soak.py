@@ -20,8 +20,10 @@ Bounded: in-flight jobs are capped by a semaphore; every wait is on an event
 never a sleep. ``pytest -s`` prints a summary.
 
 Ends by itself: a stall (no job ended for ``STALL_S``) fails the test at once
-with what the daemon's tasks were waiting on; a run slower than ``SOAK_WITHIN_S``
-(a busy machine) fails with how far it got. Both are cancellations inside the
+with what tells its causes apart (see :func:`_stall_report`); a run slower than
+``SOAK_WITHIN_S`` (a busy machine) fails with how far it got; a followed output
+that does not end with its job (cut off, or open ``END_WITHIN_S``) is reported
+with the others' outcomes. Both are cancellations inside the
 test's event loop, so nothing of the test goes on running while the daemon
 stops. pytest-timeout's own limit is a last resort: it interrupts the loop
 from outside and leaves the soak's tasks to run on during the teardown.
@@ -139,6 +141,9 @@ class Planned:
     final: dict[str, Any] | None = None
     stuck: str | None = None
     """Its record, if it had not ended ``END_WITHIN_S`` after it was submitted."""
+    follow_cut: str | None = None
+    """How its followed output failed to end (cut off, or still open ``END_WITHIN_S``
+    after the follow began), and its record."""
     phase: str = "gate"
     """Where its client is, for a stall's report: ``gate`` (waiting for its turn),
     ``POST``, ``DELETE``, ``follow`` (reading its followed output), ``wait`` (for
@@ -248,7 +253,11 @@ class Progress:
         while self.done < self.total:
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), STALL_S)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation
+                # that comes as a job ends (the task group's, when another task failed),
+                # and a "stall" was reported 90 s after the soak's real error
+                async with asyncio.timeout(STALL_S):
+                    await self._changed.wait()
             except TimeoutError:
                 raise AssertionError(
                     f"no job ended for {STALL_S} s: stalled after {self.report(daemon)}\n"
@@ -371,17 +380,13 @@ async def _run_gated(job: Planned, client: Tenant, modules: dict[str, str],
             await _delete(client, job)
         elif job.kind in ("cancel_run", "victim"):
             job.phase = "follow"
-            async with client.request("GET", f"/v1/jobs/{job.id}/output?follow=true") as r:
-                assert r.status == 200
-                job.first_line = await r.content.readline()
-                if job.first_line == b"tick 1\n":  # anything else is reported below
-                    if job.kind == "victim":
-                        killer.offer(job.id)
-                    else:
-                        job.phase = "DELETE"
-                        await _delete(client, job)
-                        job.phase = "follow"
-                await r.read()
+            try:
+                async with asyncio.timeout(END_WITHIN_S):
+                    await _follow(job, client, killer)
+            except (aiohttp.ClientPayloadError, TimeoutError) as e:
+                # reported with the others' outcomes, not by cutting them off
+                job.follow_cut = (f"{type(e).__name__}: {e} (first line {job.first_line!r}); "
+                                  f"its record: {client.daemon.store.get(job.id)}")
         job.phase = "wait"
         try:
             await wait_done(client.daemon, job.id, timeout=END_WITHIN_S)
@@ -391,6 +396,22 @@ async def _run_gated(job: Planned, client: Tenant, modules: dict[str, str],
             return
         job.phase = "GET"
         job.final = await client.json("GET", f"/v1/jobs/{job.id}", 200)
+
+
+async def _follow(job: Planned, client: Tenant, killer: Killer) -> None:
+    """Read the job's followed output to its end: a victim is offered to the killer
+    and a cancel_run job DELETEd once the first line is there."""
+    async with client.request("GET", f"/v1/jobs/{job.id}/output?follow=true") as r:
+        assert r.status == 200
+        job.first_line = await r.content.readline()
+        if job.first_line == b"tick 1\n":  # anything else is reported below
+            if job.kind == "victim":
+                killer.offer(job.id)
+            else:
+                job.phase = "DELETE"
+                await _delete(client, job)
+                job.phase = "follow"
+        await r.read()
 
 
 async def _list_all(client: Tenant) -> list[dict[str, Any]]:
@@ -534,6 +555,9 @@ async def _soak(start_daemon: DaemonFactory, session: aiohttp.ClientSession, see
     stuck = [f"{j.kind} {j.id}: {j.stuck}" for j in accepted if j.stuck]
     assert not stuck, (f"{len(stuck)} accepted jobs had not ended {END_WITHIN_S} s after "
                        "they were submitted:\n" + "\n".join(stuck[:10]))
+    cut = [f"{j.kind} {j.id}: {j.follow_cut}" for j in accepted if j.follow_cut]
+    assert not cut, (f"{len(cut)} followed outputs did not end with their job:\n"
+                     + "\n".join(cut[:10]))
 
     # every accepted job reached exactly one terminal state, in the API ...
     for name, client in clients.items():

@@ -31,6 +31,7 @@ from poold.api.guard import (
     TooManyUploads,
     UploadSlots,
     body_chunks,
+    broken_off,
     cut_off,
     head_arrived,
     read_body,
@@ -162,12 +163,20 @@ class Api:
         except BodyTooLarge as e:
             response = error(413, str(e))
         except DataUnavailable as e:
+            if request.writer.output_size:  # a stream had begun: it is cut, not answered
+                log.warning("kafka unavailable; the answer under way was cut off",
+                            path=request.path, error=str(e))
+                return broken_off(request)
             log.warning("kafka unavailable", error=str(e))
             response = error(503, f"Kafka is unavailable right now; retry shortly ({e})",
                              **{"Retry-After": "5"})
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception:
+            if request.writer.output_size:
+                log.exception("request failed after its answer began; the answer was cut off",
+                              path=request.path)
+                return broken_off(request)
             log.exception("request failed", path=request.path)
             response = error(500, "poold failed to handle this request; it has been logged")
         if 400 <= response.status < 500:
@@ -511,7 +520,8 @@ class Api:
         if follow:
             while job.output is None and not job.state.terminal:
                 job = await self.store.wait_change(job.id, job)
-        await response.prepare(request)
+            # a follow answers at once: it may wait long for the next record
+            await response.prepare(request)
         out = job.output
         if out is not None:
             key = job.id.encode()
@@ -526,11 +536,14 @@ class Api:
                 async for record in self.data.read(
                     out.topic, out.partition, position, end, key=key
                 ):
+                    if not response.prepared:  # Kafka answered: a 503 can no longer be due
+                        await response.prepare(request)
                     await response.write(record + b"\n")
                 position = max(position, end)
             if follow:
                 while not job.state.terminal:  # the stream ends with the job
                     job = await self.store.wait_change(job.id, job)
+        await response.prepare(request)
         await response.write_eof()
         return response
 

@@ -118,6 +118,17 @@ async def cut_off(request: web.Request, message: str) -> web.StreamResponse:
     return response
 
 
+def broken_off(request: web.Request) -> web.StreamResponse:
+    """End an answer that cannot go on: its status line and maybe part of its body
+    went out already (a stream), so no error answer can follow them; one written
+    into the open body would leave the client waiting for the rest for ever. The
+    connection is closed without the body's last chunk, so the client sees the
+    answer cut short (never a short body that looks whole). The response returned
+    writes nothing: aiohttp finds the connection closed."""
+    request.protocol.force_close()
+    return web.StreamResponse()
+
+
 class UploadSlots:
     """Uploads in progress, per tenant and in total."""
 

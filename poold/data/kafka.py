@@ -356,7 +356,10 @@ class DataPlane:
         if start >= end:
             return
         tp = TopicPartition(topic, partition)
-        consumer = await self._checkout()
+        try:
+            consumer = await self._checkout()
+        except (KafkaError, OSError) as e:
+            raise DataUnavailable(f"cannot read {topic}/{partition}: {e}") from e
         reusable = False
         try:
             consumer.assign([tp])
@@ -369,8 +372,10 @@ class DataPlane:
                 if not batch.get(tp):
                     if loop.time() > give_up:
                         raise DataUnavailable(
-                            f"records {position}..{end} of {topic}/{partition} are not "
-                            "there (expired by the topic's retention?)")
+                            f"Kafka returned none of records {position}..{end} of "
+                            f"{topic}/{partition} within {self._timeout_ms / 1000:g} s "
+                            "(kafka.request_timeout_s): the broker is down or slow, or the "
+                            "records expired by the topic's retention")
                     continue
                 give_up = loop.time() + self._timeout_ms / 1000
                 for message in batch.get(tp, []):
