@@ -9,7 +9,8 @@ deleted per job. Errors leave this module as :class:`DataUnavailable`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -351,43 +352,63 @@ class DataPlane:
         Callers ask only for records known to be there (a finished job's range,
         or a running job's output up to the end its agent reported), so no
         fetch waits for records to arrive; a consumer is borrowed from the pool
-        for the read and given back at once.
+        for the read and given back at once. For the same reason a reader that
+        fails, or that Kafka leaves without a record for ``kafka.request_timeout_s``
+        (a broker slow under load), is a temporary failure: the read goes on from
+        the next record on a fresh reader, as the retry policy allows (``kafka.retries``
+        attempts), before it gives up with :class:`DataUnavailable`.
         """
-        if start >= end:
-            return
-        tp = TopicPartition(topic, partition)
-        try:
-            consumer = await self._checkout()
-        except (KafkaError, OSError) as e:
-            raise DataUnavailable(f"cannot read {topic}/{partition}: {e}") from e
+        position = start
+        failures = 0
+        while position < end:
+            try:
+                async with contextlib.aclosing(
+                        self._read_from(TopicPartition(topic, partition), position, end)) as found:
+                    async for offset, record_key, value in found:
+                        position = offset + 1
+                        if key is None or record_key == key:
+                            yield value
+                return
+            except (KafkaError, OSError, TimeoutError) as e:
+                failures += 1
+                if self._retry.attempts is not None and failures >= self._retry.attempts:
+                    raise DataUnavailable(f"cannot read {topic}/{partition}: {e}") from e
+                pause = self._retry.delay(failures)
+                self._retry.log_retry(log, what=f"reading {topic}/{partition} from {position}",
+                                      attempt=failures + 1, error=e, pause_s=pause)
+                await asyncio.sleep(pause)
+
+    async def _read_from(
+        self, tp: TopicPartition, start: int, end: int
+    ) -> AsyncGenerator[tuple[int, bytes | None, bytes], None]:
+        """Each record of ``[start, end)`` as (offset, key, value), on one borrowed reader;
+        TimeoutError if Kafka returns none for ``kafka.request_timeout_s``."""
+        consumer = await self._checkout()
         reusable = False
         try:
             consumer.assign([tp])
             consumer.seek(tp, start)
-            position = start
             loop = asyncio.get_running_loop()
             give_up = loop.time() + self._timeout_ms / 1000
+            position = start
             while position < end:
                 batch = await consumer.getmany(tp, timeout_ms=1000, max_records=1000)
                 if not batch.get(tp):
                     if loop.time() > give_up:
-                        raise DataUnavailable(
-                            f"Kafka returned none of records {position}..{end} of "
-                            f"{topic}/{partition} within {self._timeout_ms / 1000:g} s "
-                            "(kafka.request_timeout_s): the broker is down or slow, or the "
-                            "records expired by the topic's retention")
+                        raise TimeoutError(
+                            f"Kafka returned none of records {position}..{end} within "
+                            f"{self._timeout_ms / 1000:g} s (kafka.request_timeout_s): the "
+                            "broker is down or slow, or the records expired by the topic's "
+                            "retention")
                     continue
                 give_up = loop.time() + self._timeout_ms / 1000
-                for message in batch.get(tp, []):
+                for message in batch[tp]:
                     if message.offset >= end:
                         position = end
                         break
                     position = message.offset + 1
-                    if key is None or message.key == key:
-                        yield message.value
+                    yield message.offset, message.key, message.value
             reusable = True
-        except (KafkaError, OSError) as e:
-            raise DataUnavailable(f"cannot read {topic}/{partition}: {e}") from e
         finally:
             await self._checkin(consumer, reusable=reusable)
 
