@@ -19,11 +19,12 @@ generated models, which cost milliseconds per pod at a thousand pods.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,28 @@ from poold.types import JobId, PodName, TenantName
 log = structlog.get_logger(__name__)
 
 TEMPORARY = frozenset({429, 500, 502, 503, 504})
+
+
+@contextlib.asynccontextmanager
+async def reading(response: aiohttp.ClientResponse) -> AsyncIterator[aiohttp.ClientResponse]:
+    """``async with response``, except that an answer left before its end (a watch at
+    stop(), a timeout, a bad line) has its connection aborted, not shut down politely.
+    Over TLS a polite close waits for the API server's close_notify, which nothing
+    awaits: a stop() that returned first left the socket open, and an event loop that
+    ended then left it for the garbage collector (ResourceWarning: unclosed
+    transport). aiohttp's own connector aborts its TLS connections at close the same
+    way."""
+    async with response:
+        try:
+            yield response
+        except BaseException:  # re-raised: only the connection is dealt with here
+            connection = response.connection
+            transport = connection.transport if connection is not None else None
+            if transport is not None and not response.content.at_eof():
+                transport.abort()
+            raise
+
+
 CLAIM_ATTEMPTS = 3
 """Claims of one pod in a row that may meet a 409 with the pod still unclaimed (the
 kubelet keeps writing its status) before the pool is told to try another pod."""
@@ -249,7 +272,7 @@ class KubernetesBackend:
                     response = await call
                 except ApiException as e:
                     raise KubeApiError(int(e.status or 0), str(e.body)) from e
-                async with response:
+                async with reading(response):
                     text = await response.text()
                     if response.status >= 300:
                         raise KubeApiError(response.status, text)
@@ -339,7 +362,7 @@ class KubernetesBackend:
             allow_watch_bookmarks=True, _preload_content=False,
             _request_timeout=timeout + 30,
         )
-        async with response:
+        async with reading(response):
             if response.status >= 300:
                 raise KubeApiError(response.status, await response.text())
             while True:

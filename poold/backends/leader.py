@@ -31,6 +31,7 @@ import aiohttp
 import structlog
 from kubernetes_asyncio.client import ApiClient, Configuration, CoordinationV1Api
 
+from poold.backends.kubernetes import reading
 from poold.errors import BackendError
 from poold.timestamps import rfc3339, utcnow
 
@@ -70,7 +71,7 @@ class LeaseElector:
     async def _call(self, method: str, *args: Any, **kw: Any) -> tuple[int, dict[str, Any]]:
         async with asyncio.timeout(self.call_timeout_s):
             response = await getattr(self._api, method)(*args, _preload_content=False, **kw)
-            async with response:
+            async with reading(response):
                 text = await response.text()
                 return response.status, (json.loads(text) if text else {})
 

@@ -5,6 +5,7 @@ what a backend reports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from poold.backends.base import WorkerEvent
 from poold.config import KubernetesSettings, Settings
@@ -135,3 +137,79 @@ class Events:
 
     def has(self, kind: str, pod: str) -> bool:
         return any(e.kind == kind and e.pod == pod for e in self.seen)
+
+
+class MutingProxy:
+    """A TCP relay in front of the API server that can go mute: after :meth:`mute`, what
+    the server sends no longer reaches the client, as when the server is too loaded to
+    answer or the network drops its packets. TLS passes through untouched (the server's
+    certificate is for 127.0.0.1, as the relay is)."""
+
+    def __init__(self, upstream: str) -> None:
+        split = urlsplit(upstream)
+        self._upstream = (split.hostname or "127.0.0.1", split.port or 443)
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._pumps: list[asyncio.Task[None]] = []
+        self.muted = False
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def mute(self) -> None:
+        self.muted = True
+
+    async def __aenter__(self) -> MutingProxy:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for pump in self._pumps:
+            pump.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        for writer in self._writers:
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        await self._server.wait_closed()
+
+    async def _relay(self, client_in: asyncio.StreamReader,
+                     client_out: asyncio.StreamWriter) -> None:
+        self._writers.append(client_out)
+        server_in, server_out = await asyncio.open_connection(*self._upstream)
+        self._writers.append(server_out)
+        self._pumps += [asyncio.create_task(self._pump(client_in, server_out, mutes=False)),
+                        asyncio.create_task(self._pump(server_in, client_out, mutes=True))]
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *,
+                    mutes: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                if not (mutes and self.muted):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+
+def connections_to(port: int) -> list[str]:
+    """This process's open TCP connections to 127.0.0.1:``port`` (its sockets, from /proc:
+    a socket this process has closed is no longer among its file descriptors)."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if inode in inodes and int(remote.split(":")[1], 16) == port:
+            found.append(f"local port {int(local.split(':')[1], 16)}")
+    return found

@@ -42,6 +42,7 @@ from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from poold.backends.kubernetes import reading
 from tests.fakekube.podspec import ConfigError, Mount, Unschedulable, plan_launch
 
 log = logging.getLogger(__name__)
@@ -385,7 +386,7 @@ class KubeletStandIn:
                     field_selector=field_selector, label_selector=self.selector, watch=True,
                     resource_version=rv, timeout_seconds=60, allow_watch_bookmarks=True,
                     _preload_content=False, _request_timeout=90)
-                async with response:
+                async with reading(response):  # stop() aborts it: see reading()
                     async for line in response.content:
                         if line.strip():
                             event = json.loads(line)

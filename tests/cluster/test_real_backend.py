@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
+import json
 import os
 import secrets
 import signal
@@ -28,7 +29,16 @@ from tests.support.daemon import TOKENS
 from tests.support.procs import stop
 
 from .controlplane import ControlPlane
-from .helpers import NAMESPACE, TEMPLATE, Account, Events, akubectl, pods_of
+from .helpers import (
+    NAMESPACE,
+    TEMPLATE,
+    Account,
+    Events,
+    MutingProxy,
+    akubectl,
+    connections_to,
+    pods_of,
+)
 from .kubelet import KubeletStandIn
 
 pytestmark = pytest.mark.timeout(600)
@@ -229,3 +239,33 @@ async def test_the_standby_takes_over_within_the_lease_when_the_leader_is_killed
     # a candidate takes the Lease once it saw it unchanged for its duration (one retry
     # later at most), then starts its pool: bounded, not a race
     assert takeover < LEASE_S * 1.2 + 10, f"takeover took {takeover:.1f} s"
+
+
+async def test_stop_closes_the_watch_connection_even_when_the_server_stops_answering(
+    deployed: ControlPlane, poold_account: Account, pool_name: str, tmp_path: Path,
+) -> None:
+    """stop() ends the pod watch with its connection closed even if the API server says
+    nothing more (loaded, or cut off): a polite TLS close waits for the server's
+    close_notify, and the socket that waited outlived stop() and then the event loop
+    (issue 15: "unclosed transport" in a later test, at load 13)."""
+    async with MutingProxy(deployed.server) as proxy:
+        kubeconfig = json.loads(poold_account.kubeconfig.read_text())
+        kubeconfig["clusters"][0]["cluster"]["server"] = proxy.url
+        (tmp_path / "proxied.kubeconfig").write_text(json.dumps(kubeconfig))
+        settings = KubernetesSettings(kubeconfig=tmp_path / "proxied.kubeconfig",
+                                      pool_name=pool_name)
+        backend = KubernetesBackend(settings=settings, template=load_template(TEMPLATE),
+                                    kafka="kafka:9092")
+        await backend.start(Events())
+        try:
+            # a pod made after the list is seen through the watch: it is streaming
+            pod = PodName(f"poold-w-{pool_name}w")
+            await backend.create(pod)
+            async with asyncio.timeout(60):
+                while pod not in backend.pods:
+                    await asyncio.sleep(0.05)
+            await backend.delete(pod)
+            proxy.mute()
+        finally:
+            await backend.stop()
+        assert connections_to(proxy.port) == [], "stop() returned with these still open"
