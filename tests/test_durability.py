@@ -46,6 +46,22 @@ async def poold_process(tmp_path: Path, broker: str) -> AsyncIterator[PooldProce
         await process.close()
 
 
+@pytest.fixture
+async def own_broker(
+    start_daemon: DaemonFactory, session: aiohttp.ClientSession
+) -> AsyncIterator[tuple[EmbeddedBroker, Client]]:
+    """A broker of the test's own, to stop and start, and alpha's client of a daemon
+    on it that gives up on Kafka after 2 s."""
+    broker = EmbeddedBroker()
+    await broker.start()
+    try:
+        daemon = await start_daemon(kafka__bootstrap=broker.bootstrap,
+                                    kafka__request_timeout_s=2)
+        yield broker, Client(daemon, session, "alpha")
+    finally:
+        await broker.stop()
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("point", sorted(POINTS))
 async def test_crash_at_each_step_ends_every_job_exactly_once(
@@ -296,57 +312,42 @@ async def test_drain_refuses_new_work_and_lets_running_jobs_finish(
 
 
 async def test_broker_outage_gives_503_and_recovers(
-    start_daemon: DaemonFactory, session: aiohttp.ClientSession
+    own_broker: tuple[EmbeddedBroker, Client]
 ) -> None:
-    broker = EmbeddedBroker()
-    await broker.start()
-    try:
-        daemon = await start_daemon(kafka__bootstrap=broker.bootstrap,
-                                    kafka__request_timeout_s=2)
-        client = Client(daemon, session, "alpha")
-        sha = await client.upload(module("upper"))
-        await broker.stop()
-        async with client.request("POST", "/v1/jobs", json={"module": sha}) as r:
-            assert r.status == 503
-            assert "Kafka" in (await r.json())["error"]
-        assert (await client.json("GET", "/v1/jobs", 200))["jobs"] == [], "nothing half-accepted"
-        await broker.start()  # same port, empty: poold makes its topics again
-        job = await client.run(module("upper"), input=["back"])
-        assert job["state"] == "succeeded", job
-        assert await client.text(f"/v1/jobs/{job['id']}/output") == "BACK\n"
-    finally:
-        await broker.stop()
-
+    broker, client = own_broker
+    sha = await client.upload(module("upper"))
+    await broker.stop()
+    async with client.request("POST", "/v1/jobs", json={"module": sha}) as r:
+        assert r.status == 503
+        assert "Kafka" in (await r.json())["error"]
+    assert (await client.json("GET", "/v1/jobs", 200))["jobs"] == [], "nothing half-accepted"
+    await broker.start()  # same port, empty: poold makes its topics again
+    job = await client.run(module("upper"), input=["back"])
+    assert job["state"] == "succeeded", job
+    assert await client.text(f"/v1/jobs/{job['id']}/output") == "BACK\n"
 
 
 async def test_output_read_in_a_broker_outage_ends_with_an_error_not_a_hang(
-    start_daemon: DaemonFactory, session: aiohttp.ClientSession
+    own_broker: tuple[EmbeddedBroker, Client]
 ) -> None:
     """The soak's "stall": a followed output whose Kafka read failed after the 200 had
     gone out was answered with a 503 written into the open body, and its client
     waited for the rest until its own timeout (aiohttp's 300 s; curl for ever)."""
-    broker = EmbeddedBroker()
-    await broker.start()
-    try:
-        daemon = await start_daemon(kafka__bootstrap=broker.bootstrap,
-                                    kafka__request_timeout_s=2)
-        client = Client(daemon, session, "alpha")
-        job = await client.run(module("ticker"), args=["3"])
-        assert job["state"] == "succeeded", job
-        await broker.stop()
-        async with asyncio.timeout(60):  # before the fix: no answer before the client gives up
-            # nothing sent yet: a plain read is answered 503, to be retried
-            async with client.request("GET", f"/v1/jobs/{job['id']}/output") as r:
-                assert r.status == 503, await r.text()
-                assert r.headers["Retry-After"]
-                assert "Kafka" in (await r.json())["error"]
-            # a follow answers 200 at once; its read failing later cuts the body short
-            async with client.request("GET", f"/v1/jobs/{job['id']}/output?follow=true") as r:
-                assert r.status == 200
-                with pytest.raises(aiohttp.ClientPayloadError):
-                    await r.read()
-    finally:
-        await broker.stop()
+    broker, client = own_broker
+    job = await client.run(module("ticker"), args=["3"])
+    assert job["state"] == "succeeded", job
+    await broker.stop()
+    async with asyncio.timeout(60):  # before the fix: no answer before the client gives up
+        # nothing sent yet: a plain read is answered 503, to be retried
+        async with client.request("GET", f"/v1/jobs/{job['id']}/output") as r:
+            assert r.status == 503, await r.text()
+            assert r.headers["Retry-After"]
+            assert "Kafka" in (await r.json())["error"]
+        # a follow answers 200 at once; its read failing later cuts the body short
+        async with client.request("GET", f"/v1/jobs/{job['id']}/output?follow=true") as r:
+            assert r.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
 
 
 async def test_full_queue_answers_429_and_stores_nothing(

@@ -177,6 +177,19 @@ def _abandoned(entry: os.DirEntry[str], cutoff: float) -> bool:
     return max(st.st_mtime, st.st_ctime) <= cutoff
 
 
+def _leftover_until(entry: os.DirEntry[str], *, folder: bool, cutoff: float,
+                    now: float) -> float | None:
+    """For a leftover, the time since which it must be untouched to go; None for any
+    other entry. An interrupted removal's entry (of any kind) goes after one pass; an
+    interrupted publication's (a folder at the top, a file among the compiled forms)
+    after the retention, as ``cutoff`` says."""
+    if ASIDE.match(entry.name):
+        return now - PASS_EVERY_S
+    if TEMPORARY.match(entry.name) and entry.is_dir(follow_symlinks=False) == folder:
+        return cutoff
+    return None
+
+
 Candidate = tuple[Path, Kind, bool]
 """``(path, kind, check the mtime again once renamed aside)``"""
 
@@ -189,11 +202,8 @@ def _candidates(root: Path, *, in_use: InUse, folders: set[str], modules: set[st
         path = Path(entry.path)
         if entry.is_symlink():
             continue
-        if ASIDE.match(entry.name):
-            if _abandoned(entry, now - PASS_EVERY_S):
-                yield path, Kind.TEMPORARY, False
-        elif TEMPORARY.match(entry.name) and entry.is_dir(follow_symlinks=False):
-            if _abandoned(entry, cutoff):
+        if (until := _leftover_until(entry, folder=True, cutoff=cutoff, now=now)) is not None:
+            if _abandoned(entry, until):
                 yield path, Kind.TEMPORARY, False
         elif RUNTIME_FOLDER.match(entry.name) and entry.is_dir(follow_symlinks=False):
             if (entry.name not in in_use.folders and entry.name not in folders
@@ -219,11 +229,9 @@ def _artifacts(compiled: Path, *, in_use: InUse, modules: set[str], cutoff: floa
             for entry in found:
                 if not entry.is_file(follow_symlinks=False):
                     continue
-                if ASIDE.match(entry.name):
-                    if _abandoned(entry, now - PASS_EVERY_S):
-                        yield Path(entry.path), Kind.TEMPORARY, False
-                elif TEMPORARY.match(entry.name):
-                    if _abandoned(entry, cutoff):
+                until = _leftover_until(entry, folder=False, cutoff=cutoff, now=now)
+                if until is not None:
+                    if _abandoned(entry, until):
                         yield Path(entry.path), Kind.TEMPORARY, False
                 elif ARTIFACT.match(entry.name):
                     sha = entry.name.removesuffix(".cwasm")

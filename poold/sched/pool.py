@@ -32,6 +32,7 @@ from poold.types import JobId, PodName, TenantName, new_pod_name
 
 log = structlog.get_logger(__name__)
 
+
 class WorkerState(StrEnum):
     STARTING = "starting"
     IDLE = "idle"

@@ -256,14 +256,13 @@ async def test_stop_closes_the_watch_connection_even_when_the_server_stops_answe
                                       pool_name=pool_name)
         backend = KubernetesBackend(settings=settings, template=load_template(TEMPLATE),
                                     kafka="kafka:9092")
-        await backend.start(Events())
+        events = Events()
+        await backend.start(events)
         try:
             # a pod made after the list is seen through the watch: it is streaming
             pod = PodName(f"poold-w-{pool_name}w")
             await backend.create(pod)
-            async with asyncio.timeout(60):
-                while pod not in backend.pods:
-                    await asyncio.sleep(0.05)
+            await events.wait(lambda: events.has("seen", pod))
             await backend.delete(pod)
             proxy.mute()
         finally:
